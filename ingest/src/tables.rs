@@ -1,0 +1,123 @@
+//! Arrow schemas of the contract's tables (`../shared/guide/contract.md`).
+
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+
+fn ts() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+}
+
+fn text(name: &str, nullable: bool) -> Field {
+    Field::new(name, DataType::Utf8, nullable)
+}
+
+/// `unified.touchpoints`.
+pub fn touchpoints() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        text("touchpoint_id", false),
+        Field::new("occurred_at", ts(), false),
+        text("channel", false),
+        text("channel_type", false),
+        text("event_type", false),
+        text("source", false),
+        text("person_id", true),
+        text("user_id", true),
+        text("anonymous_id", true),
+        text("phone", true),
+        text("email", true),
+        text("device_id", true),
+        text("member_id", true),
+        text("openid", true),
+        text("store_id", true),
+        text("campaign", true),
+        text("content", true),
+        Field::new("revenue", DataType::Decimal128(18, 2), true),
+        text("currency", true),
+        Field::new("score", DataType::Int32, true),
+        Field::new("duration_ms", DataType::Int64, true),
+        text("properties", true),
+        text("run_id", false),
+        Field::new("ingested_at", ts(), false),
+    ]))
+}
+
+/// `unified.identities`.
+pub fn identities() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        text("identifier_type", false),
+        text("identifier_value", false),
+        text("person_id", false),
+        Field::new("first_seen", ts(), true),
+        Field::new("last_seen", ts(), true),
+        Field::new("touchpoints", DataType::Int64, true),
+    ]))
+}
+
+/// `unified.persons`.
+pub fn persons() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        text("person_id", false),
+        Field::new("first_seen", ts(), true),
+        Field::new("last_seen", ts(), true),
+        Field::new("touchpoints", DataType::Int64, true),
+        Field::new("channels", DataType::Int64, true),
+        Field::new("orders", DataType::Int64, true),
+        Field::new("revenue", DataType::Decimal128(18, 2), true),
+        Field::new("identifiers", DataType::Int64, true),
+    ]))
+}
+
+/// `unified.identity_merges`.
+pub fn identity_merges() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("merged_at", ts(), false),
+        text("from_person_id", false),
+        text("into_person_id", false),
+        text("via_identifier_type", true),
+        text("via_identifier_value", true),
+        text("run_id", true),
+    ]))
+}
+
+/// `quality.ingest_runs`.
+pub fn ingest_runs() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        text("run_id", false),
+        text("source", false),
+        Field::new("started_at", ts(), false),
+        Field::new("finished_at", ts(), true),
+        text("status", false),
+        Field::new("rows_read", DataType::Int64, true),
+        Field::new("rows_accepted", DataType::Int64, true),
+        Field::new("rows_rejected", DataType::Int64, true),
+        Field::new("rows_duplicate", DataType::Int64, true),
+        text("error", true),
+    ]))
+}
+
+/// `quality.rejected`.
+pub fn rejected() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        text("run_id", false),
+        text("source", false),
+        text("location", true),
+        text("raw", true),
+        text("reason", false),
+        Field::new("rejected_at", ts(), false),
+    ]))
+}
+
+/// `quality.checks`.
+pub fn checks() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        text("run_id", true),
+        text("source", true),
+        text("check_name", false),
+        text("column_name", true),
+        Field::new("value", DataType::Float64, true),
+        Field::new("threshold", DataType::Float64, true),
+        text("status", false),
+        Field::new("checked_at", ts(), false),
+    ]))
+}

@@ -1,0 +1,122 @@
+//! Server configuration: defaults, a TOML file, `TOUCHLAKE_*` environment variables and
+//! command-line flags, in rising order of precedence.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde::Deserialize;
+
+/// Everything `touchlake serve` can be configured with.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Lake location: a local folder, `file://…`, `s3://…`, `gs://…` or `az://…`.
+    pub lake: String,
+    /// Address the PostgreSQL wire protocol listens on.
+    pub listen: String,
+    /// Seconds a cached table snapshot or lake listing is trusted before it is re-checked.
+    pub refresh_seconds: f64,
+    /// Memory the query engine may use before it spills or fails, in MiB (0 = no limit).
+    pub memory_limit_mb: usize,
+    /// Default `statement_timeout` in milliseconds (0 = none).
+    pub statement_timeout_ms: u64,
+    /// Extra object-store options (e.g. `aws_endpoint`, `aws_allow_http`).
+    pub storage_options: HashMap<String, String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            lake: "./lake".into(),
+            listen: "127.0.0.1:5433".into(),
+            refresh_seconds: 1.0,
+            memory_limit_mb: 0,
+            statement_timeout_ms: 0,
+            storage_options: HashMap::new(),
+        }
+    }
+}
+
+/// A configuration problem, reported before the server starts.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {0}: {1}")]
+    Read(String, std::io::Error),
+    /// The file is not valid TOML for [`Config`].
+    #[error("invalid config file {0}: {1}")]
+    Parse(String, toml::de::Error),
+    /// A `TOUCHLAKE_*` variable has a value of the wrong kind.
+    #[error("invalid value for {0}: {1}")]
+    Env(String, String),
+}
+
+impl Config {
+    /// Load defaults, then `file` (if given), then `TOUCHLAKE_*` environment overrides.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut cfg = match file {
+            Some(p) => {
+                let name = p.display().to_string();
+                let text = std::fs::read_to_string(p).map_err(|e| ConfigError::Read(name.clone(), e))?;
+                toml::from_str(&text).map_err(|e| ConfigError::Parse(name, e))?
+            }
+            None => Config::default(),
+        };
+        cfg.apply_env(std::env::vars())?;
+        Ok(cfg)
+    }
+
+    /// Apply `TOUCHLAKE_LAKE`, `TOUCHLAKE_LISTEN`, `TOUCHLAKE_REFRESH_SECONDS`,
+    /// `TOUCHLAKE_MEMORY_LIMIT_MB`, `TOUCHLAKE_STATEMENT_TIMEOUT_MS` and
+    /// `TOUCHLAKE_STORAGE_<OPTION>` from `vars`.
+    pub fn apply_env(&mut self, vars: impl Iterator<Item = (String, String)>) -> Result<(), ConfigError> {
+        fn num<T: std::str::FromStr>(k: &str, v: &str) -> Result<T, ConfigError> {
+            v.parse().map_err(|_| ConfigError::Env(k.into(), v.into()))
+        }
+        for (k, v) in vars {
+            match k.as_str() {
+                "TOUCHLAKE_LAKE" => self.lake = v,
+                "TOUCHLAKE_LISTEN" => self.listen = v,
+                "TOUCHLAKE_REFRESH_SECONDS" => self.refresh_seconds = num(&k, &v)?,
+                "TOUCHLAKE_MEMORY_LIMIT_MB" => self.memory_limit_mb = num(&k, &v)?,
+                "TOUCHLAKE_STATEMENT_TIMEOUT_MS" => self.statement_timeout_ms = num(&k, &v)?,
+                _ => {
+                    if let Some(opt) = k.strip_prefix("TOUCHLAKE_STORAGE_") {
+                        self.storage_options.insert(opt.to_ascii_lowercase(), v);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_overrides_file_values() {
+        let mut cfg: Config = toml::from_str("lake = \"/data/lake\"\nlisten = \"0.0.0.0:6000\"").unwrap();
+        cfg.apply_env(
+            [("TOUCHLAKE_LISTEN".to_string(), "127.0.0.1:7000".to_string())].into_iter(),
+        )
+        .unwrap();
+        assert_eq!(cfg.lake, "/data/lake");
+        assert_eq!(cfg.listen, "127.0.0.1:7000");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        assert!(toml::from_str::<Config>("lak = \"x\"").is_err());
+    }
+
+    #[test]
+    fn bad_numbers_are_reported() {
+        let mut cfg = Config::default();
+        let err = cfg
+            .apply_env([("TOUCHLAKE_REFRESH_SECONDS".to_string(), "soon".to_string())].into_iter())
+            .unwrap_err();
+        assert!(err.to_string().contains("TOUCHLAKE_REFRESH_SECONDS"));
+    }
+}

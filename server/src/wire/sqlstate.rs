@@ -1,0 +1,190 @@
+//! The one place where errors become PostgreSQL SQLSTATEs.
+
+use datafusion::arrow::error::ArrowError;
+use datafusion::common::SchemaError;
+use datafusion::error::DataFusionError;
+use pgwire::error::{ErrorInfo, PgWireError};
+use touchlake_catalog::CatalogError;
+
+use crate::session::SessionError;
+use crate::settings::SettingError;
+
+/// An ErrorResponse for `e` with the SQLSTATE a PostgreSQL client expects.
+pub fn error_info(e: &SessionError) -> ErrorInfo {
+    let (code, msg) = classify(e);
+    ErrorInfo::new("ERROR".to_string(), code.to_string(), msg)
+}
+
+/// The same, as the error type pgwire handlers return.
+pub fn to_pgwire(e: SessionError) -> PgWireError {
+    PgWireError::UserError(Box::new(error_info(&e)))
+}
+
+fn classify(e: &SessionError) -> (&'static str, String) {
+    match e {
+        SessionError::Catalog(c) => catalog_code(c),
+        SessionError::DataFusion(d) => datafusion_code(d),
+        SessionError::Syntax(m) => ("42601", m.clone()),
+        SessionError::Setting(s) => (
+            match s {
+                SettingError::Unknown(_) => "42704",
+                SettingError::ReadOnly(_) => "55P02",
+                SettingError::Invalid(_, _) => "22023",
+            },
+            s.to_string(),
+        ),
+        SessionError::NotSupported(m) => ("0A000", m.clone()),
+        SessionError::Denied(_) => ("42501", e.to_string()),
+        SessionError::Canceled | SessionError::Timeout => ("57014", e.to_string()),
+        SessionError::TransactionAborted => ("25P02", e.to_string()),
+    }
+}
+
+fn catalog_code(c: &CatalogError) -> (&'static str, String) {
+    let code = match c {
+        CatalogError::NoSuchSchema(_) => "3F000",
+        CatalogError::NoSuchTable(_) => "42P01",
+        CatalogError::AlreadyExists(_) => "42P07",
+        CatalogError::SchemaExists(_) => "42P06",
+        CatalogError::SchemaNotEmpty(_) => "2BP01",
+        CatalogError::InvalidName(_) => "42602",
+        CatalogError::UnsupportedType(_) => "42704",
+        CatalogError::Unsupported(_) => "0A000",
+        CatalogError::InvalidLake(_, _) => "58000",
+        CatalogError::ObjectStore(_) => "58030",
+        CatalogError::CorruptMeta(_, _) => "XX001",
+        CatalogError::DataFusion(d) => return datafusion_code(d),
+        CatalogError::Delta(d) => return delta_code(d),
+    };
+    (code, c.to_string())
+}
+
+fn delta_code(d: &deltalake::DeltaTableError) -> (&'static str, String) {
+    use deltalake::DeltaTableError as D;
+    let msg = d.to_string();
+    let code = match d {
+        D::VersionAlreadyExists(_) | D::Transaction { .. } => "40001",
+        D::NotATable(_) => "42P01",
+        D::InvalidVersion(_) | D::InvalidDateTimeString { .. } => "22023",
+        _ => {
+            let lower = msg.to_ascii_lowercase();
+            if lower.contains("no field named") || lower.contains("column") && lower.contains("not found") {
+                "42703"
+            } else if lower.contains("parse") || lower.contains("sql error") {
+                "42601"
+            } else if lower.contains("division by zero") || lower.contains("divide by zero") {
+                "22012"
+            } else {
+                "XX000"
+            }
+        }
+    };
+    (code, msg)
+}
+
+fn arrow_code(a: &ArrowError) -> &'static str {
+    match a {
+        ArrowError::DivideByZero => "22012",
+        ArrowError::CastError(_) | ArrowError::ParseError(_) => "22P02",
+        ArrowError::ArithmeticOverflow(_) | ArrowError::ComputeError(_) if a.to_string().contains("overflow") => "22003",
+        ArrowError::MemoryError(_) => "53200",
+        _ => "XX000",
+    }
+}
+
+/// SQLSTATE for a DataFusion error (looking through context and wrapping layers).
+fn datafusion_code(d: &DataFusionError) -> (&'static str, String) {
+    let root = d.find_root();
+    let msg = pg_message(root);
+    let code = match root {
+        DataFusionError::SQL(_, _) => "42601",
+        DataFusionError::SchemaError(se, _) => match se.as_ref() {
+            SchemaError::FieldNotFound { .. } => "42703",
+            SchemaError::DuplicateQualifiedField { .. } | SchemaError::DuplicateUnqualifiedField { .. } => "42701",
+            SchemaError::AmbiguousReference { .. } => "42702",
+            #[allow(unreachable_patterns)]
+            _ => "42P18",
+        },
+        DataFusionError::ArrowError(a, _) => arrow_code(a),
+        DataFusionError::NotImplemented(_) => "0A000",
+        DataFusionError::ResourcesExhausted(_) => "53200",
+        DataFusionError::External(inner) => {
+            if let Some(s) = inner.downcast_ref::<SessionError>() {
+                return classify(s);
+            }
+            if let Some(c) = inner.downcast_ref::<CatalogError>() {
+                return catalog_code(c);
+            }
+            if let Some(d) = inner.downcast_ref::<deltalake::DeltaTableError>() {
+                return delta_code(d);
+            }
+            if let Some(a) = inner.downcast_ref::<ArrowError>() {
+                return (arrow_code(a), msg);
+            }
+            "XX000"
+        }
+        DataFusionError::Plan(m) | DataFusionError::Execution(m) => message_code(m),
+        _ => message_code(&msg),
+    };
+    (code, msg)
+}
+
+/// Codes for errors DataFusion reports only as text.
+fn message_code(m: &str) -> &'static str {
+    let l = m.to_ascii_lowercase();
+    if l.contains("not found") && (l.contains("table") || l.contains("relation")) {
+        "42P01"
+    } else if l.contains("divide by zero") || l.contains("division by zero") {
+        "22012"
+    } else if l.contains("invalid function") || l.contains("no function matches") || l.contains("failed to coerce arguments")
+        || l.contains("does not support") && l.contains("function")
+    {
+        "42883"
+    } else if l.contains("cannot cast") || l.contains("cannot be cast") || l.contains("invalid input syntax") {
+        "22P02"
+    } else if l.contains("overflow") {
+        "22003"
+    } else if l.contains("schema") && l.contains("not found") {
+        "3F000"
+    } else if l.contains("must appear in the group by") || l.contains("projection references non-aggregate") {
+        "42803"
+    } else if l.contains("unsupported") || l.contains("not supported") || l.contains("not implemented") {
+        "0A000"
+    } else {
+        "XX000"
+    }
+}
+
+/// A message without DataFusion's internal prefixes.
+fn pg_message(e: &DataFusionError) -> String {
+    match e {
+        DataFusionError::Plan(m) | DataFusionError::Execution(m) | DataFusionError::NotImplemented(m) => m.clone(),
+        DataFusionError::SQL(p, _) => p.to_string(),
+        DataFusionError::SchemaError(s, _) => s.to_string(),
+        DataFusionError::External(inner) => inner.to_string(),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_table_is_42p01() {
+        let e = SessionError::DataFusion(DataFusionError::Plan("table 'touchlake.public.nope' not found".into()));
+        assert_eq!(error_info(&e).code, "42P01");
+    }
+
+    #[test]
+    fn division_by_zero_is_22012() {
+        let e = SessionError::DataFusion(DataFusionError::ArrowError(Box::new(ArrowError::DivideByZero), None));
+        assert_eq!(error_info(&e).code, "22012");
+    }
+
+    #[test]
+    fn cancel_through_external_is_57014() {
+        let e = SessionError::DataFusion(DataFusionError::External(Box::new(SessionError::Canceled)));
+        assert_eq!(error_info(&e).code, "57014");
+    }
+}
