@@ -179,7 +179,9 @@ impl Lake {
         let Some((table, _)) = self.table(schema, name).await? else {
             return Err(CatalogError::NoSuchTable(format!("{schema}.{name}")));
         };
-        let mut b = table.update().with_session_state(session);
+        // delta-rs plans with its own session (it needs its own extension planner).
+        let _ = session;
+        let mut b = table.update();
         if let Some(p) = predicate {
             b = b.with_predicate(p);
         }
@@ -203,7 +205,8 @@ impl Lake {
         let Some((table, _)) = self.table(schema, name).await? else {
             return Err(CatalogError::NoSuchTable(format!("{schema}.{name}")));
         };
-        let mut b = table.delete().with_session_state(session);
+        let _ = session;
+        let mut b = table.delete();
         if let Some(p) = predicate {
             b = b.with_predicate(p);
         }

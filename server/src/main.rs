@@ -7,6 +7,7 @@
 
 mod config;
 mod engine;
+mod naming;
 mod session;
 mod settings;
 mod wire;

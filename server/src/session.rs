@@ -171,7 +171,15 @@ impl Session {
     /// Split and parse a query string into statements (PostgreSQL dialect, with the
     /// pg_catalog compatibility rewrites).
     pub fn parse(&self, sql: &str) -> Result<Vec<Statement>> {
-        self.parser.parse(sql).map_err(|e| SessionError::Syntax(e.to_string()))
+        let mut stmts = self.parser.parse(sql).map_err(|e| SessionError::Syntax(e.to_string()))?;
+        for s in &mut stmts {
+            match s {
+                Statement::Query(q) => crate::naming::name_columns(q),
+                Statement::CreateView(v) => crate::naming::name_columns(&mut v.query),
+                _ => {}
+            }
+        }
+        Ok(stmts)
     }
 
     /// Push settings into DataFusion's config (default schema, time zone, extra options).
