@@ -1,1 +1,7 @@
+//! End-to-end tests: real clients against a real `touchlake` server process.
 
+mod badinput;
+mod catalog;
+mod demo;
+mod protocol;
+mod psql;

@@ -1,0 +1,43 @@
+//! The demo lake: sizes and consistency the README promises.
+
+use touchlake_tests::Server;
+
+#[tokio::test]
+async fn demo_lake_is_consistent() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::demo(dir.path(), 5_000);
+    let c = srv.connect().await;
+    let n: i64 = c.query_one("SELECT count(*) FROM unified.touchpoints", &[]).await.unwrap().get(0);
+    assert!(n >= 200_000, "only {n} touchpoints");
+    let channels: i64 = c.query_one("SELECT count(DISTINCT channel) FROM unified.touchpoints", &[]).await.unwrap().get(0);
+    assert!(channels >= 8);
+    let kinds: i64 = c.query_one("SELECT count(DISTINCT channel_type) FROM unified.touchpoints", &[]).await.unwrap().get(0);
+    assert!(kinds >= 2);
+    let persons: i64 = c.query_one("SELECT count(*) FROM unified.persons", &[]).await.unwrap().get(0);
+    assert!(persons >= 4_900, "{persons} persons");
+    let orphans: i64 = c
+        .query_one(
+            "SELECT count(*) FROM unified.touchpoints t LEFT JOIN unified.persons p ON t.person_id = p.person_id \
+             WHERE t.person_id IS NOT NULL AND p.person_id IS NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(orphans, 0);
+    // persons.touchpoints agrees with the touchpoints table.
+    let mismatched: i64 = c
+        .query_one(
+            "SELECT count(*) FROM unified.persons p JOIN (SELECT person_id, count(*) AS n FROM unified.touchpoints \
+             WHERE person_id IS NOT NULL GROUP BY person_id) t ON p.person_id = t.person_id WHERE p.touchpoints <> t.n",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(mismatched, 0);
+    for t in ["quality.ingest_runs", "quality.rejected", "quality.checks", "unified.identity_merges"] {
+        let n: i64 = c.query_one(&format!("SELECT count(*) FROM {t}"), &[]).await.unwrap().get(0);
+        assert_eq!(n, 0, "{t} should start empty");
+    }
+}
