@@ -199,6 +199,7 @@ impl Lake {
             }
             listing.tables.insert(schema, tables);
         }
+        listing.tables.entry(crate::DEFAULT_SCHEMA.to_string()).or_default();
         for marker in self.list_meta("schemas").await? {
             if let Some(name) = marker.strip_suffix(".json") {
                 listing.tables.entry(name.to_string()).or_default();
@@ -299,6 +300,16 @@ impl Lake {
             .delete_stream(locations)
             .try_collect::<Vec<_>>()
             .await?;
+        // A local file system keeps empty folders, which would still list as schemas.
+        if self.url.scheme() == "file" {
+            let mut dir = std::path::PathBuf::from("/");
+            dir.push(prefix.as_ref());
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(CatalogError::Unsupported(format!("cannot remove {}: {e}", dir.display()))),
+            }
+        }
         Ok(())
     }
 

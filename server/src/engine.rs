@@ -176,7 +176,8 @@ fn build_context(
     Ok(ctx)
 }
 
-fn constant_udf(name: &str, value: String) -> ScalarUDF {
+/// A zero-argument function returning `value` (e.g. `current_user`).
+pub fn constant_udf(name: &str, value: String) -> ScalarUDF {
     let v = ScalarValue::Utf8(Some(value));
     create_udf(
         name,

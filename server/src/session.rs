@@ -185,6 +185,9 @@ impl Session {
     /// Push settings into DataFusion's config (default schema, time zone, extra options).
     fn apply_settings(&self) -> Result<()> {
         let s = lock(&self.settings).clone();
+        let schema = s.search_path().into_iter().next().unwrap_or_else(|| "public".into());
+        // current_schema() answers from the search_path (pg_catalog's version says "public").
+        self.ctx.register_udf(crate::engine::constant_udf("current_schema", schema));
         let state = self.ctx.state_ref();
         let mut state = state.write();
         let opts = state.config_mut().options_mut();
@@ -770,6 +773,27 @@ pub fn result_schema(p: &Prepared) -> SchemaRef {
         }
         _ => Arc::new(Schema::empty()),
     }
+}
+
+/// Types of parameters that appear directly under a cast (`$1::bigint`).
+pub fn cast_parameter_types(plan: &LogicalPlan) -> std::collections::HashMap<String, DataType> {
+    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+    use datafusion::logical_expr::Expr as DfExpr;
+    let mut out = std::collections::HashMap::new();
+    let _ = plan.apply_with_subqueries(|node| {
+        let _ = node.apply_expressions(|e| {
+            e.apply(|e| {
+                if let DfExpr::Cast(c) = e {
+                    if let DfExpr::Placeholder(p) = c.expr.as_ref() {
+                        out.entry(p.id.clone()).or_insert_with(|| c.field.data_type().clone());
+                    }
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+        });
+        Ok(TreeNodeRecursion::Continue)
+    });
+    out
 }
 
 fn is_transaction_end(stmt: &Statement) -> bool {

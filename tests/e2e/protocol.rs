@@ -268,12 +268,15 @@ async fn client_disconnect_frees_the_cpu() {
     let dir = lake();
     let srv = Server::start(dir.path());
     let pid = srv.pid();
-    let c = srv.connect().await;
+    let (c, conn) = srv.connect_with_task().await;
     let q = tokio::spawn(async move {
         let _ = c.simple_query(SLOW).await;
     });
     tokio::time::sleep(Duration::from_millis(800)).await;
-    q.abort(); // drops the client and its connection: the socket closes.
+    // Kill the connection mid-query: the socket closes without a Terminate.
+    conn.abort();
+    let _ = conn.await;
+    q.abort();
     let _ = q.await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let before = cpu_ticks(pid);

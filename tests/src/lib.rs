@@ -79,6 +79,18 @@ impl Server {
         self.addr.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port")
     }
 
+    /// Connect with tokio-postgres; also returns the connection task, whose abort closes
+    /// the socket.
+    pub async fn connect_with_task(&self) -> (tokio_postgres::Client, tokio::task::JoinHandle<()>) {
+        let (client, conn) = tokio_postgres::connect(&format!("host=127.0.0.1 port={} user=touchlake dbname=touchlake", self.port()), tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        let task = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        (client, task)
+    }
+
     /// Connect with tokio-postgres.
     pub async fn connect(&self) -> tokio_postgres::Client {
         let (client, conn) = tokio_postgres::connect(&format!("host=127.0.0.1 port={} user=touchlake dbname=touchlake", self.port()), tokio_postgres::NoTls)

@@ -209,7 +209,13 @@ pub struct PreparedParser;
 
 fn parameter_types(p: &Prepared) -> PgWireResult<Vec<Option<DataType>>> {
     let Some(plan) = &p.plan else { return Ok(vec![]) };
-    let types = plan.get_parameter_types().map_err(|e| to_pgwire(SessionError::DataFusion(e)))?;
+    let mut types = plan.get_parameter_types().map_err(|e| to_pgwire(SessionError::DataFusion(e)))?;
+    // `$1::bigint`: PostgreSQL types the parameter from the cast; DataFusion leaves it open.
+    for (id, t) in crate::session::cast_parameter_types(plan) {
+        if let Some(slot @ None) = types.get_mut(&id) {
+            *slot = Some(t);
+        }
+    }
     let mut ordered: Vec<(usize, Option<DataType>)> = types
         .into_iter()
         .filter_map(|(k, v)| k.trim_start_matches('$').parse::<usize>().ok().map(|i| (i, v)))
