@@ -5,26 +5,41 @@ use std::sync::Arc;
 
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::Session;
-use deltalake::kernel::engine::arrow_conversion::TryFromArrow;
 use deltalake::kernel::StructType;
+use deltalake::kernel::engine::arrow_conversion::TryFromArrow;
 use deltalake::protocol::SaveMode;
 
 use crate::error::{CatalogError, Result};
-use crate::lake::{validate_name, Lake};
+use crate::lake::{Lake, validate_name};
 use crate::meta::{SchemaDef, ViewDef};
 
 impl Lake {
     /// CREATE SCHEMA: records the schema under `_touchlake/schemas/` (folders appear with
     /// the first table). Returns false if it existed and `if_not_exists` was given.
-    pub async fn create_schema(&self, name: &str, if_not_exists: bool, owner: &str) -> Result<bool> {
+    pub async fn create_schema(
+        &self,
+        name: &str,
+        if_not_exists: bool,
+        owner: &str,
+    ) -> Result<bool> {
         validate_name(name)?;
         let exists = self.listing().tables.contains_key(name);
         if exists {
-            return if if_not_exists { Ok(false) } else { Err(CatalogError::SchemaExists(name.into())) };
+            return if if_not_exists {
+                Ok(false)
+            } else {
+                Err(CatalogError::SchemaExists(name.into()))
+            };
         }
-        let def = SchemaDef { owner: owner.to_string(), created_at: chrono::Utc::now().to_rfc3339() };
-        let body = serde_json::to_vec(&def).map_err(|e| CatalogError::Unsupported(e.to_string()))?;
-        let created = self.put_meta(&["schemas", &format!("{name}.json")], body, true).await?;
+        let def = SchemaDef {
+            owner: owner.to_string(),
+            created_at: chrono::Utc::now().to_rfc3339(),
+        };
+        let body =
+            serde_json::to_vec(&def).map_err(|e| CatalogError::Unsupported(e.to_string()))?;
+        let created = self
+            .put_meta(&["schemas", &format!("{name}.json")], body, true)
+            .await?;
         if !created && !if_not_exists {
             return Err(CatalogError::SchemaExists(name.into()));
         }
@@ -39,7 +54,11 @@ impl Lake {
         self.refresh_listing().await?;
         let listing = self.listing();
         let Some(tables) = listing.tables.get(name) else {
-            return if if_exists { Ok(()) } else { Err(CatalogError::NoSuchSchema(name.into())) };
+            return if if_exists {
+                Ok(())
+            } else {
+                Err(CatalogError::NoSuchSchema(name.into()))
+            };
         };
         let views = listing.views.get(name).cloned().unwrap_or_default();
         if !cascade && (!tables.is_empty() || !views.is_empty()) {
@@ -52,7 +71,8 @@ impl Lake {
             self.drop_view(name, v, true).await?;
         }
         self.delete_prefix(&[name]).await?;
-        self.delete_meta(&["schemas", &format!("{name}.json")]).await?;
+        self.delete_meta(&["schemas", &format!("{name}.json")])
+            .await?;
         self.edit_listing(|l| {
             l.tables.remove(name);
             l.views.remove(name);
@@ -85,7 +105,11 @@ impl Lake {
         }
         let qualified = format!("{schema}.{name}");
         if self.relation_exists(schema, name) || self.table(schema, name).await?.is_some() {
-            return if if_not_exists { Ok(false) } else { Err(CatalogError::AlreadyExists(qualified)) };
+            return if if_not_exists {
+                Ok(false)
+            } else {
+                Err(CatalogError::AlreadyExists(qualified))
+            };
         }
         let delta_schema = StructType::try_from_arrow(columns.as_ref())
             .map_err(|e| CatalogError::UnsupportedType(e.to_string()))?;
@@ -99,16 +123,27 @@ impl Lake {
         match res {
             Ok(_) => {}
             Err(deltalake::DeltaTableError::VersionAlreadyExists(_)) => {
-                return if if_not_exists { Ok(false) } else { Err(CatalogError::AlreadyExists(qualified)) };
+                return if if_not_exists {
+                    Ok(false)
+                } else {
+                    Err(CatalogError::AlreadyExists(qualified))
+                };
             }
             Err(e) if e.to_string().contains("already exists") => {
-                return if if_not_exists { Ok(false) } else { Err(CatalogError::AlreadyExists(qualified)) };
+                return if if_not_exists {
+                    Ok(false)
+                } else {
+                    Err(CatalogError::AlreadyExists(qualified))
+                };
             }
             Err(e) => return Err(e.into()),
         }
         self.invalidate(schema, name).await;
         self.edit_listing(|l| {
-            l.tables.entry(schema.to_string()).or_default().insert(name.to_string());
+            l.tables
+                .entry(schema.to_string())
+                .or_default()
+                .insert(name.to_string());
         });
         Ok(true)
     }
@@ -116,7 +151,11 @@ impl Lake {
     /// DROP TABLE: removes the table's folder (data files and log).
     pub async fn drop_table(&self, schema: &str, name: &str, if_exists: bool) -> Result<()> {
         if self.table(schema, name).await?.is_none() {
-            return if if_exists { Ok(()) } else { Err(CatalogError::NoSuchTable(format!("{schema}.{name}"))) };
+            return if if_exists {
+                Ok(())
+            } else {
+                Err(CatalogError::NoSuchTable(format!("{schema}.{name}")))
+            };
         }
         // Remove the log first so no reader sees a table whose files are going.
         self.delete_prefix(&[schema, name, "_delta_log"]).await?;
@@ -131,30 +170,51 @@ impl Lake {
     }
 
     /// CREATE [OR REPLACE] VIEW: persists the definition; the caller has planned it once.
-    pub async fn create_view(&self, schema: &str, name: &str, def: ViewDef, or_replace: bool) -> Result<()> {
+    pub async fn create_view(
+        &self,
+        schema: &str,
+        name: &str,
+        def: ViewDef,
+        or_replace: bool,
+    ) -> Result<()> {
         validate_name(schema)?;
         validate_name(name)?;
         let qualified = format!("{schema}.{name}");
-        if self.listing().tables.get(schema).is_some_and(|t| t.contains(name)) {
+        if self
+            .listing()
+            .tables
+            .get(schema)
+            .is_some_and(|t| t.contains(name))
+        {
             return Err(CatalogError::AlreadyExists(qualified));
         }
-        let body = serde_json::to_vec_pretty(&def).map_err(|e| CatalogError::Unsupported(e.to_string()))?;
+        let body = serde_json::to_vec_pretty(&def)
+            .map_err(|e| CatalogError::Unsupported(e.to_string()))?;
         let created = self
-            .put_meta(&["views", schema, &format!("{name}.json")], body, !or_replace)
+            .put_meta(
+                &["views", schema, &format!("{name}.json")],
+                body,
+                !or_replace,
+            )
             .await?;
         if !created {
             return Err(CatalogError::AlreadyExists(qualified));
         }
         self.edit_listing(|l| {
             l.tables.entry(schema.to_string()).or_default();
-            l.views.entry(schema.to_string()).or_default().insert(name.to_string(), def);
+            l.views
+                .entry(schema.to_string())
+                .or_default()
+                .insert(name.to_string(), def);
         });
         Ok(())
     }
 
     /// DROP VIEW.
     pub async fn drop_view(&self, schema: &str, name: &str, if_exists: bool) -> Result<()> {
-        let existed = self.delete_meta(&["views", schema, &format!("{name}.json")]).await?;
+        let existed = self
+            .delete_meta(&["views", schema, &format!("{name}.json")])
+            .await?;
         self.edit_listing(|l| {
             if let Some(v) = l.views.get_mut(schema) {
                 v.remove(name);

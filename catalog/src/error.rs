@@ -22,7 +22,9 @@ pub enum CatalogError {
     #[error("schema \"{0}\" already exists")]
     SchemaExists(String),
     /// DROP SCHEMA without CASCADE on a schema that still holds tables or views.
-    #[error("cannot drop schema \"{0}\" because other objects depend on it (use DROP SCHEMA … CASCADE)")]
+    #[error(
+        "cannot drop schema \"{0}\" because other objects depend on it (use DROP SCHEMA … CASCADE)"
+    )]
     SchemaNotEmpty(String),
     /// A name that cannot be a folder name in the lake.
     #[error("invalid name \"{0}\": use letters, digits and underscores")]

@@ -12,9 +12,9 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use url::Url;
 
+use crate::META_DIR;
 use crate::error::{CatalogError, Result};
 use crate::meta::ViewDef;
-use crate::META_DIR;
 
 /// One opened Delta table, shared by all sessions, refreshed when older than the TTL.
 struct CachedTable {
@@ -44,7 +44,9 @@ pub struct Lake {
 
 impl std::fmt::Debug for Lake {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Lake").field("url", &self.url.as_str()).finish()
+        f.debug_struct("Lake")
+            .field("url", &self.url.as_str())
+            .finish()
     }
 }
 
@@ -82,7 +84,8 @@ impl Lake {
             }
             let store: Arc<dyn ObjectStore> = match url.scheme() {
                 "s3" | "s3a" => {
-                    let mut b = object_store::aws::AmazonS3Builder::from_env().with_url(url.as_str());
+                    let mut b =
+                        object_store::aws::AmazonS3Builder::from_env().with_url(url.as_str());
                     for (k, v) in options {
                         if let Ok(key) = k.parse() {
                             b = b.with_config(key, v);
@@ -199,7 +202,10 @@ impl Lake {
             }
             listing.tables.insert(schema, tables);
         }
-        listing.tables.entry(crate::DEFAULT_SCHEMA.to_string()).or_default();
+        listing
+            .tables
+            .entry(crate::DEFAULT_SCHEMA.to_string())
+            .or_default();
         for marker in self.list_meta("schemas").await? {
             if let Some(name) = marker.strip_suffix(".json") {
                 listing.tables.entry(name.to_string()).or_default();
@@ -241,7 +247,11 @@ impl Lake {
         Ok(objects
             .into_iter()
             .filter_map(|o| {
-                let rel: Vec<_> = o.location.prefix_match(&prefix)?.map(|p| p.as_ref().to_string()).collect();
+                let rel: Vec<_> = o
+                    .location
+                    .prefix_match(&prefix)?
+                    .map(|p| p.as_ref().to_string())
+                    .collect();
                 Some(rel.join("/"))
             })
             .collect())
@@ -250,8 +260,12 @@ impl Lake {
     async fn read_views(&self) -> Result<Vec<(String, String, ViewDef)>> {
         let mut out = vec![];
         for rel in self.list_meta("views").await? {
-            let Some((schema, file)) = rel.split_once('/') else { continue };
-            let Some(name) = file.strip_suffix(".json") else { continue };
+            let Some((schema, file)) = rel.split_once('/') else {
+                continue;
+            };
+            let Some(name) = file.strip_suffix(".json") else {
+                continue;
+            };
             let path = self.path(&[META_DIR, "views", schema, file]);
             let bytes = match self.store.get(&path).await {
                 Ok(r) => r.bytes().await?,
@@ -266,15 +280,28 @@ impl Lake {
     }
 
     /// Write a catalog object under `_touchlake/`; with `create_only`, fail if it exists.
-    pub(crate) async fn put_meta(&self, parts: &[&str], body: Vec<u8>, create_only: bool) -> Result<bool> {
+    pub(crate) async fn put_meta(
+        &self,
+        parts: &[&str],
+        body: Vec<u8>,
+        create_only: bool,
+    ) -> Result<bool> {
         let mut full = vec![META_DIR];
         full.extend_from_slice(parts);
         let path = self.path(&full);
         let opts = PutOptions {
-            mode: if create_only { PutMode::Create } else { PutMode::Overwrite },
+            mode: if create_only {
+                PutMode::Create
+            } else {
+                PutMode::Overwrite
+            },
             ..Default::default()
         };
-        match self.store.put_opts(&path, PutPayload::from(body), opts).await {
+        match self
+            .store
+            .put_opts(&path, PutPayload::from(body), opts)
+            .await
+        {
             Ok(_) => Ok(true),
             Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
             Err(e) => Err(e.into()),
@@ -295,7 +322,11 @@ impl Lake {
     /// Delete every object below `parts` (a table folder or schema folder).
     pub(crate) async fn delete_prefix(&self, parts: &[&str]) -> Result<()> {
         let prefix = self.path(parts);
-        let locations = self.store.list(Some(&prefix)).map_ok(|m| m.location).boxed();
+        let locations = self
+            .store
+            .list(Some(&prefix))
+            .map_ok(|m| m.location)
+            .boxed();
         self.store
             .delete_stream(locations)
             .try_collect::<Vec<_>>()
@@ -307,7 +338,12 @@ impl Lake {
             match std::fs::remove_dir_all(&dir) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(CatalogError::Unsupported(format!("cannot remove {}: {e}", dir.display()))),
+                Err(e) => {
+                    return Err(CatalogError::Unsupported(format!(
+                        "cannot remove {}: {e}",
+                        dir.display()
+                    )));
+                }
             }
         }
         Ok(())
@@ -321,7 +357,11 @@ impl Lake {
 
     /// Open `schema.table` at its latest version, through the shared cache.
     /// Returns `None` if there is no Delta table there.
-    pub async fn table(&self, schema: &str, table: &str) -> Result<Option<(DeltaTable, Arc<dyn TableProvider>)>> {
+    pub async fn table(
+        &self,
+        schema: &str,
+        table: &str,
+    ) -> Result<Option<(DeltaTable, Arc<dyn TableProvider>)>> {
         let key = (schema.to_string(), table.to_string());
         let mut cache = self.tables.lock().await;
         if let Some(c) = cache.get_mut(&key) {
@@ -331,7 +371,8 @@ impl Lake {
             let before = c.table.version();
             match c.table.update_incremental(None).await {
                 Ok(()) => {}
-                Err(deltalake::DeltaTableError::NotATable(_)) | Err(deltalake::DeltaTableError::InvalidTableLocation(_)) => {
+                Err(deltalake::DeltaTableError::NotATable(_))
+                | Err(deltalake::DeltaTableError::InvalidTableLocation(_)) => {
                     cache.remove(&key);
                     return Ok(None);
                 }
@@ -367,26 +408,45 @@ impl Lake {
         let provider = t.table_provider().await?;
         cache.insert(
             (schema.to_string(), table.to_string()),
-            CachedTable { table: t.clone(), provider: provider.clone(), checked: Instant::now() },
+            CachedTable {
+                table: t.clone(),
+                provider: provider.clone(),
+                checked: Instant::now(),
+            },
         );
         drop(cache);
         if let Ok(mut l) = self.listing.write() {
-            l.0.tables.entry(schema.to_string()).or_default().insert(table.to_string());
+            l.0.tables
+                .entry(schema.to_string())
+                .or_default()
+                .insert(table.to_string());
         }
         Ok(Some((t, provider)))
     }
 
     /// Forget the cached snapshot of `schema.table` (after our own write or drop).
     pub async fn invalidate(&self, schema: &str, table: &str) {
-        self.tables.lock().await.remove(&(schema.to_string(), table.to_string()));
+        self.tables
+            .lock()
+            .await
+            .remove(&(schema.to_string(), table.to_string()));
     }
 
     /// Open `schema.table` as of `version` (time travel). Not cached.
-    pub async fn table_at_version(&self, schema: &str, table: &str, version: i64) -> Result<Option<Arc<dyn TableProvider>>> {
+    pub async fn table_at_version(
+        &self,
+        schema: &str,
+        table: &str,
+        version: i64,
+    ) -> Result<Option<Arc<dyn TableProvider>>> {
         if !self.is_delta_table(schema, table).await? {
             return Ok(None);
         }
-        let t = self.table_builder(schema, table)?.with_version(version as _).load().await?;
+        let t = self
+            .table_builder(schema, table)?
+            .with_version(version as _)
+            .load()
+            .await?;
         Ok(Some(t.table_provider().await?))
     }
 
@@ -400,7 +460,11 @@ impl Lake {
         if !self.is_delta_table(schema, table).await? {
             return Ok(None);
         }
-        let t = self.table_builder(schema, table)?.with_timestamp(ts).load().await?;
+        let t = self
+            .table_builder(schema, table)?
+            .with_timestamp(ts)
+            .load()
+            .await?;
         Ok(Some(t.table_provider().await?))
     }
 

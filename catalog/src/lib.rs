@@ -10,6 +10,7 @@ pub mod ddl;
 pub mod error;
 pub mod lake;
 pub mod meta;
+pub mod pg_functions;
 pub mod provider;
 pub mod types;
 

@@ -33,7 +33,11 @@ pub struct LakeCatalogProvider {
 impl LakeCatalogProvider {
     /// A catalog over `lake`, planning views with `planner`.
     pub fn new(lake: Arc<Lake>, planner: Arc<dyn ViewPlanner>) -> Self {
-        Self { lake, planner, extra: RwLock::new(HashMap::new()) }
+        Self {
+            lake,
+            planner,
+            extra: RwLock::new(HashMap::new()),
+        }
     }
 }
 
@@ -106,7 +110,9 @@ fn split_time_travel(name: &str) -> Option<(&str, TimeTravel)> {
         }
     }
     if let Ok(d) = chrono::NaiveDate::parse_from_str(spec, "%Y-%m-%d") {
-        return d.and_hms_opt(0, 0, 0).map(|ts| (base, TimeTravel::At(ts.and_utc())));
+        return d
+            .and_hms_opt(0, 0, 0)
+            .map(|ts| (base, TimeTravel::At(ts.and_utc())));
     }
     None
 }
@@ -134,7 +140,12 @@ impl SchemaProvider for LakeSchemaProvider {
             };
             return Ok(t);
         }
-        let view = self.lake.listing().views.get(&self.schema).and_then(|v| v.get(name).cloned());
+        let view = self
+            .lake
+            .listing()
+            .views
+            .get(&self.schema)
+            .and_then(|v| v.get(name).cloned());
         if let Some(def) = view {
             let plan = self.planner.plan_view(&self.schema, name, &def).await?;
             return Ok(Some(Arc::new(ViewTable::new(plan, Some(def.sql.clone())))));
@@ -144,7 +155,13 @@ impl SchemaProvider for LakeSchemaProvider {
 
     fn table_exist(&self, name: &str) -> bool {
         let listing = self.lake.listing();
-        listing.tables.get(&self.schema).is_some_and(|t| t.contains(name))
-            || listing.views.get(&self.schema).is_some_and(|v| v.contains_key(name))
+        listing
+            .tables
+            .get(&self.schema)
+            .is_some_and(|t| t.contains(name))
+            || listing
+                .views
+                .get(&self.schema)
+                .is_some_and(|v| v.contains_key(name))
     }
 }

@@ -11,9 +11,12 @@ use crate::error::{CatalogError, Result};
 pub fn sql_to_arrow(t: &SqlType) -> Result<DataType> {
     use SqlType as S;
     Ok(match t {
-        S::Text | S::Varchar(_) | S::CharVarying(_) | S::Char(_) | S::Character(_) | S::String(_) => {
-            DataType::Utf8
-        }
+        S::Text
+        | S::Varchar(_)
+        | S::CharVarying(_)
+        | S::Char(_)
+        | S::Character(_)
+        | S::String(_) => DataType::Utf8,
         S::Custom(name, _) if is_name(name, &["citext", "name", "bpchar"]) => DataType::Utf8,
         S::Int(_) | S::Integer(_) | S::Int4(_) => DataType::Int32,
         S::SmallInt(_) | S::Int2(_) => DataType::Int16,
@@ -64,10 +67,9 @@ pub fn storable(t: &DataType) -> DataType {
         DataType::UInt16 => DataType::Int32,
         DataType::UInt32 | DataType::UInt64 => DataType::Int64,
         DataType::Float16 => DataType::Float32,
-        DataType::Timestamp(_, tz) => DataType::Timestamp(
-            TimeUnit::Microsecond,
-            tz.as_ref().map(|_| "UTC".into()),
-        ),
+        DataType::Timestamp(_, tz) => {
+            DataType::Timestamp(TimeUnit::Microsecond, tz.as_ref().map(|_| "UTC".into()))
+        }
         DataType::Date64 => DataType::Date32,
         DataType::Null => DataType::Utf8,
         DataType::Dictionary(_, v) => storable(v),

@@ -8,7 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    ArrayRef, Decimal128Builder, Int32Builder, Int64Builder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder,
+    ArrayRef, Decimal128Builder, Int32Builder, Int64Builder, RecordBatch, StringBuilder,
+    TimestampMicrosecondBuilder,
 };
 use datafusion::arrow::datatypes::SchemaRef;
 use deltalake::protocol::SaveMode;
@@ -29,7 +30,11 @@ pub struct DemoOptions {
 
 impl Default for DemoOptions {
     fn default() -> Self {
-        DemoOptions { persons: 5_000, seed: 42, persons_per_commit: 20_000 }
+        DemoOptions {
+            persons: 5_000,
+            seed: 42,
+            persons_per_commit: 20_000,
+        }
     }
 }
 
@@ -65,20 +70,107 @@ impl Rng {
 
 /// (channel, channel_type, source, events with weights)
 const CHANNELS: &[(&str, &str, &str, &[(&str, u64)])] = &[
-    ("app", "online", "app_events", &[("page_view", 40), ("click", 20), ("login", 8), ("add_to_cart", 8), ("checkout", 4), ("purchase", 3)]),
-    ("web", "online", "web_events", &[("page_view", 45), ("search", 12), ("click", 15), ("register", 2), ("add_to_cart", 6), ("purchase", 2)]),
-    ("mini_program", "online", "wechat_mp", &[("page_view", 30), ("click", 12), ("coupon_scan", 5), ("follow", 3), ("purchase", 3)]),
-    ("store_pos", "offline", "pos_orders", &[("store_visit", 10), ("purchase", 8), ("coupon_scan", 3), ("refund", 1)]),
-    ("call_center", "offline", "cc_calls", &[("service_call", 8), ("complaint", 2)]),
-    ("crm", "hybrid", "crm_members", &[("register", 2), ("message_sent", 3)]),
-    ("email", "online", "esp_email", &[("message_sent", 10), ("message_open", 5), ("message_click", 2)]),
-    ("sms", "online", "sms_gateway", &[("message_sent", 6), ("message_click", 1)]),
+    (
+        "app",
+        "online",
+        "app_events",
+        &[
+            ("page_view", 40),
+            ("click", 20),
+            ("login", 8),
+            ("add_to_cart", 8),
+            ("checkout", 4),
+            ("purchase", 3),
+        ],
+    ),
+    (
+        "web",
+        "online",
+        "web_events",
+        &[
+            ("page_view", 45),
+            ("search", 12),
+            ("click", 15),
+            ("register", 2),
+            ("add_to_cart", 6),
+            ("purchase", 2),
+        ],
+    ),
+    (
+        "mini_program",
+        "online",
+        "wechat_mp",
+        &[
+            ("page_view", 30),
+            ("click", 12),
+            ("coupon_scan", 5),
+            ("follow", 3),
+            ("purchase", 3),
+        ],
+    ),
+    (
+        "store_pos",
+        "offline",
+        "pos_orders",
+        &[
+            ("store_visit", 10),
+            ("purchase", 8),
+            ("coupon_scan", 3),
+            ("refund", 1),
+        ],
+    ),
+    (
+        "call_center",
+        "offline",
+        "cc_calls",
+        &[("service_call", 8), ("complaint", 2)],
+    ),
+    (
+        "crm",
+        "hybrid",
+        "crm_members",
+        &[("register", 2), ("message_sent", 3)],
+    ),
+    (
+        "email",
+        "online",
+        "esp_email",
+        &[
+            ("message_sent", 10),
+            ("message_open", 5),
+            ("message_click", 2),
+        ],
+    ),
+    (
+        "sms",
+        "online",
+        "sms_gateway",
+        &[("message_sent", 6), ("message_click", 1)],
+    ),
     ("survey", "hybrid", "survey_tool", &[("survey_response", 3)]),
 ];
 /// Relative frequency of each channel in a person's journey.
 const CHANNEL_WEIGHTS: &[u64] = &[30, 22, 18, 10, 4, 3, 7, 3, 3];
-const CAMPAIGNS: &[&str] = &["spring_sale", "618", "double11", "member_day", "new_arrivals", "winback"];
-const CONTENT: &[&str] = &["home", "search", "product/123", "product/456", "product/789", "cart", "checkout", "promo", "help", "account"];
+const CAMPAIGNS: &[&str] = &[
+    "spring_sale",
+    "618",
+    "double11",
+    "member_day",
+    "new_arrivals",
+    "winback",
+];
+const CONTENT: &[&str] = &[
+    "home",
+    "search",
+    "product/123",
+    "product/456",
+    "product/789",
+    "cart",
+    "checkout",
+    "promo",
+    "help",
+    "account",
+];
 
 fn pick<'a, T>(rng: &mut Rng, items: &'a [(T, u64)]) -> &'a T {
     let total: u64 = items.iter().map(|(_, w)| w).sum();
@@ -132,11 +224,23 @@ struct Identity {
 
 fn identity(rng: &mut Rng, p: u64) -> Identity {
     Identity {
-        phone: rng.chance(0.8).then(|| format!("+861{:02}{:08}", 30 + rng.below(60), (p * 7919 + 1234) % 100_000_000)),
-        email: rng.chance(0.6).then(|| format!("user{p}@example{}.com", p % 7)),
-        devices: (0..1 + rng.below(2)).map(|d| format!("dev-{p:08x}-{d}")).collect(),
+        phone: rng.chance(0.8).then(|| {
+            format!(
+                "+861{:02}{:08}",
+                30 + rng.below(60),
+                (p * 7919 + 1234) % 100_000_000
+            )
+        }),
+        email: rng
+            .chance(0.6)
+            .then(|| format!("user{p}@example{}.com", p % 7)),
+        devices: (0..1 + rng.below(2))
+            .map(|d| format!("dev-{p:08x}-{d}"))
+            .collect(),
         member_id: rng.chance(0.5).then(|| format!("M{:09}", p)),
-        openid: rng.chance(0.4).then(|| format!("o{:x}", fnv(&["openid", &p.to_string()]) >> 8)),
+        openid: rng
+            .chance(0.4)
+            .then(|| format!("o{:x}", fnv(&["openid", &p.to_string()]) >> 8)),
         user_id: rng.chance(0.7).then(|| format!("u{p}")),
     }
 }
@@ -192,7 +296,9 @@ impl TouchpointColumns {
             store_id: StringBuilder::new(),
             campaign: StringBuilder::new(),
             content: StringBuilder::new(),
-            revenue: Decimal128Builder::new().with_precision_and_scale(18, 2).unwrap_or_default(),
+            revenue: Decimal128Builder::new()
+                .with_precision_and_scale(18, 2)
+                .unwrap_or_default(),
             currency: StringBuilder::new(),
             score: Int32Builder::new(),
             duration: Int64Builder::new(),
@@ -231,7 +337,8 @@ impl TouchpointColumns {
             Arc::new(self.ingested_at.finish()),
         ];
         self.rows = 0;
-        Ok(RecordBatch::try_new(self.schema.clone(), cols).map_err(datafusion::error::DataFusionError::from)?)
+        Ok(RecordBatch::try_new(self.schema.clone(), cols)
+            .map_err(datafusion::error::DataFusionError::from)?)
     }
 }
 
@@ -247,7 +354,11 @@ struct PersonAgg {
 }
 
 /// Generate one chunk of persons `[from, to)`; returns (touchpoints, persons, identities) batches.
-fn chunk(opts: &DemoOptions, from: u64, to: u64) -> Result<(RecordBatch, RecordBatch, RecordBatch)> {
+fn chunk(
+    opts: &DemoOptions,
+    from: u64,
+    to: u64,
+) -> Result<(RecordBatch, RecordBatch, RecordBatch)> {
     let run_id = format!("demo-{}", opts.seed);
     let ingested_at = START_US + SPAN_DAYS * DAY_US + DAY_US;
     let mut tp = TouchpointColumns::new();
@@ -256,7 +367,11 @@ fn chunk(opts: &DemoOptions, from: u64, to: u64) -> Result<(RecordBatch, RecordB
         let mut rng = Rng(opts.seed ^ p.wrapping_mul(0x2545_F491_4F6C_DD1D));
         let id = identity(&mut rng, p);
         let person_id = format!("p{:08}", p);
-        let mut agg = PersonAgg { first: i64::MAX, last: i64::MIN, ..Default::default() };
+        let mut agg = PersonAgg {
+            first: i64::MAX,
+            last: i64::MIN,
+            ..Default::default()
+        };
         // Journeys: a few visits, each a burst of touchpoints within an hour or so.
         let visits = 4 + rng.below(20);
         let mut t = START_US + (rng.below((SPAN_DAYS as u64) * 86_400) as i64) * 1_000_000 / 2;
@@ -266,7 +381,9 @@ fn chunk(opts: &DemoOptions, from: u64, to: u64) -> Result<(RecordBatch, RecordB
             let ch = pick_index(&mut rng, CHANNEL_WEIGHTS);
             let (channel, channel_type, source, events) = CHANNELS[ch];
             let burst = 1 + rng.below(if channel_type == "offline" { 3 } else { 7 });
-            let campaign = rng.chance(0.3).then(|| CAMPAIGNS[rng.below(CAMPAIGNS.len() as u64) as usize]);
+            let campaign = rng
+                .chance(0.3)
+                .then(|| CAMPAIGNS[rng.below(CAMPAIGNS.len() as u64) as usize]);
             for _ in 0..burst {
                 if t >= START_US + SPAN_DAYS * DAY_US {
                     break;
@@ -284,17 +401,48 @@ fn chunk(opts: &DemoOptions, from: u64, to: u64) -> Result<(RecordBatch, RecordB
                 let device = id.devices[rng.below(id.devices.len() as u64) as usize].clone();
                 let (phone, email, dev, member, openid, user) = match channel {
                     "app" => (None, None, Some(device), None, None, id.user_id.clone()),
-                    "web" => (None, rng.chance(0.2).then(|| id.email.clone()).flatten(), None, None, None, id.user_id.clone()),
-                    "mini_program" => (rng.chance(0.3).then(|| id.phone.clone()).flatten(), None, None, None, id.openid.clone(), None),
-                    "store_pos" => (id.phone.clone(), None, None, id.member_id.clone(), None, None),
+                    "web" => (
+                        None,
+                        rng.chance(0.2).then(|| id.email.clone()).flatten(),
+                        None,
+                        None,
+                        None,
+                        id.user_id.clone(),
+                    ),
+                    "mini_program" => (
+                        rng.chance(0.3).then(|| id.phone.clone()).flatten(),
+                        None,
+                        None,
+                        None,
+                        id.openid.clone(),
+                        None,
+                    ),
+                    "store_pos" => (
+                        id.phone.clone(),
+                        None,
+                        None,
+                        id.member_id.clone(),
+                        None,
+                        None,
+                    ),
                     "call_center" => (id.phone.clone(), None, None, None, None, None),
-                    "crm" => (id.phone.clone(), id.email.clone(), None, id.member_id.clone(), None, None),
+                    "crm" => (
+                        id.phone.clone(),
+                        id.email.clone(),
+                        None,
+                        id.member_id.clone(),
+                        None,
+                        None,
+                    ),
                     "email" => (None, id.email.clone(), None, None, None, None),
                     "sms" => (id.phone.clone(), None, None, None, None, None),
                     _ => (None, id.email.clone(), None, None, None, id.user_id.clone()),
                 };
-                let anon = (channel == "web" && user.is_none()).then(|| format!("anon-{:x}", fnv(&["anon", &p.to_string()])));
-                let identified = [&phone, &email, &dev, &member, &openid, &user].iter().any(|v| v.is_some());
+                let anon = (channel == "web" && user.is_none())
+                    .then(|| format!("anon-{:x}", fnv(&["anon", &p.to_string()])));
+                let identified = [&phone, &email, &dev, &member, &openid, &user]
+                    .iter()
+                    .any(|v| v.is_some());
                 if identified {
                     tp.person_id.append_value(&person_id);
                 } else {
@@ -317,8 +465,11 @@ fn chunk(opts: &DemoOptions, from: u64, to: u64) -> Result<(RecordBatch, RecordB
                     tp.store_id.append_null();
                 }
                 tp.campaign.append_option(campaign);
-                if channel_type == "online" && matches!(event, "page_view" | "click" | "add_to_cart") {
-                    tp.content.append_value(CONTENT[rng.below(CONTENT.len() as u64) as usize]);
+                if channel_type == "online"
+                    && matches!(event, "page_view" | "click" | "add_to_cart")
+                {
+                    tp.content
+                        .append_value(CONTENT[rng.below(CONTENT.len() as u64) as usize]);
                 } else {
                     tp.content.append_null();
                 }
@@ -329,7 +480,8 @@ fn chunk(opts: &DemoOptions, from: u64, to: u64) -> Result<(RecordBatch, RecordB
                 };
                 tp.revenue.append_option(cents);
                 tp.currency.append_option(cents.map(|_| "CNY"));
-                tp.score.append_option((event == "survey_response").then(|| rng.below(11) as i32));
+                tp.score
+                    .append_option((event == "survey_response").then(|| rng.below(11) as i32));
                 tp.duration.append_option(match event {
                     "service_call" | "complaint" => Some((30 + rng.below(900)) as i64 * 1000),
                     "page_view" => Some(rng.below(120_000) as i64),
@@ -377,10 +529,23 @@ fn chunk(opts: &DemoOptions, from: u64, to: u64) -> Result<(RecordBatch, RecordB
 
     let ts = || TimestampMicrosecondBuilder::new().with_timezone("UTC");
     let (mut pid, mut first, mut last) = (StringBuilder::new(), ts(), ts());
-    let (mut n, mut ch, mut orders, mut idn) = (Int64Builder::new(), Int64Builder::new(), Int64Builder::new(), Int64Builder::new());
-    let mut rev = Decimal128Builder::new().with_precision_and_scale(18, 2).unwrap_or_default();
-    let (mut it, mut iv, mut ip, mut ifirst, mut ilast, mut in_) =
-        (StringBuilder::new(), StringBuilder::new(), StringBuilder::new(), ts(), ts(), Int64Builder::new());
+    let (mut n, mut ch, mut orders, mut idn) = (
+        Int64Builder::new(),
+        Int64Builder::new(),
+        Int64Builder::new(),
+        Int64Builder::new(),
+    );
+    let mut rev = Decimal128Builder::new()
+        .with_precision_and_scale(18, 2)
+        .unwrap_or_default();
+    let (mut it, mut iv, mut ip, mut ifirst, mut ilast, mut in_) = (
+        StringBuilder::new(),
+        StringBuilder::new(),
+        StringBuilder::new(),
+        ts(),
+        ts(),
+        Int64Builder::new(),
+    );
     for (id, a) in &persons {
         pid.append_value(id);
         first.append_value(a.first);
@@ -430,7 +595,9 @@ fn chunk(opts: &DemoOptions, from: u64, to: u64) -> Result<(RecordBatch, RecordB
 
 async fn append(lake: &Lake, schema: &str, table: &str, batch: RecordBatch) -> Result<()> {
     let t = lake.table_builder(schema, table)?.load().await?;
-    t.write(vec![batch]).with_save_mode(SaveMode::Append).await?;
+    t.write(vec![batch])
+        .with_save_mode(SaveMode::Append)
+        .await?;
     lake.invalidate(schema, table).await;
     Ok(())
 }
@@ -441,7 +608,11 @@ pub async fn exists(lake: &Lake) -> Result<bool> {
 }
 
 /// Write the demo lake: `unified.*` with data, `quality.*` empty.
-pub async fn generate(lake: &Lake, opts: &DemoOptions, mut progress: impl FnMut(u64, u64)) -> Result<DemoSummary> {
+pub async fn generate(
+    lake: &Lake,
+    opts: &DemoOptions,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<DemoSummary> {
     for s in ["raw", "unified", "quality", "marts"] {
         lake.create_schema(s, true, "touchlake").await?;
     }
@@ -481,7 +652,11 @@ mod tests {
 
     #[test]
     fn chunks_are_deterministic_and_consistent() {
-        let opts = DemoOptions { persons: 200, seed: 7, persons_per_commit: 200 };
+        let opts = DemoOptions {
+            persons: 200,
+            seed: 7,
+            persons_per_commit: 200,
+        };
         let (a, pa, _) = chunk(&opts, 0, 200).unwrap();
         let (b, _, _) = chunk(&opts, 0, 200).unwrap();
         assert_eq!(a, b);
@@ -495,10 +670,18 @@ mod tests {
             .flatten()
             .map(str::to_string)
             .collect();
-        let tp_persons = a.column(6).as_any().downcast_ref::<datafusion::arrow::array::StringArray>().unwrap();
+        let tp_persons = a
+            .column(6)
+            .as_any()
+            .downcast_ref::<datafusion::arrow::array::StringArray>()
+            .unwrap();
         for p in tp_persons.iter().flatten() {
             assert!(persons.contains(p), "{p} missing from persons");
         }
-        assert!(a.num_rows() > 200 * 20, "about 44 touchpoints per person, got {}", a.num_rows());
+        assert!(
+            a.num_rows() > 200 * 20,
+            "about 44 touchpoints per person, got {}",
+            a.num_rows()
+        );
     }
 }

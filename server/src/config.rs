@@ -57,7 +57,8 @@ impl Config {
         let mut cfg = match file {
             Some(p) => {
                 let name = p.display().to_string();
-                let text = std::fs::read_to_string(p).map_err(|e| ConfigError::Read(name.clone(), e))?;
+                let text =
+                    std::fs::read_to_string(p).map_err(|e| ConfigError::Read(name.clone(), e))?;
                 toml::from_str(&text).map_err(|e| ConfigError::Parse(name, e))?
             }
             None => Config::default(),
@@ -69,7 +70,10 @@ impl Config {
     /// Apply `TOUCHLAKE_LAKE`, `TOUCHLAKE_LISTEN`, `TOUCHLAKE_REFRESH_SECONDS`,
     /// `TOUCHLAKE_MEMORY_LIMIT_MB`, `TOUCHLAKE_STATEMENT_TIMEOUT_MS` and
     /// `TOUCHLAKE_STORAGE_<OPTION>` from `vars`.
-    pub fn apply_env(&mut self, vars: impl Iterator<Item = (String, String)>) -> Result<(), ConfigError> {
+    pub fn apply_env(
+        &mut self,
+        vars: impl Iterator<Item = (String, String)>,
+    ) -> Result<(), ConfigError> {
         fn num<T: std::str::FromStr>(k: &str, v: &str) -> Result<T, ConfigError> {
             v.parse().map_err(|_| ConfigError::Env(k.into(), v.into()))
         }
@@ -97,11 +101,10 @@ mod tests {
 
     #[test]
     fn env_overrides_file_values() {
-        let mut cfg: Config = toml::from_str("lake = \"/data/lake\"\nlisten = \"0.0.0.0:6000\"").unwrap();
-        cfg.apply_env(
-            [("TOUCHLAKE_LISTEN".to_string(), "127.0.0.1:7000".to_string())].into_iter(),
-        )
-        .unwrap();
+        let mut cfg: Config =
+            toml::from_str("lake = \"/data/lake\"\nlisten = \"0.0.0.0:6000\"").unwrap();
+        cfg.apply_env([("TOUCHLAKE_LISTEN".to_string(), "127.0.0.1:7000".to_string())].into_iter())
+            .unwrap();
         assert_eq!(cfg.lake, "/data/lake");
         assert_eq!(cfg.listen, "127.0.0.1:7000");
     }

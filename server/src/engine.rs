@@ -108,7 +108,9 @@ impl PgCatalogContextProvider for RoleCatalog {
 
 impl Engine {
     /// Open the lake and set up the shared runtime.
-    pub async fn start(config: Config) -> Result<Arc<Engine>, Box<dyn std::error::Error + Send + Sync>> {
+    pub async fn start(
+        config: Config,
+    ) -> Result<Arc<Engine>, Box<dyn std::error::Error + Send + Sync>> {
         let refresh = Duration::from_secs_f64(config.refresh_seconds.max(0.0));
         let lake = Lake::open(&config.lake, &config.storage_options, refresh).await?;
         let mut rt = RuntimeEnvBuilder::new();
@@ -121,12 +123,23 @@ impl Engine {
             lake: lake.clone(),
             runtime: runtime.clone(),
         });
-        Ok(Arc::new(Engine { lake, runtime, config, views }))
+        Ok(Arc::new(Engine {
+            lake,
+            runtime,
+            config,
+            views,
+        }))
     }
 
     /// A new DataFusion context for one connection of role `user`.
     pub fn new_context(&self, user: &str) -> DfResult<SessionContext> {
-        build_context(&self.lake, &self.runtime, self.views.clone(), user, DEFAULT_SCHEMA)
+        build_context(
+            &self.lake,
+            &self.runtime,
+            self.views.clone(),
+            user,
+            DEFAULT_SCHEMA,
+        )
     }
 
     /// Keep the cached lake listing fresh so new schemas and tables written by other
@@ -158,8 +171,14 @@ fn build_context(
         .with_information_schema(true);
     let opts = config.options_mut();
     opts.set("datafusion.sql_parser.dialect", "PostgreSQL")?;
-    opts.set("datafusion.sql_parser.map_string_types_to_utf8view", "false")?;
-    opts.set("datafusion.execution.parquet.schema_force_view_types", "false")?;
+    opts.set(
+        "datafusion.sql_parser.map_string_types_to_utf8view",
+        "false",
+    )?;
+    opts.set(
+        "datafusion.execution.parquet.schema_force_view_types",
+        "false",
+    )?;
     opts.set("datafusion.execution.time_zone", "UTC")?;
     let state = SessionStateBuilder::new()
         .with_config(config)
@@ -168,9 +187,15 @@ fn build_context(
         .build();
     let ctx = SessionContext::new_with_state(state);
     let views: Arc<dyn ViewPlanner> = views;
-    ctx.register_catalog(DATABASE, Arc::new(LakeCatalogProvider::new(lake.clone(), views)));
+    ctx.register_catalog(
+        DATABASE,
+        Arc::new(LakeCatalogProvider::new(lake.clone(), views)),
+    );
     datafusion_pg_catalog::setup_pg_catalog(&ctx, DATABASE, RoleCatalog).map_err(|e| *e)?;
-    for udf in session_functions(user) {
+    for udf in touchlake_catalog::pg_functions::all()
+        .into_iter()
+        .chain(session_functions(user))
+    {
         ctx.register_udf(udf);
     }
     Ok(ctx)

@@ -5,6 +5,7 @@
 //! sessions. Depends on `touchlake-catalog` (the lake), `touchlake-ingest` (the demo
 //! data) and `touchlake-functions` (SQL functions).
 
+mod compat;
 mod config;
 mod engine;
 mod naming;
@@ -22,7 +23,11 @@ use crate::config::Config;
 use crate::engine::Engine;
 
 #[derive(Parser, Debug)]
-#[command(name = "touchlake", version, about = "Customer-touchpoint analytics over Delta Lake, spoken as PostgreSQL")]
+#[command(
+    name = "touchlake",
+    version,
+    about = "Customer-touchpoint analytics over Delta Lake, spoken as PostgreSQL"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -79,7 +84,10 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[tokio::main]
 async fn main() {
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_env("TOUCHLAKE_LOG").unwrap_or_else(|_| EnvFilter::new("warn,touchlake=info")))
+        .with_env_filter(
+            EnvFilter::try_from_env("TOUCHLAKE_LOG")
+                .unwrap_or_else(|_| EnvFilter::new("warn,touchlake=info")),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
@@ -92,23 +100,40 @@ async fn main() {
 async fn run(cli: Cli) -> Result<(), BoxError> {
     match cli.command {
         Command::Serve(args) => serve(args.config()?).await,
-        Command::Demo { serve: args, persons, seed, no_serve } => {
+        Command::Demo {
+            serve: args,
+            persons,
+            seed,
+            no_serve,
+        } => {
             let mut cfg = args.config()?;
-            if args.lake.is_none() && std::env::var("TOUCHLAKE_LAKE").is_err() && args.config.is_none() {
+            if args.lake.is_none()
+                && std::env::var("TOUCHLAKE_LAKE").is_err()
+                && args.config.is_none()
+            {
                 cfg.lake = "./demo-lake".into();
             }
             let engine = Engine::start(cfg.clone()).await?;
             if touchlake_ingest::demo::exists(&engine.lake).await? {
                 tracing::info!("demo lake already present at {}", engine.lake.url());
             } else {
-                let opts = touchlake_ingest::demo::DemoOptions { persons, seed, ..Default::default() };
+                let opts = touchlake_ingest::demo::DemoOptions {
+                    persons,
+                    seed,
+                    ..Default::default()
+                };
                 let started = std::time::Instant::now();
                 let bar = indicatif::ProgressBar::new(persons);
                 bar.set_style(
-                    indicatif::ProgressStyle::with_template("writing demo lake {bar:40} {pos}/{len} persons {elapsed}")
-                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                    indicatif::ProgressStyle::with_template(
+                        "writing demo lake {bar:40} {pos}/{len} persons {elapsed}",
+                    )
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
                 );
-                let summary = touchlake_ingest::demo::generate(&engine.lake, &opts, |done, _| bar.set_position(done)).await?;
+                let summary = touchlake_ingest::demo::generate(&engine.lake, &opts, |done, _| {
+                    bar.set_position(done)
+                })
+                .await?;
                 bar.finish_and_clear();
                 eprintln!(
                     "demo lake written to {} in {:.1}s: {} touchpoints, {} persons, {} identities",

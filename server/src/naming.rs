@@ -7,7 +7,9 @@ use datafusion::sql::sqlparser::ast::{DataType, Expr, Ident, Query, SelectItem, 
 /// Give the top-level SELECT's unnamed expressions PostgreSQL's column names, where the
 /// name is unique in the select list (DataFusion requires unique names).
 pub fn name_columns(q: &mut Query) {
-    let SetExpr::Select(select) = q.body.as_mut() else { return };
+    let SetExpr::Select(select) = q.body.as_mut() else {
+        return;
+    };
     let names: Vec<Option<String>> = select
         .projection
         .iter()
@@ -20,7 +22,9 @@ pub fn name_columns(q: &mut Query) {
     let count = |n: &str| names.iter().filter(|m| m.as_deref() == Some(n)).count();
     let has_wildcard = names.iter().any(Option::is_none);
     for (item, name) in select.projection.iter_mut().zip(names.iter()) {
-        let SelectItem::UnnamedExpr(e) = item else { continue };
+        let SelectItem::UnnamedExpr(e) = item else {
+            continue;
+        };
         if matches!(e, Expr::Identifier(_) | Expr::CompoundIdentifier(_)) {
             continue;
         }
@@ -28,14 +32,20 @@ pub fn name_columns(q: &mut Query) {
         if count(name) != 1 || has_wildcard {
             continue;
         }
-        *item = SelectItem::ExprWithAlias { expr: e.clone(), alias: Ident::with_quote('"', name.clone()) };
+        *item = SelectItem::ExprWithAlias {
+            expr: e.clone(),
+            alias: Ident::with_quote('"', name.clone()),
+        };
     }
 }
 
 fn pg_name(e: &Expr) -> String {
     match e {
         Expr::Identifier(i) => i.value.to_ascii_lowercase(),
-        Expr::CompoundIdentifier(parts) => parts.last().map(|i| i.value.to_ascii_lowercase()).unwrap_or_default(),
+        Expr::CompoundIdentifier(parts) => parts
+            .last()
+            .map(|i| i.value.to_ascii_lowercase())
+            .unwrap_or_default(),
         Expr::Function(f) => f
             .name
             .0
@@ -43,7 +53,9 @@ fn pg_name(e: &Expr) -> String {
             .and_then(|p| p.as_ident())
             .map(|i| i.value.to_ascii_lowercase())
             .unwrap_or_else(|| "?column?".into()),
-        Expr::Cast { data_type, expr, .. } => match type_name(data_type) {
+        Expr::Cast {
+            data_type, expr, ..
+        } => match type_name(data_type) {
             Some(n) => n,
             None => pg_name(expr),
         },

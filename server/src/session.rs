@@ -87,12 +87,19 @@ pub struct Executed {
 
 impl From<Outcome> for Executed {
     fn from(outcome: Outcome) -> Self {
-        Executed { outcome, parameter_status: vec![] }
+        Executed {
+            outcome,
+            parameter_status: vec![],
+        }
     }
 }
 
 fn command(tag: &str) -> Executed {
-    Outcome::Command { tag: tag.to_string(), rows: None }.into()
+    Outcome::Command {
+        tag: tag.to_string(),
+        rows: None,
+    }
+    .into()
 }
 
 /// A statement prepared by the extended protocol.
@@ -131,7 +138,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Session {
     /// A new session for `user` with the startup packet's `options`.
-    pub fn new(engine: Arc<Engine>, user: &str, startup: &BTreeMap<String, String>) -> Result<Session> {
+    pub fn new(
+        engine: Arc<Engine>,
+        user: &str,
+        startup: &BTreeMap<String, String>,
+    ) -> Result<Session> {
         let ctx = engine.new_context(user)?;
         let settings = Settings::new(user, startup, engine.config.statement_timeout_ms);
         let s = Session {
@@ -171,8 +182,12 @@ impl Session {
     /// Split and parse a query string into statements (PostgreSQL dialect, with the
     /// pg_catalog compatibility rewrites).
     pub fn parse(&self, sql: &str) -> Result<Vec<Statement>> {
-        let mut stmts = self.parser.parse(sql).map_err(|e| SessionError::Syntax(e.to_string()))?;
+        let mut stmts = self
+            .parser
+            .parse(sql)
+            .map_err(|e| SessionError::Syntax(e.to_string()))?;
         for s in &mut stmts {
+            crate::compat::rewrite(s);
             match s {
                 Statement::Query(q) => crate::naming::name_columns(q),
                 Statement::CreateView(v) => crate::naming::name_columns(&mut v.query),
@@ -185,13 +200,22 @@ impl Session {
     /// Push settings into DataFusion's config (default schema, time zone, extra options).
     fn apply_settings(&self) -> Result<()> {
         let s = lock(&self.settings).clone();
-        let schema = s.search_path().into_iter().next().unwrap_or_else(|| "public".into());
+        let schema = s
+            .search_path()
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| "public".into());
         // current_schema() answers from the search_path (pg_catalog's version says "public").
-        self.ctx.register_udf(crate::engine::constant_udf("current_schema", schema));
+        self.ctx
+            .register_udf(crate::engine::constant_udf("current_schema", schema));
         let state = self.ctx.state_ref();
         let mut state = state.write();
         let opts = state.config_mut().options_mut();
-        let schema = s.search_path().into_iter().next().unwrap_or_else(|| "public".into());
+        let schema = s
+            .search_path()
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| "public".into());
         opts.catalog.default_schema = schema;
         let tz = s.time_zone().to_string();
         opts.execution.time_zone = Some(tz);
@@ -231,7 +255,11 @@ impl Session {
                 t.cancel();
             }));
         }
-        StatementGuard { token, tasks, timed_out }
+        StatementGuard {
+            token,
+            tasks,
+            timed_out,
+        }
     }
 
     /// Execute one parsed statement.
@@ -254,14 +282,22 @@ impl Session {
             ));
         }
         let Some(stmt) = stmts.pop() else {
-            return Ok(Prepared { sql: sql.to_string(), statement: None, plan: None });
+            return Ok(Prepared {
+                sql: sql.to_string(),
+                statement: None,
+                plan: None,
+            });
         };
         let plan = if goes_to_datafusion(&stmt) {
             Some(self.plan(stmt.clone()).await?)
         } else {
             None
         };
-        Ok(Prepared { sql: sql.to_string(), statement: Some(stmt), plan })
+        Ok(Prepared {
+            sql: sql.to_string(),
+            statement: Some(stmt),
+            plan,
+        })
     }
 
     /// The current value of a setting.
@@ -270,7 +306,12 @@ impl Session {
     }
 
     /// Execute a prepared statement with bound parameters.
-    pub async fn execute_prepared(&self, p: &Prepared, params: ParamValues, tx_failed: bool) -> Result<Executed> {
+    pub async fn execute_prepared(
+        &self,
+        p: &Prepared,
+        params: ParamValues,
+        tx_failed: bool,
+    ) -> Result<Executed> {
         let Some(stmt) = p.statement.clone() else {
             return Ok(command(""));
         };
@@ -288,11 +329,18 @@ impl Session {
 
     async fn plan(&self, stmt: Statement) -> Result<LogicalPlan> {
         let state = self.ctx.state();
-        let plan = state.statement_to_plan(DfStatement::Statement(Box::new(stmt))).await?;
+        let plan = state
+            .statement_to_plan(DfStatement::Statement(Box::new(stmt)))
+            .await?;
         Ok(plan)
     }
 
-    async fn dispatch(&self, stmt: Statement, plan: Option<LogicalPlan>, guard: &StatementGuard) -> Result<Executed> {
+    async fn dispatch(
+        &self,
+        stmt: Statement,
+        plan: Option<LogicalPlan>,
+        guard: &StatementGuard,
+    ) -> Result<Executed> {
         match stmt {
             Statement::Query(_) | Statement::Explain { .. } | Statement::Insert(_) => {
                 let insert_target = match &stmt {
@@ -313,36 +361,62 @@ impl Session {
             Statement::Reset(r) => {
                 let status = match r.reset {
                     ast::Reset::ALL => lock(&self.settings).reset_all(),
-                    ast::Reset::ConfigurationParameter(name) => {
-                        lock(&self.settings).reset(&object_name_text(&name))?.into_iter().collect()
-                    }
+                    ast::Reset::ConfigurationParameter(name) => lock(&self.settings)
+                        .reset(&object_name_text(&name))?
+                        .into_iter()
+                        .collect(),
                 };
                 self.apply_settings()?;
-                Ok(Executed { outcome: Outcome::Command { tag: "RESET".into(), rows: None }, parameter_status: status })
+                Ok(Executed {
+                    outcome: Outcome::Command {
+                        tag: "RESET".into(),
+                        rows: None,
+                    },
+                    parameter_status: status,
+                })
             }
             Statement::StartTransaction { .. } => Ok(Outcome::Begin.into()),
             Statement::Commit { .. } => Ok(Outcome::End("COMMIT").into()),
-            Statement::Rollback { savepoint: None, .. } => Ok(Outcome::End("ROLLBACK").into()),
-            Statement::Rollback { savepoint: Some(_), .. } => Ok(Outcome::InBlock("ROLLBACK").into()),
+            Statement::Rollback {
+                savepoint: None, ..
+            } => Ok(Outcome::End("ROLLBACK").into()),
+            Statement::Rollback {
+                savepoint: Some(_), ..
+            } => Ok(Outcome::InBlock("ROLLBACK").into()),
             Statement::Savepoint { .. } => Ok(Outcome::InBlock("SAVEPOINT").into()),
             Statement::ReleaseSavepoint { .. } => Ok(Outcome::InBlock("RELEASE").into()),
             Statement::Discard { .. } => {
                 let status = lock(&self.settings).reset_all();
                 self.apply_settings()?;
-                Ok(Executed { outcome: Outcome::Command { tag: "DISCARD ALL".into(), rows: None }, parameter_status: status })
+                Ok(Executed {
+                    outcome: Outcome::Command {
+                        tag: "DISCARD ALL".into(),
+                        rows: None,
+                    },
+                    parameter_status: status,
+                })
             }
-            Statement::CreateSchema { schema_name, if_not_exists, .. } => {
+            Statement::CreateSchema {
+                schema_name,
+                if_not_exists,
+                ..
+            } => {
                 let name = match &schema_name {
                     SchemaName::Simple(n) | SchemaName::NamedAuthorization(n, _) => last_ident(n)?,
                     SchemaName::UnnamedAuthorization(i) => ident(i),
                 };
-                self.engine.lake.create_schema(&name, if_not_exists, &self.user).await?;
+                self.engine
+                    .lake
+                    .create_schema(&name, if_not_exists, &self.user)
+                    .await?;
                 Ok(command("CREATE SCHEMA"))
             }
             Statement::CreateTable(ct) => self.create_table(ct, guard).await,
             Statement::CreateView(cv) => {
                 if cv.materialized {
-                    return Err(SessionError::NotSupported("materialized views are not supported yet".into()));
+                    return Err(SessionError::NotSupported(
+                        "materialized views are not supported yet".into(),
+                    ));
                 }
                 let (schema, name) = self.resolve(&cv.name)?;
                 // Plan once now so a broken definition is refused at CREATE time.
@@ -353,10 +427,19 @@ impl Session {
                     owner: self.user.clone(),
                     created_at: chrono::Utc::now().to_rfc3339(),
                 };
-                self.engine.lake.create_view(&schema, &name, def, cv.or_replace).await?;
+                self.engine
+                    .lake
+                    .create_view(&schema, &name, def, cv.or_replace)
+                    .await?;
                 Ok(command("CREATE VIEW"))
             }
-            Statement::Drop { object_type, if_exists, names, cascade, .. } => {
+            Statement::Drop {
+                object_type,
+                if_exists,
+                names,
+                cascade,
+                ..
+            } => {
                 let lake = &self.engine.lake;
                 for n in &names {
                     match object_type {
@@ -368,9 +451,14 @@ impl Session {
                             let (s, t) = self.resolve(n)?;
                             lake.drop_view(&s, &t, if_exists).await?;
                         }
-                        ObjectType::Schema => lake.drop_schema(&last_ident(n)?, if_exists, cascade).await?,
+                        ObjectType::Schema => {
+                            lake.drop_schema(&last_ident(n)?, if_exists, cascade)
+                                .await?
+                        }
                         other => {
-                            return Err(SessionError::NotSupported(format!("DROP {other} is not supported")));
+                            return Err(SessionError::NotSupported(format!(
+                                "DROP {other} is not supported"
+                            )));
                         }
                     }
                 }
@@ -395,7 +483,12 @@ impl Session {
     }
 
     /// Run a DataFusion plan: a query streams; INSERT commits and returns its count.
-    async fn run_plan(&self, plan: LogicalPlan, insert_target: Option<(String, String)>, guard: &StatementGuard) -> Result<Executed> {
+    async fn run_plan(
+        &self,
+        plan: LogicalPlan,
+        insert_target: Option<(String, String)>,
+        guard: &StatementGuard,
+    ) -> Result<Executed> {
         match &plan {
             LogicalPlan::Ddl(_) => {
                 return Err(SessionError::NotSupported(format!(
@@ -404,10 +497,15 @@ impl Session {
                 )));
             }
             LogicalPlan::Copy(_) => {
-                return Err(SessionError::Denied("COPY … TO writes server files and is not allowed".into()));
+                return Err(SessionError::Denied(
+                    "COPY … TO writes server files and is not allowed".into(),
+                ));
             }
             LogicalPlan::Statement(_) => {
-                return Err(SessionError::NotSupported(format!("this statement is not supported: {}", plan.display())));
+                return Err(SessionError::NotSupported(format!(
+                    "this statement is not supported: {}",
+                    plan.display()
+                )));
             }
             _ => {}
         }
@@ -415,15 +513,28 @@ impl Session {
         let df = self.ctx.execute_logical_plan(plan).await?;
         let stream = df.execute_stream().await?;
         if is_dml {
-            let batches: Vec<RecordBatch> = stream.collect::<Vec<_>>().await.into_iter().collect::<Result<_, _>>()?;
+            let batches: Vec<RecordBatch> = stream
+                .collect::<Vec<_>>()
+                .await
+                .into_iter()
+                .collect::<Result<_, _>>()?;
             if let Some((s, t)) = insert_target {
                 self.engine.lake.invalidate(&s, &t).await;
             }
             let n = batches
                 .first()
-                .and_then(|b| b.column(0).as_any().downcast_ref::<UInt64Array>().map(|a| a.value(0)))
+                .and_then(|b| {
+                    b.column(0)
+                        .as_any()
+                        .downcast_ref::<UInt64Array>()
+                        .map(|a| a.value(0))
+                })
                 .unwrap_or(0);
-            return Ok(Outcome::Command { tag: "INSERT".into(), rows: Some(n as usize) }.into());
+            return Ok(Outcome::Command {
+                tag: "INSERT".into(),
+                rows: Some(n as usize),
+            }
+            .into());
         }
         Ok(Outcome::Rows(self.present(stream, guard)).into())
     }
@@ -436,9 +547,10 @@ impl Session {
                 .fields()
                 .iter()
                 .map(|f| match f.data_type() {
-                    DataType::Timestamp(u, Some(_)) => {
-                        f.as_ref().clone().with_data_type(DataType::Timestamp(*u, Some(tz.clone().into())))
-                    }
+                    DataType::Timestamp(u, Some(_)) => f
+                        .as_ref()
+                        .clone()
+                        .with_data_type(DataType::Timestamp(*u, Some(tz.clone().into()))),
                     _ => f.as_ref().clone(),
                 })
                 .collect::<Vec<_>>(),
@@ -447,7 +559,11 @@ impl Session {
 
     /// Wrap a result stream: stop on cancel/timeout/disconnect, render timestamptz in the
     /// session time zone.
-    fn present(&self, inner: SendableRecordBatchStream, guard: &StatementGuard) -> SendableRecordBatchStream {
+    fn present(
+        &self,
+        inner: SendableRecordBatchStream,
+        guard: &StatementGuard,
+    ) -> SendableRecordBatchStream {
         let schema: SchemaRef = Arc::new(self.present_schema(inner.schema().as_ref()));
         let token = guard.token.clone();
         let timed_out = guard.timed_out.clone();
@@ -467,15 +583,22 @@ impl Session {
         {
             let mut s = lock(&self.settings);
             match set {
-                ast::Set::SingleAssignment { variable, values, .. } => {
+                ast::Set::SingleAssignment {
+                    variable, values, ..
+                } => {
                     let name = object_name_text(&variable);
                     let value = values.iter().map(value_text).collect::<Vec<_>>().join(", ");
-                    let r = if value.eq_ignore_ascii_case("default") { s.reset(&name)? } else { s.set(&name, &value)? };
+                    let r = if value.eq_ignore_ascii_case("default") {
+                        s.reset(&name)?
+                    } else {
+                        s.set(&name, &value)?
+                    };
                     status.extend(r);
                 }
                 ast::Set::SetTimeZone { value, .. } => {
                     let v = value_text(&value);
-                    let r = if v.eq_ignore_ascii_case("default") || v.eq_ignore_ascii_case("local") {
+                    let r = if v.eq_ignore_ascii_case("default") || v.eq_ignore_ascii_case("local")
+                    {
                         s.reset("timezone")?
                     } else {
                         s.set("timezone", &v)?
@@ -490,7 +613,10 @@ impl Session {
                 ast::Set::SetRole { role_name, .. } => {
                     if let Some(r) = role_name {
                         if r.value != self.user {
-                            return Err(SessionError::Denied(format!("cannot set role to \"{}\"", r.value)));
+                            return Err(SessionError::Denied(format!(
+                                "cannot set role to \"{}\"",
+                                r.value
+                            )));
                         }
                     }
                 }
@@ -499,18 +625,31 @@ impl Session {
                         status.extend(s.set(&object_name_text(&a.name), &value_text(&a.value))?);
                     }
                 }
-                other => return Err(SessionError::NotSupported(format!("{other} is not supported"))),
+                other => {
+                    return Err(SessionError::NotSupported(format!(
+                        "{other} is not supported"
+                    )));
+                }
             }
         }
         self.apply_settings()?;
-        Ok(Executed { outcome: Outcome::Command { tag: "SET".into(), rows: None }, parameter_status: status })
+        Ok(Executed {
+            outcome: Outcome::Command {
+                tag: "SET".into(),
+                rows: None,
+            },
+            parameter_status: status,
+        })
     }
 
     fn show(&self, variable: &[Ident]) -> Result<Executed> {
         let name = show_name(variable);
         let s = lock(&self.settings);
         let batch = if name == "all" {
-            let (names, values): (Vec<_>, Vec<_>) = s.all().map(|(k, v)| (crate::settings::canonical(k), v.clone())).unzip();
+            let (names, values): (Vec<_>, Vec<_>) = s
+                .all()
+                .map(|(k, v)| (crate::settings::canonical(k), v.clone()))
+                .unzip();
             let descr: Vec<String> = names.iter().map(|_| String::new()).collect();
             RecordBatch::try_new(
                 show_all_schema(),
@@ -522,10 +661,16 @@ impl Session {
             )
             .map_err(DataFusionError::from)?
         } else {
-            let value = s.get(&name).ok_or_else(|| SettingError::Unknown(name.clone()))?.to_string();
+            let value = s
+                .get(&name)
+                .ok_or_else(|| SettingError::Unknown(name.clone()))?
+                .to_string();
             let schema = Arc::new(Schema::new(vec![Field::new(&name, DataType::Utf8, true)]));
-            RecordBatch::try_new(schema, vec![Arc::new(StringArray::from(vec![value])) as ArrayRef])
-                .map_err(DataFusionError::from)?
+            RecordBatch::try_new(
+                schema,
+                vec![Arc::new(StringArray::from(vec![value])) as ArrayRef],
+            )
+            .map_err(DataFusionError::from)?
         };
         let schema = batch.schema();
         let stream = futures::stream::iter(vec![Ok(batch)]);
@@ -538,9 +683,17 @@ impl Session {
         let parts: Vec<String> = name
             .0
             .iter()
-            .map(|p| p.as_ident().map(ident).ok_or_else(|| SessionError::Syntax(format!("invalid name {name}"))))
+            .map(|p| {
+                p.as_ident()
+                    .map(ident)
+                    .ok_or_else(|| SessionError::Syntax(format!("invalid name {name}")))
+            })
             .collect::<Result<_>>()?;
-        let default_schema = lock(&self.settings).search_path().into_iter().next().unwrap_or_else(|| "public".into());
+        let default_schema = lock(&self.settings)
+            .search_path()
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| "public".into());
         match parts.as_slice() {
             [t] => Ok((default_schema, t.clone())),
             [s, t] => Ok((s.clone(), t.clone())),
@@ -548,7 +701,9 @@ impl Session {
             [d, _, _] => Err(SessionError::NotSupported(format!(
                 "cross-database references are not implemented: {d}"
             ))),
-            _ => Err(SessionError::Syntax(format!("improper qualified name: {name}"))),
+            _ => Err(SessionError::Syntax(format!(
+                "improper qualified name: {name}"
+            ))),
         }
     }
 
@@ -566,16 +721,34 @@ impl Session {
                 .iter()
                 .map(|f| Field::new(f.name(), types::storable(f.data_type()), true))
                 .collect();
-            let created = lake.create_table(&schema, &name, Arc::new(Schema::new(fields)), ct.if_not_exists).await?;
+            let created = lake
+                .create_table(
+                    &schema,
+                    &name,
+                    Arc::new(Schema::new(fields)),
+                    ct.if_not_exists,
+                )
+                .await?;
             if !created {
-                return Ok(Outcome::Command { tag: "SELECT".into(), rows: Some(0) }.into());
+                return Ok(Outcome::Command {
+                    tag: "SELECT".into(),
+                    rows: Some(0),
+                }
+                .into());
             }
             let insert = format!("INSERT INTO {} {}", quote_qualified(&schema, &name), query);
-            let stmt = self.parse(&insert)?.pop().ok_or_else(|| SessionError::Syntax(insert.clone()))?;
+            let stmt = self
+                .parse(&insert)?
+                .pop()
+                .ok_or_else(|| SessionError::Syntax(insert.clone()))?;
             let plan = self.plan(stmt).await?;
             let res = self.run_plan(plan, Some((schema, name)), guard).await?;
             return Ok(match res.outcome {
-                Outcome::Command { rows, .. } => Outcome::Command { tag: "SELECT".into(), rows }.into(),
+                Outcome::Command { rows, .. } => Outcome::Command {
+                    tag: "SELECT".into(),
+                    rows,
+                }
+                .into(),
                 other => other.into(),
             });
         }
@@ -583,23 +756,38 @@ impl Session {
         for c in &ct.columns {
             let dt = types::sql_to_arrow(&c.data_type)?;
             let not_null = c.options.iter().any(|o| {
-                matches!(o.option, ast::ColumnOption::NotNull | ast::ColumnOption::PrimaryKey(_))
+                matches!(
+                    o.option,
+                    ast::ColumnOption::NotNull | ast::ColumnOption::PrimaryKey(_)
+                )
             });
             fields.push(Field::new(ident(&c.name), dt, !not_null));
         }
         if fields.is_empty() {
-            return Err(SessionError::NotSupported("a table needs at least one column".into()));
+            return Err(SessionError::NotSupported(
+                "a table needs at least one column".into(),
+            ));
         }
-        lake.create_table(&schema, &name, Arc::new(Schema::new(fields)), ct.if_not_exists).await?;
+        lake.create_table(
+            &schema,
+            &name,
+            Arc::new(Schema::new(fields)),
+            ct.if_not_exists,
+        )
+        .await?;
         Ok(command("CREATE TABLE"))
     }
 
     async fn update(&self, u: ast::Update) -> Result<Executed> {
         if u.from.is_some() {
-            return Err(SessionError::NotSupported("UPDATE … FROM is not supported".into()));
+            return Err(SessionError::NotSupported(
+                "UPDATE … FROM is not supported".into(),
+            ));
         }
         let ast::TableFactor::Table { name, .. } = &u.table.relation else {
-            return Err(SessionError::NotSupported("UPDATE of this target is not supported".into()));
+            return Err(SessionError::NotSupported(
+                "UPDATE of this target is not supported".into(),
+            ));
         };
         let (schema, table) = self.resolve(name)?;
         let mut assignments = vec![];
@@ -607,7 +795,9 @@ impl Session {
             let col = match &a.target {
                 ast::AssignmentTarget::ColumnName(n) => last_ident(n)?,
                 ast::AssignmentTarget::Tuple(_) => {
-                    return Err(SessionError::NotSupported("UPDATE SET (a, b) = … is not supported".into()));
+                    return Err(SessionError::NotSupported(
+                        "UPDATE SET (a, b) = … is not supported".into(),
+                    ));
                 }
             };
             assignments.push((col, a.value.to_string()));
@@ -616,9 +806,19 @@ impl Session {
         let n = self
             .engine
             .lake
-            .update(&schema, &table, u.selection.map(|e| e.to_string()), assignments, state)
+            .update(
+                &schema,
+                &table,
+                u.selection.map(|e| e.to_string()),
+                assignments,
+                state,
+            )
             .await?;
-        Ok(Outcome::Command { tag: "UPDATE".into(), rows: Some(n as usize) }.into())
+        Ok(Outcome::Command {
+            tag: "UPDATE".into(),
+            rows: Some(n as usize),
+        }
+        .into())
     }
 
     async fn delete(&self, d: ast::Delete) -> Result<Executed> {
@@ -626,13 +826,19 @@ impl Session {
             ast::FromTable::WithFromKeyword(t) | ast::FromTable::WithoutKeyword(t) => t,
         };
         let [twj] = tables.as_slice() else {
-            return Err(SessionError::NotSupported("DELETE from several tables is not supported".into()));
+            return Err(SessionError::NotSupported(
+                "DELETE from several tables is not supported".into(),
+            ));
         };
         if d.using.is_some() || !twj.joins.is_empty() {
-            return Err(SessionError::NotSupported("DELETE … USING is not supported".into()));
+            return Err(SessionError::NotSupported(
+                "DELETE … USING is not supported".into(),
+            ));
         }
         let ast::TableFactor::Table { name, .. } = &twj.relation else {
-            return Err(SessionError::NotSupported("DELETE of this target is not supported".into()));
+            return Err(SessionError::NotSupported(
+                "DELETE of this target is not supported".into(),
+            ));
         };
         let (schema, table) = self.resolve(name)?;
         let predicate = d.selection.map(|e| e.to_string());
@@ -640,16 +846,33 @@ impl Session {
         let count_sql = format!(
             "SELECT count(*) FROM {}{}",
             quote_qualified(&schema, &table),
-            predicate.as_ref().map(|p| format!(" WHERE {p}")).unwrap_or_default()
+            predicate
+                .as_ref()
+                .map(|p| format!(" WHERE {p}"))
+                .unwrap_or_default()
         );
         let counted = self.ctx.sql(&count_sql).await?.collect().await?;
         let before = counted
             .first()
-            .and_then(|b| b.column(0).as_any().downcast_ref::<datafusion::arrow::array::Int64Array>().map(|a| a.value(0)))
+            .and_then(|b| {
+                b.column(0)
+                    .as_any()
+                    .downcast_ref::<datafusion::arrow::array::Int64Array>()
+                    .map(|a| a.value(0))
+            })
             .unwrap_or(0) as u64;
         let state = Arc::new(self.ctx.state());
-        let n = self.engine.lake.delete(&schema, &table, predicate, state).await?.unwrap_or(before);
-        Ok(Outcome::Command { tag: "DELETE".into(), rows: Some(n as usize) }.into())
+        let n = self
+            .engine
+            .lake
+            .delete(&schema, &table, predicate, state)
+            .await?
+            .unwrap_or(before);
+        Ok(Outcome::Command {
+            tag: "DELETE".into(),
+            rows: Some(n as usize),
+        }
+        .into())
     }
 }
 
@@ -662,13 +885,22 @@ pub struct StatementGuard {
 
 impl StatementGuard {
     /// Run `fut` unless the statement is cancelled first.
-    async fn run(&self, fut: impl std::future::Future<Output = Result<Executed>>) -> Result<Executed> {
+    async fn run(
+        &self,
+        fut: impl std::future::Future<Output = Result<Executed>>,
+    ) -> Result<Executed> {
         let res = tokio::select! {
             r = fut => r,
             _ = self.token.cancelled() => Err(self.cancel_error()),
         };
         // Streams carry their own abort handles; plain commands are done here.
-        if !matches!(res, Ok(Executed { outcome: Outcome::Rows(_), .. })) {
+        if !matches!(
+            res,
+            Ok(Executed {
+                outcome: Outcome::Rows(_),
+                ..
+            })
+        ) {
             for t in &self.tasks {
                 t.abort();
             }
@@ -723,7 +955,9 @@ impl Stream for Guarded {
             return Poll::Ready(Some(Err(DataFusionError::External(Box::new(e)))));
         }
         let schema = self.schema.clone();
-        let Some(inner) = self.inner.as_mut() else { return Poll::Ready(None) };
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
         match inner.poll_next_unpin(cx) {
             Poll::Ready(Some(Ok(batch))) => Poll::Ready(Some(retag_time_zones(batch, &schema))),
             Poll::Ready(None) => {
@@ -735,7 +969,10 @@ impl Stream for Guarded {
     }
 }
 
-fn retag_time_zones(batch: RecordBatch, schema: &SchemaRef) -> datafusion::error::Result<RecordBatch> {
+fn retag_time_zones(
+    batch: RecordBatch,
+    schema: &SchemaRef,
+) -> datafusion::error::Result<RecordBatch> {
     if batch.schema().as_ref() == schema.as_ref() {
         return Ok(batch);
     }
@@ -785,7 +1022,8 @@ pub fn cast_parameter_types(plan: &LogicalPlan) -> std::collections::HashMap<Str
             e.apply(|e| {
                 if let DfExpr::Cast(c) = e {
                     if let DfExpr::Placeholder(p) = c.expr.as_ref() {
-                        out.entry(p.id.clone()).or_insert_with(|| c.field.data_type().clone());
+                        out.entry(p.id.clone())
+                            .or_insert_with(|| c.field.data_type().clone());
                     }
                 }
                 Ok(TreeNodeRecursion::Continue)
@@ -801,7 +1039,10 @@ fn is_transaction_end(stmt: &Statement) -> bool {
 }
 
 fn goes_to_datafusion(stmt: &Statement) -> bool {
-    matches!(stmt, Statement::Query(_) | Statement::Insert(_) | Statement::Explain { .. })
+    matches!(
+        stmt,
+        Statement::Query(_) | Statement::Insert(_) | Statement::Explain { .. }
+    )
 }
 
 fn show_all_schema() -> SchemaRef {
@@ -813,7 +1054,11 @@ fn show_all_schema() -> SchemaRef {
 }
 
 fn show_name(variable: &[Ident]) -> String {
-    let n = variable.iter().map(|i| i.value.to_ascii_lowercase()).collect::<Vec<_>>().join(" ");
+    let n = variable
+        .iter()
+        .map(|i| i.value.to_ascii_lowercase())
+        .collect::<Vec<_>>()
+        .join(" ");
     match n.as_str() {
         "time zone" => "timezone".into(),
         "transaction isolation level" => "transaction_isolation".into(),
@@ -824,7 +1069,11 @@ fn show_name(variable: &[Ident]) -> String {
 
 /// An identifier as PostgreSQL sees it: unquoted names fold to lower case.
 pub fn ident(i: &Ident) -> String {
-    if i.quote_style.is_some() { i.value.clone() } else { i.value.to_ascii_lowercase() }
+    if i.quote_style.is_some() {
+        i.value.clone()
+    } else {
+        i.value.to_ascii_lowercase()
+    }
 }
 
 fn last_ident(n: &ObjectName) -> Result<String> {
@@ -835,25 +1084,51 @@ fn last_ident(n: &ObjectName) -> Result<String> {
 }
 
 fn object_name_text(n: &ObjectName) -> String {
-    n.0.iter().filter_map(|p| p.as_ident()).map(|i| i.value.clone()).collect::<Vec<_>>().join(".")
+    n.0.iter()
+        .filter_map(|p| p.as_ident())
+        .map(|i| i.value.clone())
+        .collect::<Vec<_>>()
+        .join(".")
 }
 
 fn value_text(e: &Expr) -> String {
     match e {
         Expr::Value(v) => match &v.value {
-            Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) | Value::EscapedStringLiteral(s) => s.clone(),
+            Value::SingleQuotedString(s)
+            | Value::DoubleQuotedString(s)
+            | Value::EscapedStringLiteral(s) => s.clone(),
             Value::Number(n, _) => n.clone(),
-            Value::Boolean(b) => if *b { "on".into() } else { "off".into() },
+            Value::Boolean(b) => {
+                if *b {
+                    "on".into()
+                } else {
+                    "off".into()
+                }
+            }
             other => other.to_string(),
         },
         Expr::Identifier(i) => i.value.clone(),
-        Expr::CompoundIdentifier(parts) => parts.iter().map(|p| p.value.clone()).collect::<Vec<_>>().join("."),
-        Expr::UnaryOp { op: ast::UnaryOperator::Minus, expr } => format!("-{}", value_text(expr)),
-        Expr::UnaryOp { op: ast::UnaryOperator::Plus, expr } => format!("+{}", value_text(expr)),
+        Expr::CompoundIdentifier(parts) => parts
+            .iter()
+            .map(|p| p.value.clone())
+            .collect::<Vec<_>>()
+            .join("."),
+        Expr::UnaryOp {
+            op: ast::UnaryOperator::Minus,
+            expr,
+        } => format!("-{}", value_text(expr)),
+        Expr::UnaryOp {
+            op: ast::UnaryOperator::Plus,
+            expr,
+        } => format!("+{}", value_text(expr)),
         other => other.to_string(),
     }
 }
 
 fn quote_qualified(schema: &str, table: &str) -> String {
-    format!("\"{}\".\"{}\"", schema.replace('"', "\"\""), table.replace('"', "\"\""))
+    format!(
+        "\"{}\".\"{}\"",
+        schema.replace('"', "\"\""),
+        table.replace('"', "\"\"")
+    )
 }

@@ -66,7 +66,10 @@ fn defaults(user: &str) -> BTreeMap<String, String> {
         ("max_index_keys", "32"),
         ("block_size", "8192"),
     ];
-    let mut m: BTreeMap<String, String> = d.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let mut m: BTreeMap<String, String> = d
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     m.insert("session_authorization".into(), user.to_string());
     m
 }
@@ -120,7 +123,11 @@ pub fn canonical(name: &str) -> String {
 
 impl Settings {
     /// Defaults for `user`, then the startup packet's options (`application_name`, …).
-    pub fn new(user: &str, startup: &BTreeMap<String, String>, statement_timeout_ms: u64) -> Settings {
+    pub fn new(
+        user: &str,
+        startup: &BTreeMap<String, String>,
+        statement_timeout_ms: u64,
+    ) -> Settings {
         let mut values = defaults(user);
         values.insert("statement_timeout".into(), statement_timeout_ms.to_string());
         for (k, v) in startup {
@@ -131,7 +138,10 @@ impl Settings {
                 }
             }
         }
-        Settings { initial: values.clone(), values }
+        Settings {
+            initial: values.clone(),
+            values,
+        }
     }
 
     /// Current value of `name`.
@@ -142,7 +152,11 @@ impl Settings {
 
     /// SET `name` = `value`. Returns the canonical name if the client must be told
     /// (ParameterStatus).
-    pub fn set(&mut self, name: &str, value: &str) -> Result<Option<(String, String)>, SettingError> {
+    pub fn set(
+        &mut self,
+        name: &str,
+        value: &str,
+    ) -> Result<Option<(String, String)>, SettingError> {
         let key = alias(&name.to_ascii_lowercase());
         if key.contains('.') {
             self.values.insert(key, value.to_string());
@@ -199,7 +213,10 @@ impl Settings {
 
     /// `statement_timeout` as a duration (None when 0).
     pub fn statement_timeout(&self) -> Option<Duration> {
-        let ms = self.get("statement_timeout").and_then(|v| parse_ms(v).ok()).unwrap_or(0);
+        let ms = self
+            .get("statement_timeout")
+            .and_then(|v| parse_ms(v).ok())
+            .unwrap_or(0);
         (ms > 0).then(|| Duration::from_millis(ms))
     }
 
@@ -232,7 +249,9 @@ fn alias(key: &str) -> String {
 /// Parse a PostgreSQL duration setting (`5000`, `5s`, `500ms`, `1min`) into milliseconds.
 pub fn parse_ms(v: &str) -> Result<u64, ()> {
     let v = v.trim().trim_matches('\'');
-    let split = v.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(v.len());
+    let split = v
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(v.len());
     let (num, unit) = v.split_at(split);
     let n: f64 = num.parse().map_err(|_| ())?;
     let mult = match unit.trim().to_ascii_lowercase().as_str() {
@@ -262,7 +281,11 @@ fn normalize(key: &str, value: &str) -> Result<String, SettingError> {
                 Err(bad())
             }
         }
-        "extra_float_digits" => value.trim().parse::<i32>().map(|v| v.to_string()).map_err(|_| bad()),
+        "extra_float_digits" => value
+            .trim()
+            .parse::<i32>()
+            .map(|v| v.to_string())
+            .map_err(|_| bad()),
         _ => Ok(value.to_string()),
     }
 }
@@ -270,7 +293,10 @@ fn normalize(key: &str, value: &str) -> Result<String, SettingError> {
 /// Accept IANA names (`Asia/Shanghai`), `UTC`/`GMT`/`Z`, and offsets (`+08:00`, `-5`).
 pub fn normalize_time_zone(v: &str) -> Option<String> {
     let v = v.trim();
-    if v.eq_ignore_ascii_case("utc") || v.eq_ignore_ascii_case("gmt") || v == "Z" || v.eq_ignore_ascii_case("local")
+    if v.eq_ignore_ascii_case("utc")
+        || v.eq_ignore_ascii_case("gmt")
+        || v == "Z"
+        || v.eq_ignore_ascii_case("local")
         || v.eq_ignore_ascii_case("default")
     {
         return Some("UTC".into());
@@ -278,7 +304,10 @@ pub fn normalize_time_zone(v: &str) -> Option<String> {
     if let Ok(tz) = v.parse::<chrono_tz::Tz>() {
         return Some(tz.name().to_string());
     }
-    if let Some(tz) = chrono_tz::TZ_VARIANTS.iter().find(|t| t.name().eq_ignore_ascii_case(v)) {
+    if let Some(tz) = chrono_tz::TZ_VARIANTS
+        .iter()
+        .find(|t| t.name().eq_ignore_ascii_case(v))
+    {
         return Some(tz.name().to_string());
     }
     // Offsets: +08:00, +0800, -5, 8
@@ -295,7 +324,12 @@ pub fn normalize_time_zone(v: &str) -> Option<String> {
     if h > 15 || m > 59 {
         return None;
     }
-    Some(format!("{}{:02}:{:02}", if sign < 0 { '-' } else { '+' }, h, m))
+    Some(format!(
+        "{}{:02}:{:02}",
+        if sign < 0 { '-' } else { '+' },
+        h,
+        m
+    ))
 }
 
 #[cfg(test)]
@@ -304,7 +338,10 @@ mod tests {
 
     #[test]
     fn time_zones_normalize() {
-        assert_eq!(normalize_time_zone("asia/shanghai").as_deref(), Some("Asia/Shanghai"));
+        assert_eq!(
+            normalize_time_zone("asia/shanghai").as_deref(),
+            Some("Asia/Shanghai")
+        );
         assert_eq!(normalize_time_zone("+8").as_deref(), Some("+08:00"));
         assert_eq!(normalize_time_zone("-05:30").as_deref(), Some("-05:30"));
         assert_eq!(normalize_time_zone("Mars/Base"), None);

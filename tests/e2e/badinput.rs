@@ -8,15 +8,54 @@ use std::time::Duration;
 use touchlake_tests::Server;
 
 const FRAGMENTS: &[&str] = &[
-    "SELECT", "FROM", "WHERE", "(", ")", "'", "\"", ";", "1", "*", "unified.touchpoints", "GROUP BY", "ORDER",
-    "INSERT INTO", "VALUES", "CREATE TABLE", "DROP", "x", "NULL", "::", "$1", "--", "/*", "UNION", "JOIN", "ON",
-    "count(", "SET", "SHOW", "BEGIN", "é", "\\", "%", "@v", "LIMIT -1", "CAST(", "AS", "int", "numeric(99,99)",
+    "SELECT",
+    "FROM",
+    "WHERE",
+    "(",
+    ")",
+    "'",
+    "\"",
+    ";",
+    "1",
+    "*",
+    "unified.touchpoints",
+    "GROUP BY",
+    "ORDER",
+    "INSERT INTO",
+    "VALUES",
+    "CREATE TABLE",
+    "DROP",
+    "x",
+    "NULL",
+    "::",
+    "$1",
+    "--",
+    "/*",
+    "UNION",
+    "JOIN",
+    "ON",
+    "count(",
+    "SET",
+    "SHOW",
+    "BEGIN",
+    "é",
+    "\\",
+    "%",
+    "@v",
+    "LIMIT -1",
+    "CAST(",
+    "AS",
+    "int",
+    "numeric(99,99)",
 ];
 
 struct Lcg(u64);
 impl Lcg {
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         self.0 >> 33
     }
 }
@@ -26,22 +65,33 @@ async fn malformed_statements_get_errors_and_the_connection_keeps_working() {
     let dir = tempfile::tempdir().unwrap();
     let srv = Server::start(dir.path());
     let c = srv.connect().await;
-    c.batch_execute("CREATE TABLE t (a int); INSERT INTO t VALUES (1)").await.unwrap();
+    c.batch_execute("CREATE TABLE t (a int); INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
     let mut rng = Lcg(7);
     let mut errors = 0;
     for _ in 0..300 {
         let n = 1 + rng.next() % 8;
-        let sql: Vec<&str> = (0..n).map(|_| FRAGMENTS[(rng.next() as usize) % FRAGMENTS.len()]).collect();
+        let sql: Vec<&str> = (0..n)
+            .map(|_| FRAGMENTS[(rng.next() as usize) % FRAGMENTS.len()])
+            .collect();
         let sql = sql.join(" ");
         if c.simple_query(&sql).await.is_err() {
             errors += 1;
         }
         // A random BEGIN may have opened a block that the error aborted.
         c.batch_execute("ROLLBACK").await.unwrap();
-        let one: i32 = c.query_one("SELECT 1::int", &[]).await.unwrap_or_else(|e| panic!("after {sql:?}: {e}")).get(0);
+        let one: i32 = c
+            .query_one("SELECT 1::int", &[])
+            .await
+            .unwrap_or_else(|e| panic!("after {sql:?}: {e}"))
+            .get(0);
         assert_eq!(one, 1);
     }
-    assert!(errors > 200, "only {errors} of 300 random statements failed");
+    assert!(
+        errors > 200,
+        "only {errors} of 300 random statements failed"
+    );
 }
 
 #[test]
@@ -50,13 +100,22 @@ fn random_bytes_and_bogus_lengths_do_not_hurt_the_server() {
     let mut srv = Server::start(dir.path());
     let mut rng = Lcg(11);
     for i in 0..200 {
-        let Ok(mut s) = TcpStream::connect(&srv.addr) else { panic!("server stopped accepting at {i}") };
-        s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+        let Ok(mut s) = TcpStream::connect(&srv.addr) else {
+            panic!("server stopped accepting at {i}")
+        };
+        s.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
         let len = (rng.next() % 64) as usize;
         let mut bytes: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
         match i % 4 {
             // A startup packet that claims to be huge.
-            0 => bytes = [&0x7fff_ffffu32.to_be_bytes()[..], &196608u32.to_be_bytes()[..]].concat(),
+            0 => {
+                bytes = [
+                    &0x7fff_ffffu32.to_be_bytes()[..],
+                    &196608u32.to_be_bytes()[..],
+                ]
+                .concat()
+            }
             // A length smaller than the header.
             1 => bytes = [&2u32.to_be_bytes()[..], &[0u8; 4][..]].concat(),
             _ => {}
@@ -68,7 +127,8 @@ fn random_bytes_and_bogus_lengths_do_not_hurt_the_server() {
     // A valid startup followed by a garbage message type and bogus length.
     for _ in 0..20 {
         let mut s = TcpStream::connect(&srv.addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
         let params = b"user\0touchlake\0database\0touchlake\0\0";
         let len = (8 + params.len()) as u32;
         let mut msg = len.to_be_bytes().to_vec();

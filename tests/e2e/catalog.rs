@@ -6,7 +6,10 @@ use std::time::Duration;
 use touchlake_tests::Server;
 
 async fn count(c: &tokio_postgres::Client, sql: &str) -> i64 {
-    c.query_one(sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)
+    c.query_one(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .get(0)
 }
 
 #[tokio::test]
@@ -21,22 +24,49 @@ async fn ddl_and_dml_are_delta_commits() {
     )
     .await
     .unwrap();
-    assert!(dir.path().join("crm/members/_delta_log/00000000000000000001.json").exists());
-    let updated = c.execute("UPDATE crm.members SET points = points + 1 WHERE id >= 2", &[]).await.unwrap();
+    assert!(
+        dir.path()
+            .join("crm/members/_delta_log/00000000000000000001.json")
+            .exists()
+    );
+    let updated = c
+        .execute(
+            "UPDATE crm.members SET points = points + 1 WHERE id >= 2",
+            &[],
+        )
+        .await
+        .unwrap();
     assert_eq!(updated, 2);
-    let deleted = c.execute("DELETE FROM crm.members WHERE phone IS NULL", &[]).await.unwrap();
+    let deleted = c
+        .execute("DELETE FROM crm.members WHERE phone IS NULL", &[])
+        .await
+        .unwrap();
     assert_eq!(deleted, 1);
-    assert_eq!(count(&c, "SELECT sum(points)::bigint FROM crm.members").await, 31);
+    assert_eq!(
+        count(&c, "SELECT sum(points)::bigint FROM crm.members").await,
+        31
+    );
     // CTAS, views, drops.
-    c.batch_execute("CREATE TABLE crm.top AS SELECT id, points FROM crm.members WHERE points > 15").await.unwrap();
+    c.batch_execute("CREATE TABLE crm.top AS SELECT id, points FROM crm.members WHERE points > 15")
+        .await
+        .unwrap();
     assert_eq!(count(&c, "SELECT count(*) FROM crm.top").await, 1);
-    c.batch_execute("CREATE VIEW crm.v AS SELECT id FROM crm.members").await.unwrap();
+    c.batch_execute("CREATE VIEW crm.v AS SELECT id FROM crm.members")
+        .await
+        .unwrap();
     assert_eq!(count(&c, "SELECT count(*) FROM crm.v").await, 2);
-    c.batch_execute("CREATE OR REPLACE VIEW crm.v AS SELECT id FROM crm.members WHERE id = 1").await.unwrap();
+    c.batch_execute("CREATE OR REPLACE VIEW crm.v AS SELECT id FROM crm.members WHERE id = 1")
+        .await
+        .unwrap();
     assert_eq!(count(&c, "SELECT count(*) FROM crm.v").await, 1);
-    let e = c.batch_execute("CREATE VIEW crm.v AS SELECT 1").await.unwrap_err();
+    let e = c
+        .batch_execute("CREATE VIEW crm.v AS SELECT 1")
+        .await
+        .unwrap_err();
     assert_eq!(e.code().unwrap().code(), "42P07");
-    c.batch_execute("DROP VIEW crm.v; DROP TABLE crm.top").await.unwrap();
+    c.batch_execute("DROP VIEW crm.v; DROP TABLE crm.top")
+        .await
+        .unwrap();
     let e = c.batch_execute("SELECT * FROM crm.top").await.unwrap_err();
     assert_eq!(e.code().unwrap().code(), "42P01");
     let e = c.batch_execute("DROP SCHEMA crm").await.unwrap_err();
@@ -52,13 +82,18 @@ async fn time_travel_reads_earlier_versions() {
     let c = srv.connect().await;
     c.batch_execute("CREATE TABLE t (a int)").await.unwrap(); // v0
     c.batch_execute("INSERT INTO t VALUES (1)").await.unwrap(); // v1
-    c.batch_execute("INSERT INTO t VALUES (2), (3)").await.unwrap(); // v2
+    c.batch_execute("INSERT INTO t VALUES (2), (3)")
+        .await
+        .unwrap(); // v2
     c.batch_execute("DELETE FROM t WHERE a = 1").await.unwrap(); // v3
     assert_eq!(count(&c, "SELECT count(*) FROM t").await, 2);
     assert_eq!(count(&c, "SELECT count(*) FROM public.\"t@v0\"").await, 0);
     assert_eq!(count(&c, "SELECT count(*) FROM public.\"t@v1\"").await, 1);
     assert_eq!(count(&c, "SELECT count(*) FROM \"t@v2\"").await, 3);
-    let e = c.batch_execute("SELECT * FROM \"t@v99\"").await.unwrap_err();
+    let e = c
+        .batch_execute("SELECT * FROM \"t@v99\"")
+        .await
+        .unwrap_err();
     assert!(e.code().is_some());
 }
 
@@ -87,7 +122,9 @@ async fn the_catalog_survives_restart_and_is_shared_by_servers() {
     }
     assert_eq!(seen, 1);
     // Appends by a are seen by b without a restart.
-    ca.batch_execute("INSERT INTO marts.daily VALUES ('2026-01-02', 7)").await.unwrap();
+    ca.batch_execute("INSERT INTO marts.daily VALUES ('2026-01-02', 7)")
+        .await
+        .unwrap();
     let mut n = 0;
     for _ in 0..50 {
         n = count(&cb, "SELECT count(*) FROM marts.daily").await;

@@ -7,13 +7,35 @@ async fn demo_lake_is_consistent() {
     let dir = tempfile::tempdir().unwrap();
     let srv = Server::demo(dir.path(), 5_000);
     let c = srv.connect().await;
-    let n: i64 = c.query_one("SELECT count(*) FROM unified.touchpoints", &[]).await.unwrap().get(0);
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM unified.touchpoints", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert!(n >= 200_000, "only {n} touchpoints");
-    let channels: i64 = c.query_one("SELECT count(DISTINCT channel) FROM unified.touchpoints", &[]).await.unwrap().get(0);
+    let channels: i64 = c
+        .query_one(
+            "SELECT count(DISTINCT channel) FROM unified.touchpoints",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
     assert!(channels >= 8);
-    let kinds: i64 = c.query_one("SELECT count(DISTINCT channel_type) FROM unified.touchpoints", &[]).await.unwrap().get(0);
+    let kinds: i64 = c
+        .query_one(
+            "SELECT count(DISTINCT channel_type) FROM unified.touchpoints",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
     assert!(kinds >= 2);
-    let persons: i64 = c.query_one("SELECT count(*) FROM unified.persons", &[]).await.unwrap().get(0);
+    let persons: i64 = c
+        .query_one("SELECT count(*) FROM unified.persons", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert!(persons >= 4_900, "{persons} persons");
     let orphans: i64 = c
         .query_one(
@@ -36,8 +58,17 @@ async fn demo_lake_is_consistent() {
         .unwrap()
         .get(0);
     assert_eq!(mismatched, 0);
-    for t in ["quality.ingest_runs", "quality.rejected", "quality.checks", "unified.identity_merges"] {
-        let n: i64 = c.query_one(&format!("SELECT count(*) FROM {t}"), &[]).await.unwrap().get(0);
+    for t in [
+        "quality.ingest_runs",
+        "quality.rejected",
+        "quality.checks",
+        "unified.identity_merges",
+    ] {
+        let n: i64 = c
+            .query_one(&format!("SELECT count(*) FROM {t}"), &[])
+            .await
+            .unwrap()
+            .get(0);
         assert_eq!(n, 0, "{t} should start empty");
     }
 }

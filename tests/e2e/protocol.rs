@@ -14,7 +14,9 @@ fn lake() -> tempfile::TempDir {
 
 async fn sqlstate(c: &tokio_postgres::Client, sql: &str) -> String {
     let err = c.simple_query(sql).await.expect_err(sql);
-    err.code().map(|c| c.code().to_string()).unwrap_or_else(|| format!("no code: {err}"))
+    err.code()
+        .map(|c| c.code().to_string())
+        .unwrap_or_else(|| format!("no code: {err}"))
 }
 
 #[tokio::test]
@@ -23,16 +25,24 @@ async fn server_identity_functions() {
     let srv = Server::start(dir.path());
     let c = srv.connect().await;
     let row = c
-        .query_one("SELECT version(), current_database(), current_schema(), current_user", &[])
+        .query_one(
+            "SELECT version(), current_database(), current_schema(), current_user",
+            &[],
+        )
         .await
         .unwrap();
     let version: String = row.get(0);
-    assert!(version.starts_with("PostgreSQL 15.0 (Touchlake "), "{version}");
+    assert!(
+        version.starts_with("PostgreSQL 15.0 (Touchlake "),
+        "{version}"
+    );
     assert_eq!(row.get::<_, String>(1), "touchlake");
     assert_eq!(row.get::<_, String>(2), "public");
     assert_eq!(row.get::<_, String>(3), "touchlake");
     let v = c.simple_query("SHOW server_version").await.unwrap();
-    let SimpleQueryMessage::Row(r) = &v[1] else { panic!("no row") };
+    let SimpleQueryMessage::Row(r) = &v[1] else {
+        panic!("no row")
+    };
     assert_eq!(r.get(0), Some("15.0"));
 }
 
@@ -47,7 +57,10 @@ async fn every_type_round_trips_text_and_binary() {
     )
     .await
     .unwrap();
-    let ts = NaiveDate::from_ymd_opt(2026, 3, 4).unwrap().and_hms_micro_opt(5, 6, 7, 123_456).unwrap();
+    let ts = NaiveDate::from_ymd_opt(2026, 3, 4)
+        .unwrap()
+        .and_hms_micro_opt(5, 6, 7, 123_456)
+        .unwrap();
     let tz = Utc.with_ymd_and_hms(2026, 5, 6, 7, 8, 9).unwrap();
     let n = c
         .execute(
@@ -67,9 +80,17 @@ async fn every_type_round_trips_text_and_binary() {
         .await
         .unwrap();
     assert_eq!(n, 1);
-    c.batch_execute("INSERT INTO t (id) VALUES (2)").await.unwrap();
+    c.batch_execute("INSERT INTO t (id) VALUES (2)")
+        .await
+        .unwrap();
     // Binary results (tokio-postgres asks for binary in the extended protocol).
-    let rows = c.query("SELECT id, i, name, amount, ok, d, ts, tz, f FROM t ORDER BY id", &[]).await.unwrap();
+    let rows = c
+        .query(
+            "SELECT id, i, name, amount, ok, d, ts, tz, f FROM t ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap();
     assert_eq!(rows.len(), 2);
     let r = &rows[0];
     assert_eq!(r.get::<_, i64>(0), 1);
@@ -77,15 +98,25 @@ async fn every_type_round_trips_text_and_binary() {
     assert_eq!(r.get::<_, String>(2), "héllo, 世界");
     assert_eq!(r.get::<_, Decimal>(3), Decimal::new(123_456, 2));
     assert!(r.get::<_, bool>(4));
-    assert_eq!(r.get::<_, NaiveDate>(5), NaiveDate::from_ymd_opt(2026, 1, 2).unwrap());
+    assert_eq!(
+        r.get::<_, NaiveDate>(5),
+        NaiveDate::from_ymd_opt(2026, 1, 2).unwrap()
+    );
     assert_eq!(r.get::<_, NaiveDateTime>(6), ts);
     assert_eq!(r.get::<_, chrono::DateTime<Utc>>(7), tz);
     assert_eq!(r.get::<_, f64>(8), 2.5);
     assert_eq!(rows[1].get::<_, Option<String>>(2), None);
     assert_eq!(rows[1].get::<_, Option<Decimal>>(3), None);
     // Text results (simple protocol).
-    let msgs = c.simple_query("SELECT name, amount, ok, d FROM t WHERE id = 1").await.unwrap();
-    let SimpleQueryMessage::Row(r) = msgs.iter().find(|m| matches!(m, SimpleQueryMessage::Row(_))).unwrap() else {
+    let msgs = c
+        .simple_query("SELECT name, amount, ok, d FROM t WHERE id = 1")
+        .await
+        .unwrap();
+    let SimpleQueryMessage::Row(r) = msgs
+        .iter()
+        .find(|m| matches!(m, SimpleQueryMessage::Row(_)))
+        .unwrap()
+    else {
         unreachable!()
     };
     assert_eq!(r.get(0), Some("héllo, 世界"));
@@ -93,9 +124,18 @@ async fn every_type_round_trips_text_and_binary() {
     assert_eq!(r.get(2), Some("t"));
     assert_eq!(r.get(3), Some("2026-01-02"));
     // Parameters in filters, typed by the plan.
-    let rows = c.query("SELECT id FROM t WHERE name = $1 AND amount > $2", &[&"héllo, 世界", &Decimal::new(1, 0)]).await.unwrap();
+    let rows = c
+        .query(
+            "SELECT id FROM t WHERE name = $1 AND amount > $2",
+            &[&"héllo, 世界", &Decimal::new(1, 0)],
+        )
+        .await
+        .unwrap();
     assert_eq!(rows.len(), 1);
-    let rows = c.query("SELECT $1::text || 'x', $2::bigint + 1", &[&"a", &41i64]).await.unwrap();
+    let rows = c
+        .query("SELECT $1::text || 'x', $2::bigint + 1", &[&"a", &41i64])
+        .await
+        .unwrap();
     assert_eq!(rows[0].get::<_, String>(0), "ax");
     assert_eq!(rows[0].get::<_, i64>(1), 42);
 }
@@ -105,19 +145,34 @@ async fn errors_have_sqlstates_and_the_connection_survives() {
     let dir = lake();
     let srv = Server::start(dir.path());
     let c = srv.connect().await;
-    c.batch_execute("CREATE TABLE t (a int); INSERT INTO t VALUES (1)").await.unwrap();
+    c.batch_execute("CREATE TABLE t (a int); INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
     assert_eq!(sqlstate(&c, "SELECT * FROM no_such_table").await, "42P01");
     assert_eq!(sqlstate(&c, "SELEC 1").await, "42601");
     assert_eq!(sqlstate(&c, "SELECT nosuch FROM t").await, "42703");
     assert_eq!(sqlstate(&c, "SELECT a / 0 FROM t").await, "22012");
     assert_eq!(sqlstate(&c, "SET no_such_setting = 1").await, "42704");
     assert_eq!(sqlstate(&c, "CREATE TABLE t (a int)").await, "42P07");
-    assert_eq!(sqlstate(&c, "CREATE TABLE nosuchschema.t (a int)").await, "3F000");
-    assert_eq!(sqlstate(&c, "COPY (SELECT 1) TO '/tmp/x.csv'").await, "0A000");
+    assert_eq!(
+        sqlstate(&c, "CREATE TABLE nosuchschema.t (a int)").await,
+        "3F000"
+    );
+    assert_eq!(
+        sqlstate(&c, "COPY (SELECT 1) TO '/tmp/x.csv'").await,
+        "0A000"
+    );
     // Extended protocol errors too.
-    let e = c.query("SELECT * FROM missing WHERE a = $1", &[&1i32]).await.unwrap_err();
+    let e = c
+        .query("SELECT * FROM missing WHERE a = $1", &[&1i32])
+        .await
+        .unwrap_err();
     assert_eq!(e.code().unwrap().code(), "42P01");
-    let n: i64 = c.query_one("SELECT count(*) FROM t", &[]).await.unwrap().get(0);
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(n, 1);
 }
 
@@ -139,8 +194,15 @@ async fn several_statements_in_one_string_run_in_order() {
         .collect();
     assert_eq!(counts, vec!["0", "2"]);
     // An error stops the rest of the string.
-    let _ = c.simple_query("INSERT INTO t VALUES (3); SELECT 1/0; INSERT INTO t VALUES (4)").await.unwrap_err();
-    let n: i64 = c.query_one("SELECT count(*) FROM t", &[]).await.unwrap().get(0);
+    let _ = c
+        .simple_query("INSERT INTO t VALUES (3); SELECT 1/0; INSERT INTO t VALUES (4)")
+        .await
+        .unwrap_err();
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(n, 3);
 }
 
@@ -159,10 +221,19 @@ async fn settings_are_per_connection_and_time_zone_renders() {
             })
             .unwrap()
     };
-    assert_eq!(show(a.simple_query("SHOW TimeZone").await.unwrap()), "Asia/Shanghai");
+    assert_eq!(
+        show(a.simple_query("SHOW TimeZone").await.unwrap()),
+        "Asia/Shanghai"
+    );
     assert_eq!(show(b.simple_query("SHOW TimeZone").await.unwrap()), "UTC");
-    assert_eq!(show(a.simple_query("SELECT current_schema()").await.unwrap()), "unified");
-    assert_eq!(show(b.simple_query("SELECT current_schema()").await.unwrap()), "public");
+    assert_eq!(
+        show(a.simple_query("SELECT current_schema()").await.unwrap()),
+        "unified"
+    );
+    assert_eq!(
+        show(b.simple_query("SELECT current_schema()").await.unwrap()),
+        "public"
+    );
     let q = "SELECT CAST('2026-01-01T00:00:00Z' AS timestamptz)";
     assert!(show(a.simple_query(q).await.unwrap()).starts_with("2026-01-01 08:00:00"));
     assert!(show(b.simple_query(q).await.unwrap()).starts_with("2026-01-01 00:00:00"));
@@ -182,8 +253,12 @@ async fn transaction_statements_are_accepted() {
     c.batch_execute("CREATE TABLE t (a int)").await.unwrap();
     {
         let tx = c.transaction().await.unwrap();
-        tx.execute("INSERT INTO t VALUES ($1)", &[&1i32]).await.unwrap();
-        tx.batch_execute("SAVEPOINT s1; RELEASE SAVEPOINT s1").await.unwrap();
+        tx.execute("INSERT INTO t VALUES ($1)", &[&1i32])
+            .await
+            .unwrap();
+        tx.batch_execute("SAVEPOINT s1; RELEASE SAVEPOINT s1")
+            .await
+            .unwrap();
         tx.commit().await.unwrap();
     }
     c.batch_execute("BEGIN; SELECT 1; ROLLBACK").await.unwrap();
@@ -192,7 +267,11 @@ async fn transaction_statements_are_accepted() {
     let _ = c.batch_execute("SELECT 1/0").await.unwrap_err();
     assert_eq!(sqlstate(&c, "SELECT 1").await, "25P02");
     c.batch_execute("ROLLBACK").await.unwrap();
-    let n: i64 = c.query_one("SELECT count(*) FROM t", &[]).await.unwrap().get(0);
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(n, 1);
 }
 
@@ -202,7 +281,10 @@ async fn portals_fetch_in_chunks() {
     let srv = Server::start(dir.path());
     let mut c = srv.connect().await;
     let tx = c.transaction().await.unwrap();
-    let stmt = tx.prepare("SELECT x FROM generate_series(1, 25) AS g(x) ORDER BY x").await.unwrap();
+    let stmt = tx
+        .prepare("SELECT x FROM generate_series(1, 25) AS g(x) ORDER BY x")
+        .await
+        .unwrap();
     let portal = tx.bind(&stmt, &[]).await.unwrap();
     let mut seen = vec![];
     loop {
@@ -235,7 +317,11 @@ async fn cancel_request_stops_a_long_query() {
     let (res, c) = q.await.unwrap();
     let err = res.expect_err("query should be cancelled");
     assert_eq!(err.code().unwrap().code(), "57014");
-    assert!(started.elapsed() < Duration::from_secs(20), "cancel took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "cancel took {:?}",
+        started.elapsed()
+    );
     // The connection is still usable.
     let one: i32 = c.query_one("SELECT 1::int", &[]).await.unwrap().get(0);
     assert_eq!(one, 1);
@@ -246,7 +332,9 @@ async fn statement_timeout_cancels() {
     let dir = lake();
     let srv = Server::start(dir.path());
     let c = srv.connect().await;
-    c.batch_execute("SET statement_timeout = '300ms'").await.unwrap();
+    c.batch_execute("SET statement_timeout = '300ms'")
+        .await
+        .unwrap();
     let started = Instant::now();
     assert_eq!(sqlstate(&c, SLOW).await, "57014");
     assert!(started.elapsed() < Duration::from_secs(20));
@@ -260,7 +348,8 @@ fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = stat.rsplit(')').next().unwrap_or_default();
     let f: Vec<&str> = after.split_whitespace().collect();
-    f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0) + f.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
+    f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
 }
 
 #[tokio::test]
@@ -283,5 +372,8 @@ async fn client_disconnect_frees_the_cpu() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let used = cpu_ticks(pid) - before;
     // 2 s of a busy core would be ~200 ticks; an idle server uses next to none.
-    assert!(used < 40, "server still burning CPU after the client left: {used} ticks in 2 s");
+    assert!(
+        used < 40,
+        "server still burning CPU after the client left: {used} ticks in 2 s"
+    );
 }

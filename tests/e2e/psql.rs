@@ -24,10 +24,16 @@ fn meta_commands_list_the_lake() {
     assert!(out.contains("unified") && out.contains("public"), "{out}");
     let (out, err, ok) = psql(&url, &["-c", "\\dt unified.*"]);
     assert!(ok, "{err}");
-    assert!(out.contains("touchpoints") && out.contains("table"), "{out}");
+    assert!(
+        out.contains("touchpoints") && out.contains("table"),
+        "{out}"
+    );
     let (out, err, ok) = psql(&url, &["-c", "\\d unified.touchpoints"]);
     assert!(ok, "{err}");
-    assert!(out.contains("touchpoint_id") && out.contains("not null"), "{out}");
+    assert!(
+        out.contains("touchpoint_id") && out.contains("not null"),
+        "{out}"
+    );
     assert!(out.contains("timestamp with time zone"), "{out}");
     let (out, err, ok) = psql(&url, &["-c", "\\dv unified.*"]);
     assert!(ok, "{err}");
@@ -44,10 +50,16 @@ fn meta_commands_list_the_lake() {
 fn unknown_role_and_database_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let srv = Server::start(dir.path());
-    let (_, err, ok) = psql(&format!("postgresql://mallory@{}/touchlake", srv.addr), &["-c", "SELECT 1"]);
+    let (_, err, ok) = psql(
+        &format!("postgresql://mallory@{}/touchlake", srv.addr),
+        &["-c", "SELECT 1"],
+    );
     assert!(!ok);
     assert!(err.contains("role \"mallory\" does not exist"), "{err}");
-    let (_, err, ok) = psql(&format!("postgresql://touchlake@{}/other", srv.addr), &["-c", "SELECT 1"]);
+    let (_, err, ok) = psql(
+        &format!("postgresql://touchlake@{}/other", srv.addr),
+        &["-c", "SELECT 1"],
+    );
     assert!(!ok);
     assert!(err.contains("database \"other\" does not exist"), "{err}");
 }

@@ -13,7 +13,10 @@ pub fn binary() -> PathBuf {
     }
     let exe = std::env::current_exe().expect("current exe");
     // target/debug/deps/e2e-… → target/debug/touchlake
-    exe.parent().and_then(Path::parent).map(|d| d.join("touchlake")).expect("target dir")
+    exe.parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("touchlake"))
+        .expect("target dir")
 }
 
 /// A running server process; killed on drop.
@@ -60,13 +63,23 @@ impl Server {
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Some(rest) = line.strip_prefix("touchlake listening on ") {
-                    let addr = rest.split_whitespace().next().unwrap_or_default().to_string();
+                    let addr = rest
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_string();
                     let _ = tx.send(addr);
                 }
             }
         });
-        let addr = rx.recv_timeout(Duration::from_secs(120)).expect("server did not start in time");
-        Server { child, addr, lake: lake.to_path_buf() }
+        let addr = rx
+            .recv_timeout(Duration::from_secs(120))
+            .expect("server did not start in time");
+        Server {
+            child,
+            addr,
+            lake: lake.to_path_buf(),
+        }
     }
 
     /// A libpq URL for this server.
@@ -76,15 +89,25 @@ impl Server {
 
     /// The port it listens on.
     pub fn port(&self) -> u16 {
-        self.addr.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port")
+        self.addr
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("port")
     }
 
     /// Connect with tokio-postgres; also returns the connection task, whose abort closes
     /// the socket.
     pub async fn connect_with_task(&self) -> (tokio_postgres::Client, tokio::task::JoinHandle<()>) {
-        let (client, conn) = tokio_postgres::connect(&format!("host=127.0.0.1 port={} user=touchlake dbname=touchlake", self.port()), tokio_postgres::NoTls)
-            .await
-            .expect("connect");
+        let (client, conn) = tokio_postgres::connect(
+            &format!(
+                "host=127.0.0.1 port={} user=touchlake dbname=touchlake",
+                self.port()
+            ),
+            tokio_postgres::NoTls,
+        )
+        .await
+        .expect("connect");
         let task = tokio::spawn(async move {
             let _ = conn.await;
         });
@@ -93,9 +116,15 @@ impl Server {
 
     /// Connect with tokio-postgres.
     pub async fn connect(&self) -> tokio_postgres::Client {
-        let (client, conn) = tokio_postgres::connect(&format!("host=127.0.0.1 port={} user=touchlake dbname=touchlake", self.port()), tokio_postgres::NoTls)
-            .await
-            .expect("connect");
+        let (client, conn) = tokio_postgres::connect(
+            &format!(
+                "host=127.0.0.1 port={} user=touchlake dbname=touchlake",
+                self.port()
+            ),
+            tokio_postgres::NoTls,
+        )
+        .await
+        .expect("connect");
         tokio::spawn(async move {
             let _ = conn.await;
         });
@@ -134,5 +163,9 @@ pub fn psql(url: &str, args: &[&str]) -> (String, String, bool) {
         .args(args)
         .output()
         .expect("psql is installed");
-    (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned(), out.status.success())
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        out.status.success(),
+    )
 }

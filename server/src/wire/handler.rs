@@ -10,7 +10,10 @@ use async_trait::async_trait;
 use datafusion::arrow::datatypes::DataType;
 use futures::{Sink, SinkExt, StreamExt, stream};
 use pgwire::api::portal::{Format, Portal};
-use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler, send_execution_response, send_query_response, send_ready_for_query};
+use pgwire::api::query::{
+    ExtendedQueryHandler, SimpleQueryHandler, send_execution_response, send_query_response,
+    send_ready_for_query,
+};
 use pgwire::api::results::{FieldInfo, QueryResponse, Response, Tag};
 use pgwire::api::stmt::QueryParser;
 use pgwire::api::store::PortalStore;
@@ -33,18 +36,24 @@ pub struct QueryHandler {
 
 impl QueryHandler {
     pub fn new() -> Self {
-        QueryHandler { parser: Arc::new(PreparedParser) }
+        QueryHandler {
+            parser: Arc::new(PreparedParser),
+        }
     }
 }
 
 fn session_of<C: ClientInfo + ?Sized>(client: &C) -> PgWireResult<Arc<Session>> {
-    client.session_extensions().get::<Arc<Session>>().map(|s| (*s).clone()).ok_or_else(|| {
-        PgWireError::UserError(Box::new(pgwire::error::ErrorInfo::new(
-            "FATAL".into(),
-            "08P01".into(),
-            "no session for this connection".into(),
-        )))
-    })
+    client
+        .session_extensions()
+        .get::<Arc<Session>>()
+        .map(|s| (*s).clone())
+        .ok_or_else(|| {
+            PgWireError::UserError(Box::new(pgwire::error::ErrorInfo::new(
+                "FATAL".into(),
+                "08P01".into(),
+                "no session for this connection".into(),
+            )))
+        })
 }
 
 fn format_options<C: ClientInfo>(client: &C, session: &Session) -> Arc<FormatOptions> {
@@ -61,15 +70,24 @@ fn to_response(ex: Outcome, format: &Format, opts: Arc<FormatOptions>) -> PgWire
     Ok(match ex {
         Outcome::Rows(stream) => {
             let schema = stream.schema();
-            let fields: Arc<Vec<FieldInfo>> = Arc::new(arrow_schema_to_pg_fields(schema.as_ref(), format, Some(opts))?);
+            let fields: Arc<Vec<FieldInfo>> = Arc::new(arrow_schema_to_pg_fields(
+                schema.as_ref(),
+                format,
+                Some(opts),
+            )?);
             let f = fields.clone();
             let rows = stream
                 .map(move |batch| {
-                    let it: Box<dyn Iterator<Item = PgWireResult<pgwire::messages::data::DataRow>> + Send + Sync> =
-                        match batch {
-                            Ok(b) => encode_recordbatch(f.clone(), b),
-                            Err(e) => Box::new(std::iter::once(Err(to_pgwire(SessionError::DataFusion(e))))),
-                        };
+                    let it: Box<
+                        dyn Iterator<Item = PgWireResult<pgwire::messages::data::DataRow>>
+                            + Send
+                            + Sync,
+                    > = match batch {
+                        Ok(b) => encode_recordbatch(f.clone(), b),
+                        Err(e) => {
+                            Box::new(std::iter::once(Err(to_pgwire(SessionError::DataFusion(e)))))
+                        }
+                    };
                     stream::iter(it)
                 })
                 .flatten();
@@ -99,7 +117,10 @@ where
 {
     for (k, v) in status {
         client
-            .feed(PgWireBackendMessage::ParameterStatus(ParameterStatus::new(k.clone(), v.clone())))
+            .feed(PgWireBackendMessage::ParameterStatus(ParameterStatus::new(
+                k.clone(),
+                v.clone(),
+            )))
             .await?;
     }
     Ok(())
@@ -123,7 +144,9 @@ impl SimpleQueryHandler for QueryHandler {
         let session = session_of(client)?;
         client.set_state(PgWireConnectionState::QueryInProgress);
         let mut status = client.transaction_status();
-        let result = self.run_simple(client, &session, &query.query, &mut status).await;
+        let result = self
+            .run_simple(client, &session, &query.query, &mut status)
+            .await;
         client.set_state(PgWireConnectionState::ReadyForQuery);
         if let Err(e) = result {
             // Errors while streaming rows: report, then carry on with ReadyForQuery.
@@ -131,7 +154,9 @@ impl SimpleQueryHandler for QueryHandler {
             if info.is_fatal() {
                 return Err(PgWireError::UserError(Box::new(info)));
             }
-            client.feed(PgWireBackendMessage::ErrorResponse(info.into())).await?;
+            client
+                .feed(PgWireBackendMessage::ErrorResponse(info.into()))
+                .await?;
             status = status.to_error_state();
         }
         client.set_transaction_status(status);
@@ -152,7 +177,13 @@ impl SimpleQueryHandler for QueryHandler {
 }
 
 impl QueryHandler {
-    async fn run_simple<C>(&self, client: &mut C, session: &Arc<Session>, sql: &str, status: &mut TransactionStatus) -> PgWireResult<()>
+    async fn run_simple<C>(
+        &self,
+        client: &mut C,
+        session: &Arc<Session>,
+        sql: &str,
+        status: &mut TransactionStatus,
+    ) -> PgWireResult<()>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::Error: Debug,
@@ -161,25 +192,42 @@ impl QueryHandler {
         let statements = match session.parse(sql) {
             Ok(s) => s,
             Err(e) => {
-                client.feed(PgWireBackendMessage::ErrorResponse(error_info(&e).into())).await?;
+                client
+                    .feed(PgWireBackendMessage::ErrorResponse(error_info(&e).into()))
+                    .await?;
                 *status = status.to_error_state();
                 return Ok(());
             }
         };
         if statements.is_empty() {
-            client.feed(PgWireBackendMessage::EmptyQueryResponse(EmptyQueryResponse::new())).await?;
+            client
+                .feed(PgWireBackendMessage::EmptyQueryResponse(
+                    EmptyQueryResponse::new(),
+                ))
+                .await?;
             return Ok(());
         }
         for stmt in statements {
             let failed = matches!(status, TransactionStatus::Error);
-            let rollback_to = matches!(&stmt, datafusion::sql::sqlparser::ast::Statement::Rollback { savepoint: Some(_), .. });
+            let rollback_to = matches!(
+                &stmt,
+                datafusion::sql::sqlparser::ast::Statement::Rollback {
+                    savepoint: Some(_),
+                    ..
+                }
+            );
             match session.execute(stmt, failed).await {
-                Ok(Executed { outcome, parameter_status }) => {
+                Ok(Executed {
+                    outcome,
+                    parameter_status,
+                }) => {
                     send_parameter_status(client, &parameter_status).await?;
                     match &outcome {
                         Outcome::Begin => *status = status.to_in_transaction_state(),
                         Outcome::End(_) => *status = status.to_idle_state(),
-                        Outcome::InBlock(_) if rollback_to && *status == TransactionStatus::Error => {
+                        Outcome::InBlock(_)
+                            if rollback_to && *status == TransactionStatus::Error =>
+                        {
                             *status = TransactionStatus::Transaction
                         }
                         _ => {}
@@ -187,14 +235,16 @@ impl QueryHandler {
                     let opts = format_options(client, session);
                     match to_response(outcome, &Format::UnifiedText, opts)? {
                         Response::Query(q) => send_query_response(client, q, true).await?,
-                        Response::Execution(t) | Response::TransactionStart(t) | Response::TransactionEnd(t) => {
-                            send_execution_response(client, t).await?
-                        }
+                        Response::Execution(t)
+                        | Response::TransactionStart(t)
+                        | Response::TransactionEnd(t) => send_execution_response(client, t).await?,
                         _ => {}
                     }
                 }
                 Err(e) => {
-                    client.feed(PgWireBackendMessage::ErrorResponse(error_info(&e).into())).await?;
+                    client
+                        .feed(PgWireBackendMessage::ErrorResponse(error_info(&e).into()))
+                        .await?;
                     *status = status.to_error_state();
                     break;
                 }
@@ -208,8 +258,12 @@ impl QueryHandler {
 pub struct PreparedParser;
 
 fn parameter_types(p: &Prepared) -> PgWireResult<Vec<Option<DataType>>> {
-    let Some(plan) = &p.plan else { return Ok(vec![]) };
-    let mut types = plan.get_parameter_types().map_err(|e| to_pgwire(SessionError::DataFusion(e)))?;
+    let Some(plan) = &p.plan else {
+        return Ok(vec![]);
+    };
+    let mut types = plan
+        .get_parameter_types()
+        .map_err(|e| to_pgwire(SessionError::DataFusion(e)))?;
     // `$1::bigint`: PostgreSQL types the parameter from the cast; DataFusion leaves it open.
     for (id, t) in crate::session::cast_parameter_types(plan) {
         if let Some(slot @ None) = types.get_mut(&id) {
@@ -218,7 +272,12 @@ fn parameter_types(p: &Prepared) -> PgWireResult<Vec<Option<DataType>>> {
     }
     let mut ordered: Vec<(usize, Option<DataType>)> = types
         .into_iter()
-        .filter_map(|(k, v)| k.trim_start_matches('$').parse::<usize>().ok().map(|i| (i, v)))
+        .filter_map(|(k, v)| {
+            k.trim_start_matches('$')
+                .parse::<usize>()
+                .ok()
+                .map(|i| (i, v))
+        })
         .collect();
     ordered.sort_by_key(|(i, _)| *i);
     let n = ordered.last().map(|(i, _)| *i).unwrap_or(0);
@@ -235,7 +294,12 @@ fn parameter_types(p: &Prepared) -> PgWireResult<Vec<Option<DataType>>> {
 impl QueryParser for PreparedParser {
     type Statement = Prepared;
 
-    async fn parse_sql<C>(&self, client: &C, sql: &str, _types: &[Option<Type>]) -> PgWireResult<Option<Prepared>>
+    async fn parse_sql<C>(
+        &self,
+        client: &C,
+        sql: &str,
+        _types: &[Option<Type>],
+    ) -> PgWireResult<Option<Prepared>>
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
@@ -254,9 +318,17 @@ impl QueryParser for PreparedParser {
             .collect()
     }
 
-    fn get_result_schema(&self, stmt: &Prepared, format: Option<&Format>) -> PgWireResult<Vec<FieldInfo>> {
+    fn get_result_schema(
+        &self,
+        stmt: &Prepared,
+        format: Option<&Format>,
+    ) -> PgWireResult<Vec<FieldInfo>> {
         let schema = crate::session::result_schema(stmt);
-        arrow_schema_to_pg_fields(schema.as_ref(), format.unwrap_or(&Format::UnifiedText), None)
+        arrow_schema_to_pg_fields(
+            schema.as_ref(),
+            format.unwrap_or(&Format::UnifiedText),
+            None,
+        )
     }
 }
 
@@ -269,7 +341,12 @@ impl ExtendedQueryHandler for QueryHandler {
         self.parser.clone()
     }
 
-    async fn do_query<C>(&self, client: &mut C, portal: &Portal<Prepared>, _max_rows: usize) -> PgWireResult<Response>
+    async fn do_query<C>(
+        &self,
+        client: &mut C,
+        portal: &Portal<Prepared>,
+        _max_rows: usize,
+    ) -> PgWireResult<Response>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::PortalStore: PortalStore,
@@ -281,13 +358,22 @@ impl ExtendedQueryHandler for QueryHandler {
         let inferred = parameter_types(prepared)?;
         let server_types: Vec<Type> = inferred
             .iter()
-            .map(|t| t.as_ref().map(into_pg_type).transpose().map(|t| t.unwrap_or(Type::UNKNOWN)))
+            .map(|t| {
+                t.as_ref()
+                    .map(into_pg_type)
+                    .transpose()
+                    .map(|t| t.unwrap_or(Type::UNKNOWN))
+            })
             .collect::<PgWireResult<_>>()?;
         let inferred_refs: Vec<Option<&DataType>> = inferred.iter().map(|t| t.as_ref()).collect();
         let server_refs: Vec<Option<&Type>> = server_types.iter().map(Some).collect();
-        let params = deserialize_parameters_with_server_types(portal, &inferred_refs, &server_refs)?;
+        let params =
+            deserialize_parameters_with_server_types(portal, &inferred_refs, &server_refs)?;
         let failed = matches!(client.transaction_status(), TransactionStatus::Error);
-        let ex = session.execute_prepared(prepared, params, failed).await.map_err(to_pgwire)?;
+        let ex = session
+            .execute_prepared(prepared, params, failed)
+            .await
+            .map_err(to_pgwire)?;
         send_parameter_status(client, &ex.parameter_status).await?;
         let opts = format_options(client, &session);
         to_response(ex.outcome, &portal.result_column_format, opts)

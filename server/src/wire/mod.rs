@@ -11,16 +11,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 
 use futures::StreamExt;
-use pgwire::api::PgWireConnectionState;
 use pgwire::api::ClientInfo;
+use pgwire::api::PgWireConnectionState;
 use pgwire::messages::PgWireFrontendMessage;
 use pgwire::tokio::server::{negotiate_tls, process_error, process_message};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::engine::Engine;
 use crate::session::Session;
-
-
 
 /// Sessions by (pid, secret key), for CancelRequest.
 #[derive(Default, Debug)]
@@ -37,7 +35,11 @@ impl CancelRegistry {
     }
 
     fn cancel(&self, pid: i32, key: &[u8]) {
-        let s = self.sessions.lock().ok().and_then(|m| m.get(&(pid, key.to_vec())).and_then(Weak::upgrade));
+        let s = self
+            .sessions
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&(pid, key.to_vec())).and_then(Weak::upgrade));
         if let Some(s) = s {
             tracing::info!(pid, "cancel request");
             s.cancel();
@@ -91,9 +93,13 @@ async fn connection(socket: TcpStream, handlers: Arc<Handlers>) -> std::io::Resu
         _ = &mut startup_deadline => return Ok(()),
         s = negotiate_tls::<crate::session::Prepared>(socket, None) => s?,
     };
-    let Some(mut socket) = negotiated else { return Ok(()) };
+    let Some(mut socket) = negotiated else {
+        return Ok(());
+    };
     if let Some(w) = watch {
-        socket.session_extensions().insert(startup::Watch(Mutex::new(Some(w))));
+        socket
+            .session_extensions()
+            .insert(startup::Watch(Mutex::new(Some(w))));
     }
     let startup_handler = handlers.startup.clone();
     let simple = handlers.query.clone();
@@ -103,7 +109,8 @@ async fn connection(socket: TcpStream, handlers: Arc<Handlers>) -> std::io::Resu
     loop {
         let msg = if matches!(
             socket.state(),
-            PgWireConnectionState::AwaitingStartup | PgWireConnectionState::AuthenticationInProgress
+            PgWireConnectionState::AwaitingStartup
+                | PgWireConnectionState::AuthenticationInProgress
         ) {
             tokio::select! {
                 _ = &mut startup_deadline => None,
@@ -116,8 +123,17 @@ async fn connection(socket: TcpStream, handlers: Arc<Handlers>) -> std::io::Resu
             Some(Ok(m)) => m,
             Some(Err(e)) => {
                 // A malformed message: tell the client (if it still listens) and close.
-                let info = pgwire::error::ErrorInfo::new("FATAL".into(), "08P01".into(), format!("invalid message: {e}"));
-                let _ = process_error(&mut socket, pgwire::error::PgWireError::UserError(Box::new(info)), false).await;
+                let info = pgwire::error::ErrorInfo::new(
+                    "FATAL".into(),
+                    "08P01".into(),
+                    format!("invalid message: {e}"),
+                );
+                let _ = process_error(
+                    &mut socket,
+                    pgwire::error::PgWireError::UserError(Box::new(info)),
+                    false,
+                )
+                .await;
                 break;
             }
             None => break,

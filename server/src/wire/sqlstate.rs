@@ -68,7 +68,9 @@ fn delta_code(d: &deltalake::DeltaTableError) -> (&'static str, String) {
         D::InvalidVersion(_) | D::InvalidDateTimeString { .. } => "22023",
         _ => {
             let lower = msg.to_ascii_lowercase();
-            if lower.contains("no field named") || lower.contains("column") && lower.contains("not found") {
+            if lower.contains("no field named")
+                || lower.contains("column") && lower.contains("not found")
+            {
                 "42703"
             } else if lower.contains("parse") || lower.contains("sql error") {
                 "42601"
@@ -86,7 +88,11 @@ fn arrow_code(a: &ArrowError) -> &'static str {
     match a {
         ArrowError::DivideByZero => "22012",
         ArrowError::CastError(_) | ArrowError::ParseError(_) => "22P02",
-        ArrowError::ArithmeticOverflow(_) | ArrowError::ComputeError(_) if a.to_string().contains("overflow") => "22003",
+        ArrowError::ArithmeticOverflow(_) | ArrowError::ComputeError(_)
+            if a.to_string().contains("overflow") =>
+        {
+            "22003"
+        }
         ArrowError::MemoryError(_) => "53200",
         _ => "XX000",
     }
@@ -100,7 +106,8 @@ fn datafusion_code(d: &DataFusionError) -> (&'static str, String) {
         DataFusionError::SQL(_, _) => "42601",
         DataFusionError::SchemaError(se, _) => match se.as_ref() {
             SchemaError::FieldNotFound { .. } => "42703",
-            SchemaError::DuplicateQualifiedField { .. } | SchemaError::DuplicateUnqualifiedField { .. } => "42701",
+            SchemaError::DuplicateQualifiedField { .. }
+            | SchemaError::DuplicateUnqualifiedField { .. } => "42701",
             SchemaError::AmbiguousReference { .. } => "42702",
             #[allow(unreachable_patterns)]
             _ => "42P18",
@@ -136,19 +143,29 @@ fn message_code(m: &str) -> &'static str {
         "42P01"
     } else if l.contains("divide by zero") || l.contains("division by zero") {
         "22012"
-    } else if l.contains("invalid function") || l.contains("no function matches") || l.contains("failed to coerce arguments")
+    } else if l.contains("invalid function")
+        || l.contains("no function matches")
+        || l.contains("failed to coerce arguments")
         || l.contains("does not support") && l.contains("function")
     {
         "42883"
-    } else if l.contains("cannot cast") || l.contains("cannot be cast") || l.contains("invalid input syntax") {
+    } else if l.contains("cannot cast")
+        || l.contains("cannot be cast")
+        || l.contains("invalid input syntax")
+    {
         "22P02"
     } else if l.contains("overflow") {
         "22003"
     } else if l.contains("schema") && l.contains("not found") {
         "3F000"
-    } else if l.contains("must appear in the group by") || l.contains("projection references non-aggregate") {
+    } else if l.contains("must appear in the group by")
+        || l.contains("projection references non-aggregate")
+    {
         "42803"
-    } else if l.contains("unsupported") || l.contains("not supported") || l.contains("not implemented") {
+    } else if l.contains("unsupported")
+        || l.contains("not supported")
+        || l.contains("not implemented")
+    {
         "0A000"
     } else {
         "XX000"
@@ -158,7 +175,9 @@ fn message_code(m: &str) -> &'static str {
 /// A message without DataFusion's internal prefixes.
 fn pg_message(e: &DataFusionError) -> String {
     match e {
-        DataFusionError::Plan(m) | DataFusionError::Execution(m) | DataFusionError::NotImplemented(m) => m.clone(),
+        DataFusionError::Plan(m)
+        | DataFusionError::Execution(m)
+        | DataFusionError::NotImplemented(m) => m.clone(),
         DataFusionError::SQL(p, _) => p.to_string(),
         DataFusionError::SchemaError(s, _) => s.to_string(),
         DataFusionError::External(inner) => inner.to_string(),
@@ -172,19 +191,25 @@ mod tests {
 
     #[test]
     fn missing_table_is_42p01() {
-        let e = SessionError::DataFusion(DataFusionError::Plan("table 'touchlake.public.nope' not found".into()));
+        let e = SessionError::DataFusion(DataFusionError::Plan(
+            "table 'touchlake.public.nope' not found".into(),
+        ));
         assert_eq!(error_info(&e).code, "42P01");
     }
 
     #[test]
     fn division_by_zero_is_22012() {
-        let e = SessionError::DataFusion(DataFusionError::ArrowError(Box::new(ArrowError::DivideByZero), None));
+        let e = SessionError::DataFusion(DataFusionError::ArrowError(
+            Box::new(ArrowError::DivideByZero),
+            None,
+        ));
         assert_eq!(error_info(&e).code, "22012");
     }
 
     #[test]
     fn cancel_through_external_is_57014() {
-        let e = SessionError::DataFusion(DataFusionError::External(Box::new(SessionError::Canceled)));
+        let e =
+            SessionError::DataFusion(DataFusionError::External(Box::new(SessionError::Canceled)));
         assert_eq!(error_info(&e).code, "57014");
     }
 }

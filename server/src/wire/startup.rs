@@ -7,10 +7,16 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use futures::{Sink, SinkExt};
-use pgwire::api::auth::{StartupHandler, finish_authentication, protocol_negotiation, save_startup_parameters_to_metadata};
 use pgwire::api::auth::ServerParameterProvider;
+use pgwire::api::auth::{
+    StartupHandler, finish_authentication, protocol_negotiation,
+    save_startup_parameters_to_metadata,
+};
 use pgwire::api::cancel::CancelHandler;
-use pgwire::api::{ClientInfo, PidSecretKeyGenerator, RandomPidSecretKeyGenerator, METADATA_DATABASE, METADATA_USER};
+use pgwire::api::{
+    ClientInfo, METADATA_DATABASE, METADATA_USER, PidSecretKeyGenerator,
+    RandomPidSecretKeyGenerator,
+};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::cancel::CancelRequest;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
@@ -31,7 +37,11 @@ pub struct Startup {
 
 impl Startup {
     pub fn new(engine: Arc<Engine>, registry: Arc<CancelRegistry>) -> Self {
-        Startup { engine, registry, keys: RandomPidSecretKeyGenerator::default() }
+        Startup {
+            engine,
+            registry,
+            keys: RandomPidSecretKeyGenerator::default(),
+        }
     }
 }
 
@@ -52,7 +62,11 @@ impl ServerParameterProvider for Params {
 
 #[async_trait]
 impl StartupHandler for Startup {
-    async fn on_startup<C>(&self, client: &mut C, message: PgWireFrontendMessage) -> PgWireResult<()>
+    async fn on_startup<C>(
+        &self,
+        client: &mut C,
+        message: PgWireFrontendMessage,
+    ) -> PgWireResult<()>
     where
         C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send,
         C::Error: Debug,
@@ -63,8 +77,16 @@ impl StartupHandler for Startup {
         };
         protocol_negotiation(client, startup).await?;
         save_startup_parameters_to_metadata(client, startup);
-        let user = client.metadata().get(METADATA_USER).cloned().unwrap_or_default();
-        let database = client.metadata().get(METADATA_DATABASE).cloned().unwrap_or_else(|| user.clone());
+        let user = client
+            .metadata()
+            .get(METADATA_USER)
+            .cloned()
+            .unwrap_or_default();
+        let database = client
+            .metadata()
+            .get(METADATA_DATABASE)
+            .cloned()
+            .unwrap_or_else(|| user.clone());
         // Until password authentication lands, only the superuser role exists and only
         // loopback clients are trusted.
         if user != SUPERUSER {
@@ -73,11 +95,17 @@ impl StartupHandler for Startup {
         if !client.socket_addr().ip().is_loopback() {
             return Err(fatal(
                 "28000",
-                format!("no pg_hba.conf entry for host \"{}\": only local connections are trusted", client.socket_addr().ip()),
+                format!(
+                    "no pg_hba.conf entry for host \"{}\": only local connections are trusted",
+                    client.socket_addr().ip()
+                ),
             ));
         }
         if database != touchlake_catalog::DATABASE {
-            return Err(fatal("3D000", format!("database \"{database}\" does not exist")));
+            return Err(fatal(
+                "3D000",
+                format!("database \"{database}\" does not exist"),
+            ));
         }
         let options: BTreeMap<String, String> = client
             .metadata()
@@ -95,7 +123,8 @@ impl StartupHandler for Startup {
         }
         let (pid, key) = self.keys.generate(client);
         client.set_pid_and_secret_key(pid, key.clone());
-        self.registry.register(pid, key.to_bytes().to_vec(), &session);
+        self.registry
+            .register(pid, key.to_bytes().to_vec(), &session);
         let params = Params(session.startup_parameters());
         client.session_extensions().insert::<Arc<Session>>(session);
         finish_authentication(client, &params).await?;

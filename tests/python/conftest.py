@@ -1,0 +1,46 @@
+"""Starts the real touchlake binary on a temporary lake for the Python client tests."""
+import os
+import subprocess
+import tempfile
+import threading
+
+import pytest
+
+
+class Server:
+    def __init__(self, lake, args=("serve",)):
+        binary = os.environ.get("TOUCHLAKE_BIN", os.path.expanduser("~/.cache/touchlake-target/debug/touchlake"))
+        env = dict(os.environ, TOUCHLAKE_REFRESH_SECONDS="0.2")
+        self.lake = lake
+        self.proc = subprocess.Popen(
+            [binary, *args, "--lake", lake, "--listen", "127.0.0.1:0"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+        )
+        found = threading.Event()
+        self.addr = None
+
+        def read():
+            for line in self.proc.stdout:
+                if line.startswith("touchlake listening on "):
+                    self.addr = line.split()[3]
+                    found.set()
+
+        threading.Thread(target=read, daemon=True).start()
+        if not found.wait(120):
+            self.proc.kill()
+            raise RuntimeError("touchlake did not start")
+        self.host, port = self.addr.rsplit(":", 1)
+        self.port = int(port)
+        self.url = f"postgresql://touchlake@{self.addr}/touchlake"
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait()
+
+
+@pytest.fixture
+def server():
+    with tempfile.TemporaryDirectory() as lake:
+        s = Server(lake)
+        yield s
+        s.stop()
