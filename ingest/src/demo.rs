@@ -68,8 +68,15 @@ impl Rng {
     }
 }
 
-/// (channel, channel_type, source, events with weights)
-const CHANNELS: &[(&str, &str, &str, &[(&str, u64)])] = &[
+/// A channel: (channel, channel_type, source, events with their weights).
+type Channel = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static [(&'static str, u64)],
+);
+
+const CHANNELS: &[Channel] = &[
     (
         "app",
         "online",

@@ -318,6 +318,7 @@ impl Session {
         if tx_failed && !is_transaction_end(&stmt) {
             return Err(SessionError::TransactionAborted);
         }
+        tracing::debug!(sql = %p.sql, "execute prepared");
         let guard = self.begin_statement();
         let plan = match &p.plan {
             Some(plan) => Some(plan.clone().replace_params_with_values(&params)?),
@@ -611,13 +612,13 @@ impl Session {
                 ast::Set::SetNamesDefault {} => {}
                 ast::Set::SetTransaction { .. } | ast::Set::SetSessionParam(_) => {}
                 ast::Set::SetRole { role_name, .. } => {
-                    if let Some(r) = role_name {
-                        if r.value != self.user {
-                            return Err(SessionError::Denied(format!(
-                                "cannot set role to \"{}\"",
-                                r.value
-                            )));
-                        }
+                    if let Some(r) = role_name
+                        && r.value != self.user
+                    {
+                        return Err(SessionError::Denied(format!(
+                            "cannot set role to \"{}\"",
+                            r.value
+                        )));
                     }
                 }
                 ast::Set::MultipleAssignments { assignments } => {
@@ -1020,11 +1021,11 @@ pub fn cast_parameter_types(plan: &LogicalPlan) -> std::collections::HashMap<Str
     let _ = plan.apply_with_subqueries(|node| {
         let _ = node.apply_expressions(|e| {
             e.apply(|e| {
-                if let DfExpr::Cast(c) = e {
-                    if let DfExpr::Placeholder(p) = c.expr.as_ref() {
-                        out.entry(p.id.clone())
-                            .or_insert_with(|| c.field.data_type().clone());
-                    }
+                if let DfExpr::Cast(c) = e
+                    && let DfExpr::Placeholder(p) = c.expr.as_ref()
+                {
+                    out.entry(p.id.clone())
+                        .or_insert_with(|| c.field.data_type().clone());
                 }
                 Ok(TreeNodeRecursion::Continue)
             })

@@ -132,10 +132,11 @@ impl Settings {
         values.insert("statement_timeout".into(), statement_timeout_ms.to_string());
         for (k, v) in startup {
             let k = k.to_ascii_lowercase();
-            if values.contains_key(&k) && !READ_ONLY.contains(&k.as_str()) {
-                if let Ok(v) = normalize(&k, v) {
-                    values.insert(k, v);
-                }
+            if values.contains_key(&k)
+                && !READ_ONLY.contains(&k.as_str())
+                && let Ok(v) = normalize(&k, v)
+            {
+                values.insert(k, v);
             }
         }
         Settings {

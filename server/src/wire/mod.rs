@@ -20,10 +20,13 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::engine::Engine;
 use crate::session::Session;
 
+/// (process id, secret key) as sent in BackendKeyData.
+type BackendKey = (i32, Vec<u8>);
+
 /// Sessions by (pid, secret key), for CancelRequest.
 #[derive(Default, Debug)]
 pub struct CancelRegistry {
-    sessions: Mutex<HashMap<(i32, Vec<u8>), Weak<Session>>>,
+    sessions: Mutex<HashMap<BackendKey, Weak<Session>>>,
 }
 
 impl CancelRegistry {

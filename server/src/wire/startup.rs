@@ -116,10 +116,10 @@ impl StartupHandler for Startup {
         let session = Session::new(self.engine.clone(), &user, &options)
             .map_err(|e| fatal("XX000", format!("cannot start session: {e}")))?;
         let session = Arc::new(session);
-        if let Some(w) = client.session_extensions().get::<Watch>() {
-            if let Some(sock) = w.0.lock().ok().and_then(|mut g| g.take()) {
-                session.watch_socket(sock);
-            }
+        if let Some(w) = client.session_extensions().get::<Watch>()
+            && let Some(sock) = w.0.lock().ok().and_then(|mut g| g.take())
+        {
+            session.watch_socket(sock);
         }
         let (pid, key) = self.keys.generate(client);
         client.set_pid_and_secret_key(pid, key.clone());
