@@ -80,6 +80,14 @@ pub fn all() -> Vec<ScalarUDF> {
         to_regtype(),
         pg_like_escape(),
         constant("pg_get_serial_sequence", ScalarValue::Utf8(None)),
+        constant("pg_get_function_result", ScalarValue::Utf8(None)),
+        // COMMENT ON is not supported yet: no descriptions.
+        constant("col_description", ScalarValue::Utf8(None)),
+        constant("obj_description", ScalarValue::Utf8(None)),
+        constant("shobj_description", ScalarValue::Utf8(None)),
+        constant("pg_get_function_arguments", ScalarValue::Utf8(None)),
+        // One role owns everything until roles arrive with the security issue.
+        constant("pg_get_userbyid", ScalarValue::Utf8(Some("touchlake".into()))),
         constant("pg_collation_is_visible", ScalarValue::Boolean(Some(true))),
         constant("pg_type_is_visible", ScalarValue::Boolean(Some(true))),
         constant("pg_function_is_visible", ScalarValue::Boolean(Some(true))),

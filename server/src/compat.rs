@@ -3,16 +3,66 @@
 
 use std::ops::ControlFlow;
 
-use datafusion::sql::sqlparser::ast::{
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use datafusion::sql::sqlparser::parser::Parser;
+use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
+use datafusion_pg_catalog::sql::rules::{self, SqlStatementRewriteRule};
+use datafusion::sql::sqlparser::ast::{visit_relations, 
     Expr, Function, FunctionArg, FunctionArgExpr, FunctionArgumentList, FunctionArguments,
     GroupByExpr, Ident, JoinOperator, ObjectName, ObjectNamePart, SelectItem, SetExpr, Statement,
     TableFactor, Value, visit_expressions_mut,
 };
 
+/// Parse a query string. Statements that read the system catalogs (psql, BI tools and
+/// drivers introspecting) go through `datafusion-pg-catalog`'s compatibility parser with
+/// all its rewrites; user statements get only the rewrites that keep their meaning — its
+/// `RemoveSubqueryFromProjection` would answer a correlated subquery with NULL.
+pub fn parse(catalog_parser: &PostgresCompatibilityParser, sql: &str) -> Result<Vec<Statement>, String> {
+    let dialect = PostgreSqlDialect {};
+    let plain = Parser::parse_sql(&dialect, sql);
+    let reads_catalog = match &plain {
+        Ok(stmts) => stmts.iter().any(reads_system_catalog),
+        Err(_) => true,
+    };
+    if reads_catalog {
+        return catalog_parser.parse(sql).map_err(|e| e.to_string());
+    }
+    let rules: [&dyn SqlStatementRewriteRule; 10] = [
+        &rules::AliasDuplicatedProjectionRewrite,
+        &rules::ResolveUnqualifiedIdentifier,
+        &rules::RewriteArrayAnyAllOperation,
+        &rules::PrependUnqualifiedPgTableName,
+        &rules::StripCallableQualifier,
+        &rules::FixArrayLiteral,
+        &rules::CurrentUserVariableToSessionUserFunctionCall,
+        &rules::StripCollate,
+        &rules::RewritePgCatalogOperator,
+        &rules::FixVersionColumnName,
+    ];
+    let stmts = plain.map_err(|e| e.to_string())?;
+    Ok(stmts.into_iter().map(|s| rules.iter().fold(s, |s, r| r.rewrite(s))).collect())
+}
+
+/// Does the statement read `pg_catalog` or `information_schema` (or a `pg_*` relation)?
+fn reads_system_catalog(stmt: &Statement) -> bool {
+    let mut found = false;
+    let _ = visit_relations(stmt, |name: &ObjectName| {
+        let parts: Vec<String> = name.0.iter().filter_map(|p| p.as_ident()).map(|i| i.value.to_ascii_lowercase()).collect();
+        if parts.iter().any(|p| p == "pg_catalog" || p == "information_schema" || p.starts_with("pg_")) {
+            found = true;
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
+    });
+    found
+}
+
 /// Apply every rewrite to a parsed statement.
 pub fn rewrite(stmt: &mut Statement) {
     let _ = visit_expressions_mut(stmt, |e| {
         like_escape(e);
+        array_subquery(e);
+        missing_catalog_column(e);
         empty_catalog_subquery(e);
         aggregate_scalar_subquery(e);
         ControlFlow::<()>::Continue(())
@@ -144,6 +194,27 @@ fn aggregate_scalar_subquery(e: &mut Expr) {
     };
 }
 
+/// `c.reloptions`: Touchlake's pg_class has no storage options (psql's `\d+` reads
+/// them); always NULL. Remove when datafusion-pg-catalog's pg_class has the column.
+fn missing_catalog_column(e: &mut Expr) {
+    if let Expr::CompoundIdentifier(parts) = e
+        && parts.last().is_some_and(|p| p.value.eq_ignore_ascii_case("reloptions"))
+    {
+        *e = Expr::Cast {
+            kind: datafusion::sql::sqlparser::ast::CastKind::DoubleColon,
+            expr: Box::new(Expr::value(Value::Null)),
+            data_type: datafusion::sql::sqlparser::ast::DataType::Array(
+                datafusion::sql::sqlparser::ast::ArrayElemTypeDef::SquareBracket(
+                    Box::new(datafusion::sql::sqlparser::ast::DataType::Text),
+                    None,
+                ),
+            ),
+            array: false,
+            format: None,
+        };
+    }
+}
+
 /// pg_catalog tables that are empty for every Touchlake lake, or whose rows never apply
 /// to Touchlake columns: no column defaults, no sequences, no per-column collations.
 const NEVER_MATCHING: &[&str] = &["pg_attrdef", "pg_sequence", "pg_collation"];
@@ -158,6 +229,12 @@ fn empty_catalog_subquery(e: &mut Expr) {
         return;
     };
     let [from] = sel.from.as_slice() else { return };
+    // `unnest(c.reloptions)`: Touchlake tables have no storage options.
+    let relation = from.relation.to_string().to_ascii_lowercase();
+    if relation.contains("unnest") && (relation.contains("reloptions") || relation.contains("null")) {
+        *e = Expr::value(Value::Null);
+        return;
+    }
     let TableFactor::Table { name, .. } = &from.relation else {
         return;
     };
@@ -182,5 +259,69 @@ fn empty_catalog_subquery(e: &mut Expr) {
     });
     if inner_only && !counts && table.is_some_and(|t| NEVER_MATCHING.contains(&t.as_str())) {
         *e = Expr::value(Value::Null);
+    }
+}
+
+/// `ARRAY(SELECT x FROM …)` → `(SELECT array_agg(x) FROM …)` (psql's `\du` and `\d+`
+/// send it). An empty result gives NULL where PostgreSQL gives `{}`. Remove when
+/// DataFusion plans ARRAY subqueries.
+fn array_subquery(e: &mut Expr) {
+    let Expr::Function(f) = e else { return };
+    if !f.name.to_string().eq_ignore_ascii_case("array") {
+        return;
+    }
+    let FunctionArguments::Subquery(q) = &f.args else { return };
+    let mut q = q.clone();
+    let SetExpr::Select(sel) = q.body.as_mut() else { return };
+    if sel.projection.len() != 1 {
+        return;
+    }
+    let (expr, alias) = match sel.projection[0].clone() {
+        SelectItem::UnnamedExpr(x) => (x, None),
+        SelectItem::ExprWithAlias { expr, alias } => (expr, Some(alias)),
+        _ => return,
+    };
+    let agg = call("array_agg", expr);
+    sel.projection[0] = match alias {
+        Some(alias) => SelectItem::ExprWithAlias { expr: agg, alias },
+        None => SelectItem::UnnamedExpr(agg),
+    };
+    *e = Expr::Subquery(q);
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
+
+    fn rewritten(sql: &str) -> String {
+        let mut stmts = super::parse(&PostgresCompatibilityParser::new(), sql).unwrap();
+        super::rewrite(&mut stmts[0]);
+        stmts[0].to_string()
+    }
+
+    #[test]
+    fn like_escape_is_rewritten() {
+        let s = rewritten("SELECT 1 WHERE 'a' NOT LIKE 'pg/_%' ESCAPE '/'");
+        assert!(s.contains("pg_like_escape('pg/_%', '/')"), "{s}");
+    }
+
+    #[test]
+    fn array_subquery_becomes_array_agg() {
+        let s = rewritten("SELECT ARRAY(SELECT b.rolname FROM pg_roles b WHERE b.oid = r.oid) FROM pg_roles r");
+        assert!(s.contains("(SELECT array_agg(b.rolname) FROM pg_catalog.pg_roles b"), "{s}");
+    }
+
+    #[test]
+    fn reloptions_subquery_is_null() {
+        let s = rewritten(
+            "SELECT c.reloptions || array(select 'toast.' || x from pg_catalog.unnest(tc.reloptions) x) FROM pg_class c",
+        );
+        assert!(!s.contains("unnest"), "{s}");
+    }
+
+    #[test]
+    fn correlated_scalar_subquery_is_aggregated() {
+        let s = rewritten("SELECT (SELECT t.name FROM s.t t WHERE t.id = a.id) FROM s.a a");
+        assert!(s.contains("max(t.name)"), "{s}");
     }
 }

@@ -182,10 +182,7 @@ impl Session {
     /// Split and parse a query string into statements (PostgreSQL dialect, with the
     /// pg_catalog compatibility rewrites).
     pub fn parse(&self, sql: &str) -> Result<Vec<Statement>> {
-        let mut stmts = self
-            .parser
-            .parse(sql)
-            .map_err(|e| SessionError::Syntax(e.to_string()))?;
+        let mut stmts = crate::compat::parse(&self.parser, sql).map_err(SessionError::Syntax)?;
         for s in &mut stmts {
             crate::compat::rewrite(s);
             match s {
