@@ -11,6 +11,7 @@ pub mod error;
 pub mod lake;
 pub mod meta;
 pub mod pg_functions;
+pub mod pg_overlay;
 pub mod provider;
 pub mod types;
 

@@ -87,7 +87,10 @@ pub fn all() -> Vec<ScalarUDF> {
         constant("shobj_description", ScalarValue::Utf8(None)),
         constant("pg_get_function_arguments", ScalarValue::Utf8(None)),
         // One role owns everything until roles arrive with the security issue.
-        constant("pg_get_userbyid", ScalarValue::Utf8(Some("touchlake".into()))),
+        constant(
+            "pg_get_userbyid",
+            ScalarValue::Utf8(Some("touchlake".into())),
+        ),
         constant("pg_collation_is_visible", ScalarValue::Boolean(Some(true))),
         constant("pg_type_is_visible", ScalarValue::Boolean(Some(true))),
         constant("pg_function_is_visible", ScalarValue::Boolean(Some(true))),

@@ -3,21 +3,24 @@
 
 use std::ops::ControlFlow;
 
+use datafusion::sql::sqlparser::ast::{
+    Expr, Function, FunctionArg, FunctionArgExpr, FunctionArgumentList, FunctionArguments,
+    GroupByExpr, Ident, JoinOperator, ObjectName, ObjectNamePart, SelectItem, SetExpr, Statement,
+    TableFactor, Value, visit_expressions_mut, visit_relations,
+};
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use datafusion_pg_catalog::sql::rules::{self, SqlStatementRewriteRule};
-use datafusion::sql::sqlparser::ast::{visit_relations, 
-    Expr, Function, FunctionArg, FunctionArgExpr, FunctionArgumentList, FunctionArguments,
-    GroupByExpr, Ident, JoinOperator, ObjectName, ObjectNamePart, SelectItem, SetExpr, Statement,
-    TableFactor, Value, visit_expressions_mut,
-};
 
 /// Parse a query string. Statements that read the system catalogs (psql, BI tools and
 /// drivers introspecting) go through `datafusion-pg-catalog`'s compatibility parser with
 /// all its rewrites; user statements get only the rewrites that keep their meaning — its
 /// `RemoveSubqueryFromProjection` would answer a correlated subquery with NULL.
-pub fn parse(catalog_parser: &PostgresCompatibilityParser, sql: &str) -> Result<Vec<Statement>, String> {
+pub fn parse(
+    catalog_parser: &PostgresCompatibilityParser,
+    sql: &str,
+) -> Result<Vec<Statement>, String> {
     let dialect = PostgreSqlDialect {};
     let plain = Parser::parse_sql(&dialect, sql);
     let reads_catalog = match &plain {
@@ -40,15 +43,26 @@ pub fn parse(catalog_parser: &PostgresCompatibilityParser, sql: &str) -> Result<
         &rules::FixVersionColumnName,
     ];
     let stmts = plain.map_err(|e| e.to_string())?;
-    Ok(stmts.into_iter().map(|s| rules.iter().fold(s, |s, r| r.rewrite(s))).collect())
+    Ok(stmts
+        .into_iter()
+        .map(|s| rules.iter().fold(s, |s, r| r.rewrite(s)))
+        .collect())
 }
 
 /// Does the statement read `pg_catalog` or `information_schema` (or a `pg_*` relation)?
 fn reads_system_catalog(stmt: &Statement) -> bool {
     let mut found = false;
     let _ = visit_relations(stmt, |name: &ObjectName| {
-        let parts: Vec<String> = name.0.iter().filter_map(|p| p.as_ident()).map(|i| i.value.to_ascii_lowercase()).collect();
-        if parts.iter().any(|p| p == "pg_catalog" || p == "information_schema" || p.starts_with("pg_")) {
+        let parts: Vec<String> = name
+            .0
+            .iter()
+            .filter_map(|p| p.as_ident())
+            .map(|i| i.value.to_ascii_lowercase())
+            .collect();
+        if parts
+            .iter()
+            .any(|p| p == "pg_catalog" || p == "information_schema" || p.starts_with("pg_"))
+        {
             found = true;
             return ControlFlow::Break(());
         }
@@ -198,7 +212,9 @@ fn aggregate_scalar_subquery(e: &mut Expr) {
 /// them); always NULL. Remove when datafusion-pg-catalog's pg_class has the column.
 fn missing_catalog_column(e: &mut Expr) {
     if let Expr::CompoundIdentifier(parts) = e
-        && parts.last().is_some_and(|p| p.value.eq_ignore_ascii_case("reloptions"))
+        && parts
+            .last()
+            .is_some_and(|p| p.value.eq_ignore_ascii_case("reloptions"))
     {
         *e = Expr::Cast {
             kind: datafusion::sql::sqlparser::ast::CastKind::DoubleColon,
@@ -231,7 +247,8 @@ fn empty_catalog_subquery(e: &mut Expr) {
     let [from] = sel.from.as_slice() else { return };
     // `unnest(c.reloptions)`: Touchlake tables have no storage options.
     let relation = from.relation.to_string().to_ascii_lowercase();
-    if relation.contains("unnest") && (relation.contains("reloptions") || relation.contains("null")) {
+    if relation.contains("unnest") && (relation.contains("reloptions") || relation.contains("null"))
+    {
         *e = Expr::value(Value::Null);
         return;
     }
@@ -270,9 +287,13 @@ fn array_subquery(e: &mut Expr) {
     if !f.name.to_string().eq_ignore_ascii_case("array") {
         return;
     }
-    let FunctionArguments::Subquery(q) = &f.args else { return };
+    let FunctionArguments::Subquery(q) = &f.args else {
+        return;
+    };
     let mut q = q.clone();
-    let SetExpr::Select(sel) = q.body.as_mut() else { return };
+    let SetExpr::Select(sel) = q.body.as_mut() else {
+        return;
+    };
     if sel.projection.len() != 1 {
         return;
     }
@@ -307,8 +328,13 @@ mod tests {
 
     #[test]
     fn array_subquery_becomes_array_agg() {
-        let s = rewritten("SELECT ARRAY(SELECT b.rolname FROM pg_roles b WHERE b.oid = r.oid) FROM pg_roles r");
-        assert!(s.contains("(SELECT array_agg(b.rolname) FROM pg_catalog.pg_roles b"), "{s}");
+        let s = rewritten(
+            "SELECT ARRAY(SELECT b.rolname FROM pg_roles b WHERE b.oid = r.oid) FROM pg_roles r",
+        );
+        assert!(
+            s.contains("(SELECT array_agg(b.rolname) FROM pg_catalog.pg_roles b"),
+            "{s}"
+        );
     }
 
     #[test]

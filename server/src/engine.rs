@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::DataType;
+use datafusion::catalog::{
+    CatalogProvider, CatalogProviderList, MemoryCatalogProviderList, SchemaProvider,
+};
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
@@ -14,7 +17,9 @@ use datafusion::physical_plan::ColumnarValue;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::scalar::ScalarValue;
 use datafusion_pg_catalog::pg_catalog::context::{PgCatalogContextProvider, Role};
+use datafusion_pg_catalog::pg_catalog::{PgCatalogSchemaProvider, PgCatalogStaticTables};
 use touchlake_catalog::meta::ViewDef;
+use touchlake_catalog::pg_overlay::PgCatalogOverlay;
 use touchlake_catalog::{DATABASE, DEFAULT_SCHEMA, Lake, LakeCatalogProvider, ViewPlanner};
 
 use crate::config::Config;
@@ -39,8 +44,6 @@ pub fn version_string() -> String {
 pub struct Engine {
     /// The lake this server serves.
     pub lake: Arc<Lake>,
-    /// Query runtime shared by all sessions (memory pool, spill directory).
-    pub runtime: Arc<RuntimeEnv>,
     /// The configuration the server started with.
     pub config: Config,
     views: Arc<EngineViewPlanner>,
@@ -52,6 +55,8 @@ struct EngineViewPlanner {
     me: Weak<EngineViewPlanner>,
     lake: Arc<Lake>,
     runtime: Arc<RuntimeEnv>,
+    /// The server's one pg_catalog, shared by all sessions (set once at start).
+    pg_catalog: std::sync::OnceLock<Arc<dyn SchemaProvider>>,
 }
 
 #[async_trait]
@@ -61,7 +66,7 @@ impl ViewPlanner for EngineViewPlanner {
             .me
             .upgrade()
             .ok_or_else(|| DataFusionError::Internal("view planner dropped".into()))?;
-        let ctx = build_context(&self.lake, &self.runtime, me, SUPERUSER, DEFAULT_SCHEMA)?;
+        let ctx = build_context(me, SUPERUSER, DEFAULT_SCHEMA)?;
         let df = ctx.sql(&def.sql).await.map_err(|e| {
             DataFusionError::Plan(format!("view {schema}.{name} cannot be planned: {e}"))
         })?;
@@ -122,10 +127,26 @@ impl Engine {
             me: me.clone(),
             lake: lake.clone(),
             runtime: runtime.clone(),
+            pg_catalog: std::sync::OnceLock::new(),
         });
+        // One pg_catalog for the whole server, over its own view of the lake, so OIDs are
+        // the same in every connection.
+        let list = Arc::new(MemoryCatalogProviderList::new());
+        let planner: Arc<dyn ViewPlanner> = views.clone();
+        let lake_catalog = Arc::new(LakeCatalogProvider::new(lake.clone(), planner));
+        list.register_catalog(DATABASE.to_string(), lake_catalog.clone());
+        let list: Arc<dyn CatalogProviderList> = list;
+        let static_tables = Arc::new(PgCatalogStaticTables::try_new()?);
+        let pg = Arc::new(PgCatalogSchemaProvider::try_new(
+            list,
+            static_tables,
+            RoleCatalog,
+        )?);
+        let overlay: Arc<dyn SchemaProvider> = Arc::new(PgCatalogOverlay::new(pg, lake.clone()));
+        lake_catalog.register_schema("pg_catalog", overlay.clone())?;
+        let _ = views.pg_catalog.set(overlay);
         Ok(Arc::new(Engine {
             lake,
-            runtime,
             config,
             views,
         }))
@@ -133,13 +154,7 @@ impl Engine {
 
     /// A new DataFusion context for one connection of role `user`.
     pub fn new_context(&self, user: &str) -> DfResult<SessionContext> {
-        build_context(
-            &self.lake,
-            &self.runtime,
-            self.views.clone(),
-            user,
-            DEFAULT_SCHEMA,
-        )
+        build_context(self.views.clone(), user, DEFAULT_SCHEMA)
     }
 
     /// Keep the cached lake listing fresh so new schemas and tables written by other
@@ -159,12 +174,13 @@ impl Engine {
 }
 
 fn build_context(
-    lake: &Arc<Lake>,
-    runtime: &Arc<RuntimeEnv>,
     views: Arc<EngineViewPlanner>,
     user: &str,
     schema: &str,
 ) -> DfResult<SessionContext> {
+    let lake = views.lake.clone();
+    let runtime = views.runtime.clone();
+    let pg_catalog = views.pg_catalog.get().cloned();
     let mut config = SessionConfig::new()
         .with_default_catalog_and_schema(DATABASE, schema)
         .with_create_default_catalog_and_schema(false)
@@ -192,6 +208,9 @@ fn build_context(
         Arc::new(LakeCatalogProvider::new(lake.clone(), views)),
     );
     datafusion_pg_catalog::setup_pg_catalog(&ctx, DATABASE, RoleCatalog).map_err(|e| *e)?;
+    if let (Some(pg), Some(catalog)) = (pg_catalog, ctx.catalog(DATABASE)) {
+        catalog.register_schema("pg_catalog", pg)?;
+    }
     for udf in touchlake_catalog::pg_functions::all()
         .into_iter()
         .chain(session_functions(user))

@@ -147,3 +147,62 @@ async fn the_catalog_survives_restart_and_is_shared_by_servers() {
     let names: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
     assert_eq!(names, vec!["daily", "recent"]);
 }
+
+#[tokio::test]
+async fn correlated_subqueries_answer_correctly() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path());
+    let c = srv.connect().await;
+    c.batch_execute(
+        "CREATE TABLE p (id int, name text); INSERT INTO p VALUES (1, 'a'), (2, 'b');
+         CREATE TABLE t (pid int); INSERT INTO t VALUES (1), (2), (2), (3)",
+    )
+    .await
+    .unwrap();
+    let rows = c
+        .query(
+            "SELECT t.pid, (SELECT p.name FROM p WHERE p.id = t.pid) AS name FROM t ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    let got: Vec<(i32, Option<String>)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(
+        got,
+        vec![
+            (1, Some("a".into())),
+            (2, Some("b".into())),
+            (2, Some("b".into())),
+            (3, None)
+        ]
+    );
+}
+
+#[tokio::test]
+async fn oids_agree_across_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path());
+    let a = srv.connect().await;
+    a.batch_execute(
+        "CREATE SCHEMA s; CREATE TABLE s.x (a int); CREATE TABLE s.y (b numeric(10,3))",
+    )
+    .await
+    .unwrap();
+    let b = srv.connect().await;
+    let q = "SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = 's' AND c.relname = 'y'";
+    // b looks first at pg_namespace, a at pg_class: the OIDs must still agree.
+    let _ = b
+        .query("SELECT oid FROM pg_catalog.pg_namespace", &[])
+        .await
+        .unwrap();
+    let oid_a: u32 = a.query_one(q, &[]).await.unwrap().get(0);
+    let oid_b: u32 = b.query_one(q, &[]).await.unwrap().get(0);
+    assert_eq!(oid_a, oid_b);
+    let typmod: i32 = b
+        .query_one(&format!("SELECT atttypmod FROM pg_catalog.pg_attribute WHERE attrelid = {oid_a} AND attname = 'b'"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(typmod, (10 << 16 | 3) + 4);
+}

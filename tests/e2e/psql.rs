@@ -35,6 +35,28 @@ fn meta_commands_list_the_lake() {
         "{out}"
     );
     assert!(out.contains("timestamp with time zone"), "{out}");
+    assert!(out.contains("numeric(18,2)"), "{out}");
+    let (out, err, ok) = psql(&url, &["-c", "\\d+ unified.touchpoints"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("numeric(18,2)") && out.contains("Storage"),
+        "{out}"
+    );
+    let (out, err, ok) = psql(&url, &["-c", "\\du"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("touchlake") && out.contains("Superuser"),
+        "{out}"
+    );
+    let (out, err, ok) = psql(&url, &["-c", "\\df"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("List of functions"), "{out}");
+    let (out, err, ok) = psql(&url, &["-c", "\\dt"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("Did not find any relations") || out.contains("List of relations"),
+        "{out}"
+    );
     let (out, err, ok) = psql(&url, &["-c", "\\dv unified.*"]);
     assert!(ok, "{err}");
     assert!(out.contains(" v "), "{out}");

@@ -1,0 +1,210 @@
+//! `pg_catalog` as clients see it: `datafusion-pg-catalog`'s tables, shared by every
+//! session of a server (so OIDs agree across connections), with the columns it leaves
+//! blank filled in from the lake: `pg_attribute.atttypmod` carries `numeric(p,s)`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{Array, ArrayRef, Int32Array, RecordBatch, StringArray};
+use datafusion::arrow::datatypes::DataType;
+use datafusion::catalog::{SchemaProvider, TableProvider};
+use datafusion::datasource::MemTable;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::prelude::SessionContext;
+
+use crate::lake::Lake;
+
+/// The OID of `numeric` in pg_type.
+const NUMERIC_OID: i32 = 1700;
+
+/// Wraps the pg_catalog schema provider and completes `pg_attribute`.
+#[derive(Debug)]
+pub struct PgCatalogOverlay {
+    inner: Arc<dyn SchemaProvider>,
+    lake: Arc<Lake>,
+}
+
+impl PgCatalogOverlay {
+    /// Overlay `inner` (a `PgCatalogSchemaProvider`) with facts from `lake`.
+    pub fn new(inner: Arc<dyn SchemaProvider>, lake: Arc<Lake>) -> Self {
+        Self { inner, lake }
+    }
+}
+
+/// `pg_attribute`, computed when scanned (not when merely resolved: pg_class asks every
+/// table for its schema, this one included).
+#[derive(Debug)]
+struct AttributeTable {
+    inner: Arc<dyn SchemaProvider>,
+    lake: Arc<Lake>,
+    schema: datafusion::arrow::datatypes::SchemaRef,
+}
+
+#[async_trait]
+impl TableProvider for AttributeTable {
+    fn schema(&self) -> datafusion::arrow::datatypes::SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> datafusion::datasource::TableType {
+        datafusion::datasource::TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn datafusion::catalog::Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[datafusion::logical_expr::Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+        let t = self.compute().await?;
+        t.scan(state, projection, filters, limit).await
+    }
+}
+
+impl AttributeTable {
+    async fn collect(&self, name: &str) -> Result<Vec<RecordBatch>> {
+        let Some(t) = self.inner.table(name).await? else {
+            return Err(DataFusionError::Plan(format!("pg_catalog.{name} missing")));
+        };
+        SessionContext::new().read_table(t)?.collect().await
+    }
+
+    async fn compute(&self) -> Result<MemTable> {
+        let Some(attr) = self.inner.table("pg_attribute").await? else {
+            return Err(DataFusionError::Plan(
+                "pg_catalog.pg_attribute missing".into(),
+            ));
+        };
+        let schema = attr.schema();
+        let batches = SessionContext::new().read_table(attr)?.collect().await?;
+        let namespaces = pairs(&self.collect("pg_namespace").await?, "oid", "nspname")?;
+        let classes = self.collect("pg_class").await?;
+        let mut relations: HashMap<i32, (String, String)> = HashMap::new();
+        for b in &classes {
+            let (Some(oid), Some(name), Some(ns)) = (
+                int_col(b, "oid"),
+                str_col(b, "relname"),
+                int_col(b, "relnamespace"),
+            ) else {
+                continue;
+            };
+            for i in 0..b.num_rows() {
+                if let Some(schema) = namespaces.get(&ns.value(i)) {
+                    relations.insert(oid.value(i), (schema.clone(), name.value(i).to_string()));
+                }
+            }
+        }
+        let idx = |n: &str| schema.index_of(n);
+        let (rel_i, name_i, type_i, mod_i) = (
+            idx("attrelid")?,
+            idx("attname")?,
+            idx("atttypid")?,
+            idx("atttypmod")?,
+        );
+        let mut table_schemas: HashMap<i32, Option<datafusion::arrow::datatypes::SchemaRef>> =
+            HashMap::new();
+        let mut out = vec![];
+        for b in batches {
+            let cast = |i: usize| datafusion::arrow::compute::cast(b.column(i), &DataType::Int32);
+            let rel = cast(rel_i)?;
+            let typ = cast(type_i)?;
+            let (Some(rel), Some(typ), Some(names), Some(mods)) = (
+                rel.as_any().downcast_ref::<Int32Array>(),
+                typ.as_any().downcast_ref::<Int32Array>(),
+                b.column(name_i).as_any().downcast_ref::<StringArray>(),
+                b.column(mod_i).as_any().downcast_ref::<Int32Array>(),
+            ) else {
+                out.push(b);
+                continue;
+            };
+            let mut new_mods = Vec::with_capacity(b.num_rows());
+            for i in 0..b.num_rows() {
+                let mut m = mods.value(i);
+                if typ.value(i) == NUMERIC_OID {
+                    let oid = rel.value(i);
+                    if let std::collections::hash_map::Entry::Vacant(slot) =
+                        table_schemas.entry(oid)
+                    {
+                        let s = match relations.get(&oid) {
+                            Some((s, t)) => self
+                                .lake
+                                .table(s, t)
+                                .await
+                                .ok()
+                                .flatten()
+                                .map(|(_, p)| p.schema()),
+                            None => None,
+                        };
+                        slot.insert(s);
+                    }
+                    if let Some(Some(s)) = table_schemas.get(&oid)
+                        && let Ok(f) = s.field_with_name(names.value(i))
+                        && let DataType::Decimal128(p, sc) | DataType::Decimal256(p, sc) =
+                            f.data_type()
+                    {
+                        m = ((*p as i32) << 16 | (*sc as i32)) + 4;
+                    }
+                }
+                new_mods.push(m);
+            }
+            let mut cols: Vec<ArrayRef> = b.columns().to_vec();
+            cols[mod_i] = Arc::new(Int32Array::from(new_mods));
+            out.push(RecordBatch::try_new(b.schema(), cols)?);
+        }
+        MemTable::try_new(schema, vec![out])
+    }
+}
+
+fn int_col(b: &RecordBatch, name: &str) -> Option<Int32Array> {
+    let c = b.column_by_name(name)?;
+    let c = datafusion::arrow::compute::cast(c, &DataType::Int32).ok()?;
+    c.as_any().downcast_ref::<Int32Array>().cloned()
+}
+
+fn str_col<'a>(b: &'a RecordBatch, name: &str) -> Option<&'a StringArray> {
+    b.column_by_name(name)?
+        .as_any()
+        .downcast_ref::<StringArray>()
+}
+
+fn pairs(batches: &[RecordBatch], key: &str, value: &str) -> Result<HashMap<i32, String>> {
+    let mut m = HashMap::new();
+    for b in batches {
+        let (Some(k), Some(v)) = (int_col(b, key), str_col(b, value)) else {
+            continue;
+        };
+        for i in 0..b.num_rows() {
+            if !k.is_null(i) && !v.is_null(i) {
+                m.insert(k.value(i), v.value(i).to_string());
+            }
+        }
+    }
+    Ok(m)
+}
+
+#[async_trait]
+impl SchemaProvider for PgCatalogOverlay {
+    fn table_names(&self) -> Vec<String> {
+        self.inner.table_names()
+    }
+
+    async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
+        if name.eq_ignore_ascii_case("pg_attribute") {
+            let Some(attr) = self.inner.table("pg_attribute").await? else {
+                return Ok(None);
+            };
+            return Ok(Some(Arc::new(AttributeTable {
+                inner: self.inner.clone(),
+                lake: self.lake.clone(),
+                schema: attr.schema(),
+            })));
+        }
+        self.inner.table(name).await
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.inner.table_exist(name)
+    }
+}
