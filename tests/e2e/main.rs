@@ -5,3 +5,4 @@ mod catalog;
 mod demo;
 mod protocol;
 mod psql;
+mod readme;
