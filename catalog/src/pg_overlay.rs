@@ -1,6 +1,9 @@
 //! `pg_catalog` as clients see it: `datafusion-pg-catalog`'s tables, shared by every
-//! session of a server (so OIDs agree across connections), with the columns it leaves
-//! blank filled in from the lake: `pg_attribute.atttypmod` carries `numeric(p,s)`.
+//! session of a server, with the columns it leaves blank filled in from the lake
+//! (`pg_attribute.atttypmod` carries `numeric(p,s)`), and with stable OIDs: the library
+//! numbers schemas and tables in the order it first meets them, so a table's OID would
+//! change from one server start to the next. Every OID it hands out is replaced here by
+//! one derived from the object's name, the same in every connection, server and restart.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -184,6 +187,155 @@ fn pairs(batches: &[RecordBatch], key: &str, value: &str) -> Result<HashMap<i32,
     Ok(m)
 }
 
+/// Columns of pg_catalog tables that hold OIDs of databases, schemas or relations.
+const OID_COLUMNS: &[&str] = &[
+    "oid",
+    "relnamespace",
+    "relfilenode",
+    "attrelid",
+    "objoid",
+    "objid",
+    "refobjid",
+    "indrelid",
+    "indexrelid",
+    "conrelid",
+    "confrelid",
+    "adrelid",
+    "typrelid",
+    "typnamespace",
+    "ev_class",
+    "inhrelid",
+    "inhparent",
+    "starelid",
+    "connamespace",
+    "pronamespace",
+    "collnamespace",
+    "classoid",
+    "refclassoid",
+    "polrelid",
+    "tgrelid",
+    "seqrelid",
+    "partrelid",
+];
+
+/// The first OID PostgreSQL gives to user objects.
+const FIRST_USER_OID: i64 = 16384;
+
+fn fnv(s: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// Library-assigned OID → stable OID, for the databases, schemas and relations it knows.
+async fn stable_oids(inner: &Arc<dyn SchemaProvider>) -> Result<HashMap<i32, i32>> {
+    let collect = |name: &'static str| {
+        let inner = inner.clone();
+        async move {
+            match inner.table(name).await? {
+                Some(t) => SessionContext::new().read_table(t)?.collect().await,
+                None => Ok(vec![]),
+            }
+        }
+    };
+    let namespaces = pairs(&collect("pg_namespace").await?, "oid", "nspname")?;
+    let databases = pairs(&collect("pg_database").await?, "oid", "datname")?;
+    let mut keyed: Vec<(String, i32)> = vec![];
+    for (oid, name) in &namespaces {
+        keyed.push((format!("n:{name}"), *oid));
+    }
+    for (oid, name) in &databases {
+        keyed.push((format!("d:{name}"), *oid));
+    }
+    for b in collect("pg_class").await? {
+        let (Some(oid), Some(name), Some(ns)) = (
+            int_col(&b, "oid"),
+            str_col(&b, "relname"),
+            int_col(&b, "relnamespace"),
+        ) else {
+            continue;
+        };
+        for i in 0..b.num_rows() {
+            let schema = namespaces.get(&ns.value(i)).cloned().unwrap_or_default();
+            keyed.push((format!("r:{schema}.{}", name.value(i)), oid.value(i)));
+        }
+    }
+    keyed.retain(|(_, oid)| *oid as i64 >= FIRST_USER_OID);
+    keyed.sort();
+    let span = i32::MAX as i64 - FIRST_USER_OID;
+    let mut taken = std::collections::HashSet::new();
+    let mut map = HashMap::new();
+    for (key, oid) in keyed {
+        let mut candidate = FIRST_USER_OID + (fnv(&key) % span as u64) as i64;
+        while !taken.insert(candidate) {
+            candidate = FIRST_USER_OID + (candidate - FIRST_USER_OID + 1) % span;
+        }
+        map.insert(oid, candidate as i32);
+    }
+    Ok(map)
+}
+
+/// A pg_catalog table whose OIDs are replaced by stable ones when it is scanned.
+#[derive(Debug)]
+struct StableOidTable {
+    inner: Arc<dyn SchemaProvider>,
+    table: Arc<dyn TableProvider>,
+}
+
+#[async_trait]
+impl TableProvider for StableOidTable {
+    fn schema(&self) -> datafusion::arrow::datatypes::SchemaRef {
+        self.table.schema()
+    }
+
+    fn table_type(&self) -> datafusion::datasource::TableType {
+        self.table.table_type()
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn datafusion::catalog::Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[datafusion::logical_expr::Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+        let map = stable_oids(&self.inner).await?;
+        let schema = self.table.schema();
+        let batches = SessionContext::new()
+            .read_table(self.table.clone())?
+            .collect()
+            .await?;
+        let mut out = Vec::with_capacity(batches.len());
+        for b in batches {
+            let mut cols: Vec<ArrayRef> = b.columns().to_vec();
+            for (i, f) in schema.fields().iter().enumerate() {
+                if !OID_COLUMNS.contains(&f.name().as_str()) || !f.data_type().is_integer() {
+                    continue;
+                }
+                let as_i32 = datafusion::arrow::compute::cast(&cols[i], &DataType::Int32)?;
+                let Some(a) = as_i32.as_any().downcast_ref::<Int32Array>() else {
+                    continue;
+                };
+                let remapped: Int32Array = a
+                    .iter()
+                    .map(|v| v.map(|v| *map.get(&v).unwrap_or(&v)))
+                    .collect();
+                cols[i] = datafusion::arrow::compute::cast(
+                    &(Arc::new(remapped) as ArrayRef),
+                    f.data_type(),
+                )?;
+            }
+            out.push(RecordBatch::try_new(b.schema(), cols)?);
+        }
+        MemTable::try_new(schema, vec![out])?
+            .scan(state, projection, filters, limit)
+            .await
+    }
+}
+
 #[async_trait]
 impl SchemaProvider for PgCatalogOverlay {
     fn table_names(&self) -> Vec<String> {
@@ -191,17 +343,33 @@ impl SchemaProvider for PgCatalogOverlay {
     }
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
-        if name.eq_ignore_ascii_case("pg_attribute") {
+        let table: Arc<dyn TableProvider> = if name.eq_ignore_ascii_case("pg_attribute") {
             let Some(attr) = self.inner.table("pg_attribute").await? else {
                 return Ok(None);
             };
-            return Ok(Some(Arc::new(AttributeTable {
+            Arc::new(AttributeTable {
                 inner: self.inner.clone(),
                 lake: self.lake.clone(),
                 schema: attr.schema(),
-            })));
+            })
+        } else {
+            match self.inner.table(name).await? {
+                Some(t) => t,
+                None => return Ok(None),
+            }
+        };
+        let has_oids = table
+            .schema()
+            .fields()
+            .iter()
+            .any(|f| OID_COLUMNS.contains(&f.name().as_str()));
+        if !has_oids {
+            return Ok(Some(table));
         }
-        self.inner.table(name).await
+        Ok(Some(Arc::new(StableOidTable {
+            inner: self.inner.clone(),
+            table,
+        })))
     }
 
     fn table_exist(&self, name: &str) -> bool {

@@ -206,3 +206,29 @@ async fn oids_agree_across_connections() {
         .get(0);
     assert_eq!(typmod, (10 << 16 | 3) + 4);
 }
+
+#[tokio::test]
+async fn oids_survive_restart_and_new_tables() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = "SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = 's' AND c.relname = 'b'";
+    let first: u32 = {
+        let srv = Server::start(dir.path());
+        let c = srv.connect().await;
+        c.batch_execute("CREATE SCHEMA s; CREATE TABLE s.b (x int)").await.unwrap();
+        c.query_one(q, &[]).await.unwrap().get(0)
+    };
+    let srv = Server::start(dir.path());
+    let c = srv.connect().await;
+    // A new schema and table that sort before s.b must not move its OID.
+    c.batch_execute("CREATE SCHEMA a; CREATE TABLE a.a (x int); CREATE TABLE s.a (x int)").await.unwrap();
+    let again: u32 = c.query_one(q, &[]).await.unwrap().get(0);
+    assert_eq!(first, again);
+    // The OID joins back: pg_attribute rows for it name b's column.
+    let col: String = c
+        .query_one(&format!("SELECT attname FROM pg_catalog.pg_attribute WHERE attrelid = {first} AND attnum = 1"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(col, "x");
+}

@@ -31,11 +31,17 @@ async fn documented_sql_examples_run() {
     let mut ran = 0;
     for file in ["README.md", "docs/functions.md"] {
         for block in sql_blocks(file) {
-            c.simple_query(&block).await.unwrap_or_else(|e| panic!("{file}: {e}\n{block}"));
+            c.simple_query(&block)
+                .await
+                .unwrap_or_else(|e| panic!("{file}: {e}\n{block}"));
             ran += 1;
         }
     }
     assert!(ran >= 3, "only {ran} SQL blocks found");
-    let v: i32 = c.query_one("SELECT to_regtype('int8')::int", &[]).await.unwrap().get(0);
+    let v: i32 = c
+        .query_one("SELECT to_regtype('int8')::int", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(v, 20);
 }
