@@ -424,6 +424,23 @@ impl Lake {
         Ok(Some((t, provider)))
     }
 
+    /// The columns of `schema.table` for catalog queries: from the cached snapshot if there
+    /// is one, however old (catalog listings must not re-read every table's Delta log);
+    /// otherwise the table is opened once.
+    pub async fn cached_schema(
+        &self,
+        schema: &str,
+        table: &str,
+    ) -> Result<Option<datafusion::arrow::datatypes::SchemaRef>> {
+        {
+            let cache = self.tables.lock().await;
+            if let Some(c) = cache.get(&(schema.to_string(), table.to_string())) {
+                return Ok(Some(c.provider.schema()));
+            }
+        }
+        Ok(self.table(schema, table).await?.map(|(_, p)| p.schema()))
+    }
+
     /// Forget the cached snapshot of `schema.table` (after our own write or drop).
     pub async fn invalidate(&self, schema: &str, table: &str) {
         self.tables

@@ -131,13 +131,7 @@ impl AttributeTable {
                         table_schemas.entry(oid)
                     {
                         let s = match relations.get(&oid) {
-                            Some((s, t)) => self
-                                .lake
-                                .table(s, t)
-                                .await
-                                .ok()
-                                .flatten()
-                                .map(|(_, p)| p.schema()),
+                            Some((s, t)) => self.lake.cached_schema(s, t).await.ok().flatten(),
                             None => None,
                         };
                         slot.insert(s);

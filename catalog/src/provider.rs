@@ -7,6 +7,7 @@ use std::sync::{Arc, RwLock};
 use async_trait::async_trait;
 use datafusion::catalog::{CatalogProvider, SchemaProvider, TableProvider};
 use datafusion::datasource::ViewTable;
+use datafusion::datasource::empty::EmptyTable;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::logical_expr::LogicalPlan;
 
@@ -28,6 +29,7 @@ pub struct LakeCatalogProvider {
     lake: Arc<Lake>,
     planner: Arc<dyn ViewPlanner>,
     extra: RwLock<HashMap<String, Arc<dyn SchemaProvider>>>,
+    schema_only: bool,
 }
 
 impl LakeCatalogProvider {
@@ -37,6 +39,18 @@ impl LakeCatalogProvider {
             lake,
             planner,
             extra: RwLock::new(HashMap::new()),
+            schema_only: false,
+        }
+    }
+
+    /// A catalog for pg_catalog's listings: its tables only describe their columns (from
+    /// the cached snapshot), so listing the lake does not re-read every Delta log.
+    pub fn for_catalog_queries(lake: Arc<Lake>, planner: Arc<dyn ViewPlanner>) -> Self {
+        Self {
+            lake,
+            planner,
+            extra: RwLock::new(HashMap::new()),
+            schema_only: true,
         }
     }
 }
@@ -66,6 +80,7 @@ impl CatalogProvider for LakeCatalogProvider {
             lake: self.lake.clone(),
             schema: name.to_string(),
             planner: self.planner.clone(),
+            schema_only: self.schema_only,
         }))
     }
 
@@ -88,6 +103,7 @@ pub struct LakeSchemaProvider {
     lake: Arc<Lake>,
     schema: String,
     planner: Arc<dyn ViewPlanner>,
+    schema_only: bool,
 }
 
 /// A table name with a time-travel suffix: `name@v3` or `name@2026-11-01T00:00:00Z`.
@@ -149,6 +165,10 @@ impl SchemaProvider for LakeSchemaProvider {
         if let Some(def) = view {
             let plan = self.planner.plan_view(&self.schema, name, &def).await?;
             return Ok(Some(Arc::new(ViewTable::new(plan, Some(def.sql.clone())))));
+        }
+        if self.schema_only {
+            let schema = self.lake.cached_schema(&self.schema, name).await?;
+            return Ok(schema.map(|s| Arc::new(EmptyTable::new(s)) as Arc<dyn TableProvider>));
         }
         Ok(self.lake.table(&self.schema, name).await?.map(|(_, p)| p))
     }

@@ -133,7 +133,10 @@ impl Engine {
         // the same in every connection.
         let list = Arc::new(MemoryCatalogProviderList::new());
         let planner: Arc<dyn ViewPlanner> = views.clone();
-        let lake_catalog = Arc::new(LakeCatalogProvider::new(lake.clone(), planner));
+        let lake_catalog = Arc::new(LakeCatalogProvider::for_catalog_queries(
+            lake.clone(),
+            planner,
+        ));
         list.register_catalog(DATABASE.to_string(), lake_catalog.clone());
         let list: Arc<dyn CatalogProviderList> = list;
         let static_tables = Arc::new(PgCatalogStaticTables::try_new()?);

@@ -215,13 +215,17 @@ async fn oids_survive_restart_and_new_tables() {
     let first: u32 = {
         let srv = Server::start(dir.path());
         let c = srv.connect().await;
-        c.batch_execute("CREATE SCHEMA s; CREATE TABLE s.b (x int)").await.unwrap();
+        c.batch_execute("CREATE SCHEMA s; CREATE TABLE s.b (x int)")
+            .await
+            .unwrap();
         c.query_one(q, &[]).await.unwrap().get(0)
     };
     let srv = Server::start(dir.path());
     let c = srv.connect().await;
     // A new schema and table that sort before s.b must not move its OID.
-    c.batch_execute("CREATE SCHEMA a; CREATE TABLE a.a (x int); CREATE TABLE s.a (x int)").await.unwrap();
+    c.batch_execute("CREATE SCHEMA a; CREATE TABLE a.a (x int); CREATE TABLE s.a (x int)")
+        .await
+        .unwrap();
     let again: u32 = c.query_one(q, &[]).await.unwrap().get(0);
     assert_eq!(first, again);
     // The OID joins back: pg_attribute rows for it name b's column.
