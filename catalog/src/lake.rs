@@ -50,6 +50,38 @@ impl std::fmt::Debug for Lake {
     }
 }
 
+/// delta-rs's plain log store (commits by conditional put), for a cloud scheme whose
+/// delta-rs integration crate Touchlake does not link: the object store comes from
+/// object_store's own builders instead.
+#[derive(Debug, Default)]
+struct ConditionalPutLogStore;
+
+impl deltalake::logstore::LogStoreFactory for ConditionalPutLogStore {
+    fn with_options(
+        &self,
+        prefixed_store: deltalake::logstore::ObjectStoreRef,
+        root_store: deltalake::logstore::ObjectStoreRef,
+        location: &Url,
+        options: &deltalake::logstore::StorageConfig,
+    ) -> deltalake::DeltaResult<Arc<dyn deltalake::logstore::LogStore>> {
+        Ok(deltalake::logstore::default_logstore(
+            prefixed_store,
+            root_store,
+            location,
+            options,
+        ))
+    }
+}
+
+fn register_default_logstore(scheme: &str) {
+    if let Ok(url) = Url::parse(&format!("{scheme}://")) {
+        let registry = deltalake::logstore::logstore_factories();
+        if !registry.contains_key(&url) {
+            registry.insert(url, Arc::new(ConditionalPutLogStore));
+        }
+    }
+}
+
 /// Check that a schema, table or view name can be a folder in the lake.
 pub fn validate_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
@@ -115,6 +147,7 @@ impl Lake {
                 }
                 other => return Err(bad(format!("unsupported scheme {other}://"))),
             };
+            register_default_logstore(url.scheme());
             let root = Path::from(url.path().trim_matches('/'));
             (url, store, root)
         } else {

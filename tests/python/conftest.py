@@ -8,9 +8,9 @@ import pytest
 
 
 class Server:
-    def __init__(self, lake, args=("serve",)):
+    def __init__(self, lake, args=("serve",), env=None):
         binary = os.environ.get("TOUCHLAKE_BIN", os.path.expanduser("~/.cache/touchlake-target/debug/touchlake"))
-        env = dict(os.environ, TOUCHLAKE_REFRESH_SECONDS="0.2")
+        env = dict(os.environ, TOUCHLAKE_REFRESH_SECONDS="0.2", **(env or {}))
         self.lake = lake
         self.proc = subprocess.Popen(
             [binary, *args, "--lake", lake, "--listen", "127.0.0.1:0"],
