@@ -322,7 +322,21 @@ impl TableProvider for StableOidTable {
                     f.data_type(),
                 )?;
             }
-            out.push(RecordBatch::try_new(b.schema(), cols)?);
+            let mut batch = RecordBatch::try_new(b.schema(), cols)?;
+            // pg_database lists the one database a Touchlake server serves.
+            if let Some(col) = batch.column_by_name("datname") {
+                let names = datafusion::arrow::compute::cast(col, &DataType::Utf8)?;
+                let names = names
+                    .as_any()
+                    .downcast_ref::<StringArray>()
+                    .ok_or_else(|| DataFusionError::Internal("datname is not text".into()))?;
+                let keep: datafusion::arrow::array::BooleanArray = names
+                    .iter()
+                    .map(|n| Some(n == Some(crate::DATABASE)))
+                    .collect();
+                batch = datafusion::arrow::compute::filter_record_batch(&batch, &keep)?;
+            }
+            out.push(batch);
         }
         MemTable::try_new(schema, vec![out])?
             .scan(state, projection, filters, limit)

@@ -549,7 +549,7 @@ impl Session {
                         .as_ref()
                         .clone()
                         .with_data_type(DataType::Timestamp(*u, Some(tz.clone().into()))),
-                    _ => f.as_ref().clone(),
+                    _ => client_field(f),
                 })
                 .collect::<Vec<_>>(),
         )
@@ -989,13 +989,37 @@ fn retag_time_zones(
     Ok(RecordBatch::try_new(schema.clone(), cols)?)
 }
 
+/// A result field as the client should see it. `datafusion-pg-catalog` tags OID columns
+/// with `pg.oid_alias` metadata, and a cast (`c.oid::bigint`) keeps the tag on an Int64
+/// column, which would then be described as `oid` but sent as int8. Remove when the cast
+/// drops the metadata upstream.
+fn client_field(f: &Arc<Field>) -> Field {
+    let f = f.as_ref().clone();
+    if f.metadata()
+        .contains_key(arrow_pg::datatypes::PG_OID_ALIAS_KEY)
+        && !matches!(f.data_type(), DataType::Int32 | DataType::UInt32)
+    {
+        let mut md = f.metadata().clone();
+        md.remove(arrow_pg::datatypes::PG_OID_ALIAS_KEY);
+        return f.with_metadata(md);
+    }
+    f
+}
+
 /// Result columns of a prepared statement (empty for commands).
 pub fn result_schema(p: &Prepared) -> SchemaRef {
     if let Some(plan) = &p.plan {
         if matches!(plan, LogicalPlan::Dml(_) | LogicalPlan::Ddl(_)) {
             return Arc::new(Schema::empty());
         }
-        return Arc::new(plan.schema().as_arrow().clone());
+        let fields: Vec<Field> = plan
+            .schema()
+            .as_arrow()
+            .fields()
+            .iter()
+            .map(client_field)
+            .collect();
+        return Arc::new(Schema::new(fields));
     }
     match &p.statement {
         Some(Statement::ShowVariable { variable }) => {

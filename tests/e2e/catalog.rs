@@ -199,6 +199,16 @@ async fn oids_agree_across_connections() {
     let oid_a: u32 = a.query_one(q, &[]).await.unwrap().get(0);
     let oid_b: u32 = b.query_one(q, &[]).await.unwrap().get(0);
     assert_eq!(oid_a, oid_b);
+    // A cast OID is an ordinary int8 on the wire.
+    let as_i64: i64 = a
+        .query_one(
+            &q.replace("SELECT c.oid FROM", "SELECT c.oid::bigint FROM"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(as_i64, oid_a as i64);
     let typmod: i32 = b
         .query_one(&format!("SELECT atttypmod FROM pg_catalog.pg_attribute WHERE attrelid = {oid_a} AND attname = 'b'"), &[])
         .await

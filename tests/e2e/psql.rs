@@ -62,7 +62,10 @@ fn meta_commands_list_the_lake() {
     assert!(out.contains(" v "), "{out}");
     let (out, err, ok) = psql(&url, &["-c", "\\l"]);
     assert!(ok, "{err}");
-    assert!(out.contains("touchlake"), "{out}");
+    assert!(
+        out.contains("touchlake") && out.contains("(1 row)"),
+        "{out}"
+    );
     let (out, _, ok) = psql(&url, &["-At", "-c", "SELECT 1 AS one; SELECT 'two'"]);
     assert!(ok);
     assert_eq!(out.trim(), "1\ntwo");
