@@ -148,6 +148,62 @@ impl Lake {
         Ok(true)
     }
 
+    /// CREATE TABLE … AS SELECT: the table and its rows in one Delta commit (version 0),
+    /// so a failed query leaves no table behind. `plan` must already produce storable
+    /// column types. Returns false if the table existed and `if_not_exists` was given.
+    pub async fn create_table_as(
+        &self,
+        schema: &str,
+        name: &str,
+        plan: datafusion::logical_expr::LogicalPlan,
+        if_not_exists: bool,
+    ) -> Result<bool> {
+        validate_name(schema)?;
+        validate_name(name)?;
+        if !self.listing().tables.contains_key(schema) {
+            self.refresh_listing().await?;
+            if !self.listing().tables.contains_key(schema) {
+                return Err(CatalogError::NoSuchSchema(schema.into()));
+            }
+        }
+        let qualified = format!("{schema}.{name}");
+        if self.relation_exists(schema, name) || self.table(schema, name).await?.is_some() {
+            return if if_not_exists {
+                Ok(false)
+            } else {
+                Err(CatalogError::AlreadyExists(qualified))
+            };
+        }
+        // delta-rs plans the write with its own session; the input plan is already
+        // resolved against our catalog.
+        let table = self.table_builder(schema, name)?.build()?;
+        let res = table
+            .write(vec![])
+            .with_input_plan(plan)
+            .with_table_name(name)
+            .with_save_mode(SaveMode::ErrorIfExists)
+            .await;
+        match res {
+            Ok(_) => {}
+            Err(deltalake::DeltaTableError::VersionAlreadyExists(_)) => {
+                return if if_not_exists {
+                    Ok(false)
+                } else {
+                    Err(CatalogError::AlreadyExists(qualified))
+                };
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.invalidate(schema, name).await;
+        self.edit_listing(|l| {
+            l.tables
+                .entry(schema.to_string())
+                .or_default()
+                .insert(name.to_string());
+        });
+        Ok(true)
+    }
+
     /// DROP TABLE: removes the table's folder (data files and log).
     pub async fn drop_table(&self, schema: &str, name: &str, if_exists: bool) -> Result<()> {
         if self.table(schema, name).await?.is_none() {

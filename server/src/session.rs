@@ -709,46 +709,64 @@ impl Session {
         let (schema, name) = self.resolve(&ct.name)?;
         let lake = &self.engine.lake;
         if let Some(query) = ct.query {
-            // CREATE TABLE … AS SELECT: create the table with the query's columns, then
-            // INSERT the query's rows (one more commit).
+            // CREATE TABLE … AS SELECT: one Delta commit holding the table and its rows.
             let plan = self.plan(Statement::Query(query.clone())).await?;
+            let exprs: Vec<datafusion::logical_expr::Expr> = plan
+                .schema()
+                .iter()
+                .map(|(q, f)| {
+                    let col = datafusion::logical_expr::Expr::Column(
+                        datafusion::common::Column::new(q.cloned(), f.name()),
+                    );
+                    datafusion::logical_expr::cast(col, types::storable(f.data_type()))
+                        .alias(f.name())
+                })
+                .collect();
+            // Columns of a CREATE TABLE AS are nullable, as in PostgreSQL.
             let fields: Vec<Field> = plan
                 .schema()
-                .as_arrow()
                 .fields()
                 .iter()
                 .map(|f| Field::new(f.name(), types::storable(f.data_type()), true))
                 .collect();
+            let out_schema = datafusion::common::DFSchema::try_from(Schema::new(fields))?;
+            let plan =
+                LogicalPlan::Projection(datafusion::logical_expr::Projection::try_new_with_schema(
+                    exprs,
+                    Arc::new(plan),
+                    Arc::new(out_schema),
+                )?);
             let created = lake
-                .create_table(
-                    &schema,
-                    &name,
-                    Arc::new(Schema::new(fields)),
-                    ct.if_not_exists,
-                )
+                .create_table_as(&schema, &name, plan, ct.if_not_exists)
                 .await?;
-            if !created {
-                return Ok(Outcome::Command {
-                    tag: "SELECT".into(),
-                    rows: Some(0),
-                }
-                .into());
+            let rows = if created {
+                let counted = self
+                    .ctx
+                    .sql(&format!(
+                        "SELECT count(*) FROM {}",
+                        quote_qualified(&schema, &name)
+                    ))
+                    .await?
+                    .collect()
+                    .await?;
+                counted
+                    .first()
+                    .and_then(|b| {
+                        b.column(0)
+                            .as_any()
+                            .downcast_ref::<datafusion::arrow::array::Int64Array>()
+                            .map(|a| a.value(0))
+                    })
+                    .unwrap_or(0) as usize
+            } else {
+                0
+            };
+            let _ = guard;
+            return Ok(Outcome::Command {
+                tag: "SELECT".into(),
+                rows: Some(rows),
             }
-            let insert = format!("INSERT INTO {} {}", quote_qualified(&schema, &name), query);
-            let stmt = self
-                .parse(&insert)?
-                .pop()
-                .ok_or_else(|| SessionError::Syntax(insert.clone()))?;
-            let plan = self.plan(stmt).await?;
-            let res = self.run_plan(plan, Some((schema, name)), guard).await?;
-            return Ok(match res.outcome {
-                Outcome::Command { rows, .. } => Outcome::Command {
-                    tag: "SELECT".into(),
-                    rows,
-                }
-                .into(),
-                other => other.into(),
-            });
+            .into());
         }
         let mut fields = vec![];
         for c in &ct.columns {

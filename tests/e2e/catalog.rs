@@ -51,6 +51,29 @@ async fn ddl_and_dml_are_delta_commits() {
         .await
         .unwrap();
     assert_eq!(count(&c, "SELECT count(*) FROM crm.top").await, 1);
+    // CTAS is one commit, and its columns are nullable as in PostgreSQL.
+    let log = dir.path().join("crm/top/_delta_log");
+    assert!(log.join("00000000000000000000.json").exists());
+    assert!(!log.join("00000000000000000001.json").exists());
+    c.batch_execute("INSERT INTO crm.top VALUES (NULL, NULL)")
+        .await
+        .unwrap();
+    // A CTAS whose query fails leaves no table behind.
+    let e = c
+        .batch_execute(
+            "CREATE TABLE crm.boom AS SELECT 1 / (points - points) AS x FROM crm.members",
+        )
+        .await
+        .unwrap_err();
+    assert!(e.code().is_some());
+    let e = c.batch_execute("SELECT * FROM crm.boom").await.unwrap_err();
+    assert_eq!(e.code().unwrap().code(), "42P01");
+    // NOT NULL is enforced.
+    let e = c
+        .batch_execute("INSERT INTO crm.members VALUES (NULL, 'x', 1)")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code().unwrap().code(), "23502");
     c.batch_execute("CREATE VIEW crm.v AS SELECT id FROM crm.members")
         .await
         .unwrap();

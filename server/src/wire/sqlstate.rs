@@ -94,6 +94,9 @@ fn arrow_code(a: &ArrowError) -> &'static str {
             "22003"
         }
         ArrowError::MemoryError(_) => "53200",
+        ArrowError::InvalidArgumentError(m) if m.contains("non-nullable but contains null") => {
+            "23502"
+        }
         _ => "XX000",
     }
 }
@@ -139,7 +142,9 @@ fn datafusion_code(d: &DataFusionError) -> (&'static str, String) {
 /// Codes for errors DataFusion reports only as text.
 fn message_code(m: &str) -> &'static str {
     let l = m.to_ascii_lowercase();
-    if l.contains("not found") && (l.contains("table") || l.contains("relation")) {
+    if l.contains("non-nullable but contains null") {
+        "23502"
+    } else if l.contains("not found") && (l.contains("table") || l.contains("relation")) {
         "42P01"
     } else if l.contains("divide by zero") || l.contains("division by zero") {
         "22012"
