@@ -80,6 +80,27 @@ impl Lake {
         Ok(())
     }
 
+    /// Checks before creating `schema.name`: valid names, an existing schema, no relation
+    /// of that name (false if there is one and `if_not_exists` was given).
+    async fn can_create(&self, schema: &str, name: &str, if_not_exists: bool) -> Result<bool> {
+        validate_name(schema)?;
+        validate_name(name)?;
+        if !self.listing().tables.contains_key(schema) {
+            self.refresh_listing().await?;
+            if !self.listing().tables.contains_key(schema) {
+                return Err(CatalogError::NoSuchSchema(schema.into()));
+            }
+        }
+        if self.relation_exists(schema, name) || self.table(schema, name).await?.is_some() {
+            return if if_not_exists {
+                Ok(false)
+            } else {
+                Err(CatalogError::AlreadyExists(format!("{schema}.{name}")))
+            };
+        }
+        Ok(true)
+    }
+
     fn relation_exists(&self, schema: &str, name: &str) -> bool {
         let l = self.listing();
         l.tables.get(schema).is_some_and(|t| t.contains(name))
@@ -95,22 +116,10 @@ impl Lake {
         columns: SchemaRef,
         if_not_exists: bool,
     ) -> Result<bool> {
-        validate_name(schema)?;
-        validate_name(name)?;
-        if !self.listing().tables.contains_key(schema) {
-            self.refresh_listing().await?;
-            if !self.listing().tables.contains_key(schema) {
-                return Err(CatalogError::NoSuchSchema(schema.into()));
-            }
+        if !self.can_create(schema, name, if_not_exists).await? {
+            return Ok(false);
         }
         let qualified = format!("{schema}.{name}");
-        if self.relation_exists(schema, name) || self.table(schema, name).await?.is_some() {
-            return if if_not_exists {
-                Ok(false)
-            } else {
-                Err(CatalogError::AlreadyExists(qualified))
-            };
-        }
         let delta_schema = StructType::try_from_arrow(columns.as_ref())
             .map_err(|e| CatalogError::UnsupportedType(e.to_string()))?;
         let table = self.table_builder(schema, name)?.build()?;
@@ -158,22 +167,10 @@ impl Lake {
         plan: datafusion::logical_expr::LogicalPlan,
         if_not_exists: bool,
     ) -> Result<bool> {
-        validate_name(schema)?;
-        validate_name(name)?;
-        if !self.listing().tables.contains_key(schema) {
-            self.refresh_listing().await?;
-            if !self.listing().tables.contains_key(schema) {
-                return Err(CatalogError::NoSuchSchema(schema.into()));
-            }
+        if !self.can_create(schema, name, if_not_exists).await? {
+            return Ok(false);
         }
         let qualified = format!("{schema}.{name}");
-        if self.relation_exists(schema, name) || self.table(schema, name).await?.is_some() {
-            return if if_not_exists {
-                Ok(false)
-            } else {
-                Err(CatalogError::AlreadyExists(qualified))
-            };
-        }
         // delta-rs plans the write with its own session; the input plan is already
         // resolved against our catalog.
         let table = self.table_builder(schema, name)?.build()?;

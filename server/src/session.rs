@@ -740,24 +740,7 @@ impl Session {
                 .create_table_as(&schema, &name, plan, ct.if_not_exists)
                 .await?;
             let rows = if created {
-                let counted = self
-                    .ctx
-                    .sql(&format!(
-                        "SELECT count(*) FROM {}",
-                        quote_qualified(&schema, &name)
-                    ))
-                    .await?
-                    .collect()
-                    .await?;
-                counted
-                    .first()
-                    .and_then(|b| {
-                        b.column(0)
-                            .as_any()
-                            .downcast_ref::<datafusion::arrow::array::Int64Array>()
-                            .map(|a| a.value(0))
-                    })
-                    .unwrap_or(0) as usize
+                self.count_rows(&schema, &name, None).await? as usize
             } else {
                 0
             };
@@ -792,6 +775,25 @@ impl Session {
         )
         .await?;
         Ok(command("CREATE TABLE"))
+    }
+
+    /// `SELECT count(*) FROM schema.table [WHERE predicate]`.
+    async fn count_rows(&self, schema: &str, table: &str, predicate: Option<&str>) -> Result<u64> {
+        let where_clause = predicate.map(|p| format!(" WHERE {p}")).unwrap_or_default();
+        let sql = format!(
+            "SELECT count(*) FROM {}{where_clause}",
+            quote_qualified(schema, table)
+        );
+        let batches = self.ctx.sql(&sql).await?.collect().await?;
+        Ok(batches
+            .first()
+            .and_then(|b| {
+                b.column(0)
+                    .as_any()
+                    .downcast_ref::<datafusion::arrow::array::Int64Array>()
+                    .map(|a| a.value(0))
+            })
+            .unwrap_or(0) as u64)
     }
 
     async fn update(&self, u: ast::Update) -> Result<Executed> {
@@ -859,24 +861,9 @@ impl Session {
         let (schema, table) = self.resolve(name)?;
         let predicate = d.selection.map(|e| e.to_string());
         // delta-rs does not always know how many rows a delete removed; count them first.
-        let count_sql = format!(
-            "SELECT count(*) FROM {}{}",
-            quote_qualified(&schema, &table),
-            predicate
-                .as_ref()
-                .map(|p| format!(" WHERE {p}"))
-                .unwrap_or_default()
-        );
-        let counted = self.ctx.sql(&count_sql).await?.collect().await?;
-        let before = counted
-            .first()
-            .and_then(|b| {
-                b.column(0)
-                    .as_any()
-                    .downcast_ref::<datafusion::arrow::array::Int64Array>()
-                    .map(|a| a.value(0))
-            })
-            .unwrap_or(0) as u64;
+        let before = self
+            .count_rows(&schema, &table, predicate.as_deref())
+            .await?;
         let state = Arc::new(self.ctx.state());
         let n = self
             .engine

@@ -116,19 +116,7 @@ impl Server {
 
     /// Connect with tokio-postgres.
     pub async fn connect(&self) -> tokio_postgres::Client {
-        let (client, conn) = tokio_postgres::connect(
-            &format!(
-                "host=127.0.0.1 port={} user=touchlake dbname=touchlake",
-                self.port()
-            ),
-            tokio_postgres::NoTls,
-        )
-        .await
-        .expect("connect");
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        client
+        self.connect_with_task().await.0
     }
 
     /// The server's process id.
