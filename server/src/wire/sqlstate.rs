@@ -177,8 +177,71 @@ fn message_code(m: &str) -> &'static str {
     }
 }
 
+/// Edit distance, for "did you mean" hints.
+fn distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur.push(
+                (prev[j] + usize::from(ca != *cb))
+                    .min(prev[j + 1] + 1)
+                    .min(cur[j] + 1),
+            );
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// `column "phonee" does not exist in unified.touchpoints (did you mean "phone"?)`.
+fn missing_column_message(
+    field: &datafusion::common::Column,
+    valid: &[datafusion::common::Column],
+) -> String {
+    let mut msg = format!("column \"{}\" does not exist", field.name);
+    if let Some(rel) = valid.iter().find_map(|c| c.relation.as_ref()) {
+        msg.push_str(&format!(" in {rel}"));
+    }
+    if let Some(best) = valid
+        .iter()
+        .map(|c| (distance(&field.name, &c.name), &c.name))
+        .filter(|(d, n)| *d <= 2.max(n.len() / 3))
+        .min()
+    {
+        msg.push_str(&format!(" (did you mean \"{}\"?)", best.1));
+    }
+    msg
+}
+
+/// `relation "public.nope" does not exist`, from DataFusion's "table '…' not found".
+fn missing_table_message(m: &str) -> Option<String> {
+    let start = m.find("table '")? + "table '".len();
+    let end = start + m[start..].find('\'')?;
+    let name = &m[start..end];
+    let name = name
+        .strip_prefix(&format!("{}.", touchlake_catalog::DATABASE))
+        .unwrap_or(name);
+    Some(format!("relation \"{name}\" does not exist"))
+}
+
 /// A message without DataFusion's internal prefixes.
 fn pg_message(e: &DataFusionError) -> String {
+    if let DataFusionError::SchemaError(se, _) = e
+        && let SchemaError::FieldNotFound {
+            field,
+            valid_fields,
+        } = se.as_ref()
+    {
+        return missing_column_message(field, valid_fields);
+    }
+    if let DataFusionError::Plan(m) = e
+        && m.contains("not found")
+        && let Some(msg) = missing_table_message(m)
+    {
+        return msg;
+    }
     match e {
         DataFusionError::Plan(m)
         | DataFusionError::Execution(m)
@@ -200,6 +263,26 @@ mod tests {
             "table 'touchlake.public.nope' not found".into(),
         ));
         assert_eq!(error_info(&e).code, "42P01");
+    }
+
+    #[test]
+    fn missing_relations_and_columns_read_like_postgres() {
+        let e = SessionError::DataFusion(DataFusionError::Plan(
+            "table 'touchlake.public.nope' not found".into(),
+        ));
+        assert_eq!(
+            error_info(&e).message,
+            "relation \"public.nope\" does not exist"
+        );
+        let valid = vec![
+            datafusion::common::Column::new(Some("unified.touchpoints"), "phone"),
+            datafusion::common::Column::new(Some("unified.touchpoints"), "email"),
+        ];
+        let msg = missing_column_message(&datafusion::common::Column::from_name("phonee"), &valid);
+        assert_eq!(
+            msg,
+            "column \"phonee\" does not exist in unified.touchpoints (did you mean \"phone\"?)"
+        );
     }
 
     #[test]
