@@ -377,3 +377,48 @@ async fn client_disconnect_frees_the_cpu() {
         "server still burning CPU after the client left: {used} ticks in 2 s"
     );
 }
+
+#[tokio::test]
+async fn concurrent_sessions_keep_their_own_settings() {
+    let dir = lake();
+    let srv = Server::start(dir.path());
+    let zones = [
+        "UTC",
+        "Asia/Shanghai",
+        "Europe/Berlin",
+        "America/New_York",
+        "+05:30",
+        "Asia/Tokyo",
+        "-03:00",
+        "Australia/Sydney",
+    ];
+    let mut tasks = vec![];
+    for (i, zone) in zones.iter().enumerate() {
+        let c = srv.connect().await;
+        let zone = zone.to_string();
+        tasks.push(tokio::spawn(async move {
+            c.batch_execute(&format!(
+                "SET TIME ZONE '{zone}'; SET application_name = 'client{i}'"
+            ))
+            .await
+            .unwrap();
+            for _ in 0..20 {
+                let rows = c.simple_query("SHOW TimeZone").await.unwrap();
+                let got = rows.iter().find_map(|m| match m {
+                    SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                    _ => None,
+                });
+                let n: i64 = c
+                    .query_one("SELECT count(*) FROM generate_series(1, 1000)", &[])
+                    .await
+                    .unwrap()
+                    .get(0);
+                assert_eq!(n, 1000);
+                assert_eq!(got.as_deref(), Some(zone.as_str()));
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
