@@ -1,11 +1,20 @@
 //! Touchlake's SQL functions: identity, journey, attribution, lifetime value and metrics.
-//! Pure computations over Arrow arrays; no I/O, no catalog access.
-//!
-//! Every function is registered in each session through [`register_all`].
+//! Pure computations over Arrow arrays; no I/O, no catalog access. One module per family;
+//! every function is registered in each session through [`register_all`] and documented in
+//! `docs/functions.md`.
+
+pub mod args;
+pub mod error;
+pub mod normalize;
 
 use datafusion::execution::FunctionRegistry;
 
+pub use error::FunctionError;
+
 /// Register every Touchlake SQL function with a session's function registry.
-pub fn register_all(_registry: &mut dyn FunctionRegistry) -> datafusion::error::Result<()> {
+pub fn register_all(registry: &mut dyn FunctionRegistry) -> datafusion::error::Result<()> {
+    for udf in normalize::functions() {
+        registry.register_udf(std::sync::Arc::new(udf))?;
+    }
     Ok(())
 }

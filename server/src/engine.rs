@@ -214,6 +214,7 @@ fn build_context(
     if let (Some(pg), Some(catalog)) = (pg_catalog, ctx.catalog(DATABASE)) {
         catalog.register_schema("pg_catalog", pg)?;
     }
+    touchlake_functions::register_all(&mut *ctx.state_ref().write())?;
     for udf in touchlake_catalog::pg_functions::all()
         .into_iter()
         .chain(session_functions(user))

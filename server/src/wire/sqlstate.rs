@@ -122,6 +122,12 @@ fn datafusion_code(d: &DataFusionError) -> (&'static str, String) {
             if let Some(s) = inner.downcast_ref::<SessionError>() {
                 return classify(s);
             }
+            if inner
+                .downcast_ref::<touchlake_functions::FunctionError>()
+                .is_some()
+            {
+                return ("22023", msg);
+            }
             if let Some(c) = inner.downcast_ref::<CatalogError>() {
                 return catalog_code(c);
             }
