@@ -119,7 +119,6 @@ impl Lake {
         if !self.can_create(schema, name, if_not_exists).await? {
             return Ok(false);
         }
-        let qualified = format!("{schema}.{name}");
         let delta_schema = StructType::try_from_arrow(columns.as_ref())
             .map_err(|e| CatalogError::UnsupportedType(e.to_string()))?;
         let table = self.table_builder(schema, name)?.build()?;
@@ -129,32 +128,7 @@ impl Lake {
             .with_columns(delta_schema.fields().cloned())
             .with_save_mode(SaveMode::ErrorIfExists)
             .await;
-        match res {
-            Ok(_) => {}
-            Err(deltalake::DeltaTableError::VersionAlreadyExists(_)) => {
-                return if if_not_exists {
-                    Ok(false)
-                } else {
-                    Err(CatalogError::AlreadyExists(qualified))
-                };
-            }
-            Err(e) if e.to_string().contains("already exists") => {
-                return if if_not_exists {
-                    Ok(false)
-                } else {
-                    Err(CatalogError::AlreadyExists(qualified))
-                };
-            }
-            Err(e) => return Err(e.into()),
-        }
-        self.invalidate(schema, name).await;
-        self.edit_listing(|l| {
-            l.tables
-                .entry(schema.to_string())
-                .or_default()
-                .insert(name.to_string());
-        });
-        Ok(true)
+        self.finish_create(schema, name, if_not_exists, res).await
     }
 
     /// CREATE TABLE … AS SELECT: the table and its rows in one Delta commit (version 0),
@@ -170,7 +144,6 @@ impl Lake {
         if !self.can_create(schema, name, if_not_exists).await? {
             return Ok(false);
         }
-        let qualified = format!("{schema}.{name}");
         // delta-rs plans the write with its own session; the input plan is already
         // resolved against our catalog.
         let table = self.table_builder(schema, name)?.build()?;
@@ -180,14 +153,25 @@ impl Lake {
             .with_table_name(name)
             .with_save_mode(SaveMode::ErrorIfExists)
             .await;
+        self.finish_create(schema, name, if_not_exists, res).await
+    }
+
+    /// After the commit that creates `schema.name`: a lost race with another creator is
+    /// "already exists"; success updates the cache and listing.
+    async fn finish_create<T>(
+        &self,
+        schema: &str,
+        name: &str,
+        if_not_exists: bool,
+        res: deltalake::DeltaResult<T>,
+    ) -> Result<bool> {
         match res {
             Ok(_) => {}
             Err(deltalake::DeltaTableError::VersionAlreadyExists(_)) => {
-                return if if_not_exists {
-                    Ok(false)
-                } else {
-                    Err(CatalogError::AlreadyExists(qualified))
-                };
+                return self.already_exists(schema, name, if_not_exists);
+            }
+            Err(e) if e.to_string().contains("already exists") => {
+                return self.already_exists(schema, name, if_not_exists);
             }
             Err(e) => return Err(e.into()),
         }
@@ -199,6 +183,14 @@ impl Lake {
                 .insert(name.to_string());
         });
         Ok(true)
+    }
+
+    fn already_exists(&self, schema: &str, name: &str, if_not_exists: bool) -> Result<bool> {
+        if if_not_exists {
+            Ok(false)
+        } else {
+            Err(CatalogError::AlreadyExists(format!("{schema}.{name}")))
+        }
     }
 
     /// DROP TABLE: removes the table's folder (data files and log).
