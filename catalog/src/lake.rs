@@ -273,8 +273,8 @@ impl Lake {
         Ok(stream.try_next().await?.is_some())
     }
 
-    /// Names of the files in `_touchlake/<kind>/`.
-    async fn list_meta(&self, kind: &str) -> Result<Vec<String>> {
+    /// Names of the files in `_touchlake/<kind>/` (relative paths).
+    pub async fn list_meta(&self, kind: &str) -> Result<Vec<String>> {
         let prefix = self.path(&[META_DIR, kind]);
         let objects: Vec<_> = self.store.list(Some(&prefix)).try_collect().await?;
         Ok(objects
@@ -313,12 +313,7 @@ impl Lake {
     }
 
     /// Write a catalog object under `_touchlake/`; with `create_only`, fail if it exists.
-    pub(crate) async fn put_meta(
-        &self,
-        parts: &[&str],
-        body: Vec<u8>,
-        create_only: bool,
-    ) -> Result<bool> {
+    pub async fn put_meta(&self, parts: &[&str], body: Vec<u8>, create_only: bool) -> Result<bool> {
         let mut full = vec![META_DIR];
         full.extend_from_slice(parts);
         let path = self.path(&full);
@@ -341,8 +336,19 @@ impl Lake {
         }
     }
 
+    /// Read a catalog object under `_touchlake/`; None if there is none.
+    pub async fn get_meta(&self, parts: &[&str]) -> Result<Option<bytes::Bytes>> {
+        let mut full = vec![META_DIR];
+        full.extend_from_slice(parts);
+        match self.store.get(&self.path(&full)).await {
+            Ok(r) => Ok(Some(r.bytes().await?)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Delete a catalog object under `_touchlake/`; true if it existed.
-    pub(crate) async fn delete_meta(&self, parts: &[&str]) -> Result<bool> {
+    pub async fn delete_meta(&self, parts: &[&str]) -> Result<bool> {
         let mut full = vec![META_DIR];
         full.extend_from_slice(parts);
         match self.store.delete(&self.path(&full)).await {

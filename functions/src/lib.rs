@@ -6,6 +6,7 @@
 pub mod args;
 pub mod error;
 pub mod normalize;
+pub mod time;
 
 use datafusion::execution::FunctionRegistry;
 
@@ -13,7 +14,7 @@ pub use error::FunctionError;
 
 /// Register every Touchlake SQL function with a session's function registry.
 pub fn register_all(registry: &mut dyn FunctionRegistry) -> datafusion::error::Result<()> {
-    for udf in normalize::functions() {
+    for udf in normalize::functions().into_iter().chain(time::functions()) {
         registry.register_udf(std::sync::Arc::new(udf))?;
     }
     Ok(())

@@ -620,21 +620,7 @@ pub async fn generate(
     opts: &DemoOptions,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<DemoSummary> {
-    for s in ["raw", "unified", "quality", "marts"] {
-        lake.create_schema(s, true, "touchlake").await?;
-    }
-    let specs: [(&str, &str, SchemaRef); 7] = [
-        ("unified", "touchpoints", tables::touchpoints()),
-        ("unified", "persons", tables::persons()),
-        ("unified", "identities", tables::identities()),
-        ("unified", "identity_merges", tables::identity_merges()),
-        ("quality", "ingest_runs", tables::ingest_runs()),
-        ("quality", "rejected", tables::rejected()),
-        ("quality", "checks", tables::checks()),
-    ];
-    for (s, t, schema) in specs {
-        lake.create_table(s, t, schema, true).await?;
-    }
+    tables::ensure(lake).await?;
     let mut summary = DemoSummary::default();
     let step = opts.persons_per_commit.max(1);
     let mut from = 0;

@@ -1,9 +1,21 @@
 //! Touchlake ingest: getting channel data into the unified touchpoint model.
 //!
-//! For now it holds the deterministic demo-lake generator ([`demo`]), which writes the
-//! unified tables directly; source definitions, quarantine and identity resolution
-//! arrive with their issues and will rebuild the demo through the real pipeline.
+//! - [`source`]: channel definitions (TOML files and `CREATE SOURCE`), persisted in the lake.
+//! - [`read`]: file readers (CSV in any encoding, NDJSON, Parquet) → chunks of text records.
+//! - [`mapping`]: a definition's mapping and rules compiled to SQL over each chunk.
+//! - [`run`]: an ingest run: ledger of files, raw landing, quarantine, dedup, exactly-once
+//!   commits, `quality.ingest_runs`.
+//! - [`demo`]: the deterministic demo-lake generator.
+//!
 //! Depends on the catalog (to write Delta tables); never on the wire protocol.
 
 pub mod demo;
+pub mod error;
+pub mod mapping;
+pub mod read;
+pub mod run;
+pub mod source;
 pub mod tables;
+
+pub use error::{IngestError, Result};
+pub use source::SourceDef;

@@ -121,3 +121,43 @@ pub fn checks() -> SchemaRef {
         Field::new("checked_at", ts(), false),
     ]))
 }
+
+/// `quality.ingest_files`: the ledger of files ingested per source (each file once; a
+/// changed file is recognised by its content hash and read again).
+pub fn ingest_files() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        text("source", false),
+        text("path", false),
+        Field::new("size", DataType::Int64, false),
+        Field::new("last_modified", ts(), true),
+        text("content_hash", false),
+        Field::new("rows_read", DataType::Int64, false),
+        text("run_id", false),
+        Field::new("ingested_at", ts(), false),
+    ]))
+}
+
+/// Every contract table with its schema: (schema, table, columns).
+pub fn contract() -> Vec<(&'static str, &'static str, SchemaRef)> {
+    vec![
+        ("unified", "touchpoints", touchpoints()),
+        ("unified", "persons", persons()),
+        ("unified", "identities", identities()),
+        ("unified", "identity_merges", identity_merges()),
+        ("quality", "ingest_runs", ingest_runs()),
+        ("quality", "rejected", rejected()),
+        ("quality", "checks", checks()),
+        ("quality", "ingest_files", ingest_files()),
+    ]
+}
+
+/// Create the contract's schemas and tables that do not exist yet.
+pub async fn ensure(lake: &touchlake_catalog::Lake) -> touchlake_catalog::Result<()> {
+    for s in ["raw", "unified", "quality", "marts"] {
+        lake.create_schema(s, true, "touchlake").await?;
+    }
+    for (s, t, schema) in contract() {
+        lake.create_table(s, t, schema, true).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,482 @@
+//! Source file readers: bytes of one file → chunks of records as text columns, plus the
+//! records that could not be parsed at all (wrong field count, broken JSON, bad encoding).
+//!
+//! Every record read ends up in exactly one place: a row of the chunk's batch (which is
+//! then mapped and validated) or a [`ParseReject`]. Column names are normalised so that
+//! mappings can use them unquoted: trimmed, lower-cased, and characters Delta does not allow
+//! in column names (` ,;{}()\n\t=`) replaced by `_`.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, Int64Builder, RecordBatch, StringBuilder};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+
+use crate::error::{IngestError, Result};
+use crate::source::Format;
+
+/// Columns every landed batch carries after the source's own.
+pub const LOCATION: &str = "_location";
+/// The record as text (CSV line, JSON line).
+pub const RAW: &str = "_raw";
+/// The record's position in its file (0-based), for deterministic ordering.
+pub const ROW: &str = "_row";
+
+/// A record that could not be parsed into columns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParseReject {
+    /// `file:line`.
+    pub location: String,
+    /// The record as text.
+    pub raw: String,
+    /// Why it was rejected.
+    pub reason: String,
+}
+
+/// Up to `batch_rows` records of one file.
+#[derive(Debug)]
+pub struct Chunk {
+    /// 0-based chunk number within the file.
+    pub index: usize,
+    /// Parsed records: the source's columns (text) + `_location`, `_raw`, `_row`.
+    pub batch: RecordBatch,
+    /// Records that could not be parsed.
+    pub rejects: Vec<ParseReject>,
+}
+
+impl Chunk {
+    /// Records read in this chunk (parsed + rejected).
+    pub fn records(&self) -> usize {
+        self.batch.num_rows() + self.rejects.len()
+    }
+}
+
+/// Normalise a column name (see the module docs).
+pub fn column_name(raw: &str, index: usize) -> String {
+    let s: String = raw
+        .trim()
+        .trim_start_matches('\u{feff}')
+        .to_lowercase()
+        .chars()
+        .map(|c| if " ,;{}()\n\t=".contains(c) { '_' } else { c })
+        .collect();
+    if s.is_empty() || s.starts_with('_') && s.chars().all(|c| c == '_') {
+        format!("column_{}", index + 1)
+    } else if s.starts_with('_') {
+        // Leading underscores are reserved for lineage columns.
+        format!("c{s}")
+    } else {
+        s
+    }
+}
+
+/// Decode file bytes to UTF-8 (a BOM wins over the configured encoding). Malformed
+/// sequences become U+FFFD, and the record holding one is rejected by the parser.
+pub fn decode(bytes: &[u8], encoding: &str) -> Result<String> {
+    let enc = encoding_rs::Encoding::for_label(encoding.as_bytes())
+        .ok_or_else(|| IngestError::Definition(format!("unknown encoding '{encoding}'")))?;
+    let (text, _, _) = enc.decode(bytes);
+    Ok(text.into_owned())
+}
+
+/// Split `text` (one decoded file) into chunks.
+pub fn parse(text: &str, file: &str, format: &Format, batch_rows: usize) -> Result<Vec<Chunk>> {
+    match format.kind.as_str() {
+        "csv" => parse_csv(text, file, format, batch_rows),
+        "ndjson" => Ok(parse_ndjson(text, file, batch_rows)),
+        other => Err(IngestError::Definition(format!(
+            "format '{other}' is not a text format"
+        ))),
+    }
+}
+
+/// Builds one chunk's batch from records of text values.
+struct ChunkBuilder {
+    columns: Vec<String>,
+    values: Vec<StringBuilder>,
+    location: StringBuilder,
+    raw: StringBuilder,
+    row: Int64Builder,
+    rejects: Vec<ParseReject>,
+}
+
+impl ChunkBuilder {
+    fn new(columns: Vec<String>) -> Self {
+        let values = columns.iter().map(|_| StringBuilder::new()).collect();
+        Self {
+            columns,
+            values,
+            location: StringBuilder::new(),
+            raw: StringBuilder::new(),
+            row: Int64Builder::new(),
+            rejects: vec![],
+        }
+    }
+
+    fn len(&self) -> usize {
+        datafusion::arrow::array::ArrayBuilder::len(&self.row) + self.rejects.len()
+    }
+
+    fn push(&mut self, fields: &[Option<&str>], location: String, raw: &str, row: i64) {
+        for (b, v) in self.values.iter_mut().zip(fields) {
+            b.append_option(*v);
+        }
+        self.location.append_value(location);
+        self.raw.append_value(raw);
+        self.row.append_value(row);
+    }
+
+    fn finish(mut self, index: usize) -> Result<Chunk> {
+        let mut fields: Vec<Field> = self
+            .columns
+            .iter()
+            .map(|c| Field::new(c, DataType::Utf8, true))
+            .collect();
+        fields.push(Field::new(LOCATION, DataType::Utf8, false));
+        fields.push(Field::new(RAW, DataType::Utf8, false));
+        fields.push(Field::new(ROW, DataType::Int64, false));
+        let mut arrays: Vec<ArrayRef> = self
+            .values
+            .iter_mut()
+            .map(|b| Arc::new(b.finish()) as ArrayRef)
+            .collect();
+        arrays.push(Arc::new(self.location.finish()));
+        arrays.push(Arc::new(self.raw.finish()));
+        arrays.push(Arc::new(self.row.finish()));
+        let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?;
+        Ok(Chunk {
+            index,
+            batch,
+            rejects: self.rejects,
+        })
+    }
+}
+
+fn unique_names(raw: Vec<String>) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    raw.into_iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let mut name = column_name(&n, i);
+            while !seen.insert(name.clone()) {
+                name = format!("{name}_{}", i + 1);
+            }
+            name
+        })
+        .collect()
+}
+
+fn parse_csv(text: &str, file: &str, format: &Format, batch_rows: usize) -> Result<Vec<Chunk>> {
+    let delimiter = format.delimiter.as_bytes().first().copied().unwrap_or(b',');
+    let quote = format.quote.as_bytes().first().copied().unwrap_or(b'"');
+    let mut reader = csv::ReaderBuilder::new()
+        .delimiter(delimiter)
+        .quote(quote)
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(text.as_bytes());
+    let mut record = csv::StringRecord::new();
+    let mut columns: Option<Vec<String>> = None;
+    let mut chunks = vec![];
+    let mut builder: Option<ChunkBuilder> = None;
+    let mut row: i64 = 0;
+    loop {
+        let start = reader.position().clone();
+        let more = match reader.read_record(&mut record) {
+            Ok(m) => m,
+            Err(e) => {
+                // Broken quoting or invalid UTF-8: the rest of the line is the record.
+                let end = reader.position().byte() as usize;
+                let raw = text
+                    .get(start.byte() as usize..end)
+                    .unwrap_or("")
+                    .trim_end_matches(['\r', '\n']);
+                if let Some(b) = builder.as_mut() {
+                    b.rejects.push(ParseReject {
+                        location: format!("{file}:{}", start.line()),
+                        raw: raw.to_string(),
+                        reason: format!("malformed CSV: {e}"),
+                    });
+                    row += 1;
+                    continue;
+                }
+                return Err(IngestError::Read(format!(
+                    "{file}: malformed CSV header: {e}"
+                )));
+            }
+        };
+        if !more {
+            break;
+        }
+        let end = reader.position().byte() as usize;
+        let raw = text
+            .get(start.byte() as usize..end)
+            .unwrap_or("")
+            .trim_end_matches(['\r', '\n']);
+        if record.len() == 1 && record.get(0).is_some_and(|f| f.trim().is_empty()) {
+            continue; // a blank line is not a record
+        }
+        let cols = match &columns {
+            Some(c) => c,
+            None => {
+                let names: Vec<String> = if format.header {
+                    record.iter().map(str::to_string).collect()
+                } else {
+                    (1..=record.len()).map(|i| format!("column_{i}")).collect()
+                };
+                columns = Some(unique_names(names));
+                builder = Some(ChunkBuilder::new(columns.clone().unwrap_or_default()));
+                if format.header {
+                    continue;
+                }
+                columns.as_ref().expect("set above")
+            }
+        };
+        let b = builder.get_or_insert_with(|| ChunkBuilder::new(cols.clone()));
+        let location = format!("{file}:{}", start.line());
+        if record.len() != cols.len() {
+            b.rejects.push(ParseReject {
+                location,
+                raw: raw.to_string(),
+                reason: format!("expected {} fields, found {}", cols.len(), record.len()),
+            });
+        } else if raw.contains('\u{fffd}') {
+            b.rejects.push(ParseReject {
+                location,
+                raw: raw.to_string(),
+                reason: format!("invalid {} byte sequence", format.encoding),
+            });
+        } else {
+            let fields: Vec<Option<&str>> = record
+                .iter()
+                .map(|f| if f.is_empty() { None } else { Some(f) })
+                .collect();
+            b.push(&fields, location, raw, row);
+        }
+        row += 1;
+        if b.len() >= batch_rows {
+            let full = builder.take().expect("present");
+            chunks.push(full.finish(chunks.len())?);
+            builder = Some(ChunkBuilder::new(cols.clone()));
+        }
+    }
+    if let Some(b) = builder
+        && (b.len() > 0 || chunks.is_empty())
+    {
+        chunks.push(b.finish(chunks.len())?);
+    }
+    Ok(chunks)
+}
+
+/// Split a Parquet file into chunks; every column is read as text (the raw landing keeps
+/// values as the source has them, rendered by Arrow's casts).
+pub fn parquet(bytes: &[u8], file: &str, batch_rows: usize) -> Result<Vec<Chunk>> {
+    use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let data = bytes::Bytes::copy_from_slice(bytes);
+    let reader = ParquetRecordBatchReaderBuilder::try_new(data)
+        .and_then(|b| b.with_batch_size(batch_rows.min(65_536)).build())
+        .map_err(|e| IngestError::Read(format!("{file}: not a readable Parquet file: {e}")))?;
+    let mut chunks: Vec<Chunk> = vec![];
+    let mut builder: Option<ChunkBuilder> = None;
+    let mut row: i64 = 0;
+    for batch in reader {
+        let batch = batch.map_err(|e| IngestError::Read(format!("{file}: {e}")))?;
+        let schema = batch.schema();
+        let names = unique_names(schema.fields().iter().map(|f| f.name().clone()).collect());
+        let texts: Vec<ArrayRef> = batch
+            .columns()
+            .iter()
+            .zip(schema.fields())
+            .map(|(a, f)| {
+                datafusion::arrow::compute::cast(a, &DataType::Utf8).map_err(|e| {
+                    IngestError::Read(format!(
+                        "{file}: column {} of type {} cannot be read as text: {e}",
+                        f.name(),
+                        f.data_type()
+                    ))
+                })
+            })
+            .collect::<Result<_>>()?;
+        let texts: Vec<&datafusion::arrow::array::StringArray> = texts
+            .iter()
+            .map(|a| a.as_any().downcast_ref().expect("cast to Utf8"))
+            .collect();
+        for i in 0..batch.num_rows() {
+            let b = builder.get_or_insert_with(|| ChunkBuilder::new(names.clone()));
+            let fields: Vec<Option<&str>> = texts
+                .iter()
+                .map(|a| (!datafusion::arrow::array::Array::is_null(*a, i)).then(|| a.value(i)))
+                .collect();
+            let obj: serde_json::Map<String, serde_json::Value> = names
+                .iter()
+                .zip(&fields)
+                .map(|(n, v)| {
+                    (
+                        n.clone(),
+                        v.map_or(serde_json::Value::Null, |s| {
+                            serde_json::Value::String(s.into())
+                        }),
+                    )
+                })
+                .collect();
+            let raw = serde_json::Value::Object(obj).to_string();
+            b.push(&fields, format!("{file}:{}", row + 1), &raw, row);
+            row += 1;
+            if b.len() >= batch_rows {
+                let full = builder.take().expect("present");
+                chunks.push(full.finish(chunks.len())?);
+            }
+        }
+    }
+    if let Some(b) = builder {
+        chunks.push(b.finish(chunks.len())?);
+    }
+    if chunks.is_empty() {
+        chunks.push(ChunkBuilder::new(vec![]).finish(0)?);
+    }
+    Ok(chunks)
+}
+
+fn json_text(v: &serde_json::Value) -> Option<String> {
+    match v {
+        serde_json::Value::Null => None,
+        serde_json::Value::String(s) => Some(s.clone()),
+        other => Some(other.to_string()),
+    }
+}
+
+fn parse_ndjson(text: &str, file: &str, batch_rows: usize) -> Vec<Chunk> {
+    let mut chunks = vec![];
+    let mut pending: Vec<(usize, &str, serde_json::Map<String, serde_json::Value>)> = vec![];
+    let mut rejects = vec![];
+    let flush = |pending: &mut Vec<(usize, &str, serde_json::Map<String, serde_json::Value>)>,
+                 rejects: &mut Vec<ParseReject>,
+                 chunks: &mut Vec<Chunk>|
+     -> Result<()> {
+        let mut names: Vec<String> = vec![];
+        let mut index = std::collections::HashMap::new();
+        for (_, _, obj) in pending.iter() {
+            for k in obj.keys() {
+                let name = column_name(k, names.len());
+                if !index.contains_key(k) {
+                    if names.contains(&name) {
+                        index.insert(k.clone(), names.iter().position(|n| *n == name));
+                    } else {
+                        index.insert(k.clone(), Some(names.len()));
+                        names.push(name);
+                    }
+                }
+            }
+        }
+        let mut b = ChunkBuilder::new(names.clone());
+        for (line, raw, obj) in pending.drain(..) {
+            let mut values: Vec<Option<String>> = vec![None; names.len()];
+            for (k, v) in &obj {
+                if let Some(Some(i)) = index.get(k) {
+                    values[*i] = json_text(v);
+                }
+            }
+            let fields: Vec<Option<&str>> = values.iter().map(|v| v.as_deref()).collect();
+            b.push(&fields, format!("{file}:{line}"), raw, line as i64 - 1);
+        }
+        b.rejects = std::mem::take(rejects);
+        chunks.push(b.finish(chunks.len())?);
+        Ok(())
+    };
+    for (i, line) in text.lines().enumerate() {
+        let raw = line.trim_end_matches('\r');
+        if raw.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<serde_json::Value>(raw) {
+            Ok(serde_json::Value::Object(obj)) => pending.push((i + 1, raw, obj)),
+            Ok(_) => rejects.push(ParseReject {
+                location: format!("{file}:{}", i + 1),
+                raw: raw.to_string(),
+                reason: "not a JSON object".into(),
+            }),
+            Err(e) => rejects.push(ParseReject {
+                location: format!("{file}:{}", i + 1),
+                raw: raw.to_string(),
+                reason: format!("invalid JSON: {e}"),
+            }),
+        }
+        if pending.len() + rejects.len() >= batch_rows {
+            // Errors here are Arrow schema errors on text columns, which cannot happen.
+            let _ = flush(&mut pending, &mut rejects, &mut chunks);
+        }
+    }
+    if !pending.is_empty() || !rejects.is_empty() || chunks.is_empty() {
+        let _ = flush(&mut pending, &mut rejects, &mut chunks);
+    }
+    chunks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Array, AsArray};
+
+    fn csv_format() -> Format {
+        Format::default()
+    }
+
+    #[test]
+    fn csv_counts_every_record_once() {
+        let text = "Order ID,Mobile,Amount\n1,138 0013 8000,\"1,234.50\"\n2,x\n\n3,,7\n";
+        let chunks = parse(text, "a.csv", &csv_format(), 2).unwrap();
+        let parsed: usize = chunks.iter().map(|c| c.batch.num_rows()).sum();
+        let rejected: Vec<&ParseReject> = chunks.iter().flat_map(|c| &c.rejects).collect();
+        assert_eq!(parsed, 2);
+        assert_eq!(rejected.len(), 1);
+        assert_eq!(rejected[0].location, "a.csv:3");
+        assert_eq!(rejected[0].raw, "2,x");
+        assert_eq!(rejected[0].reason, "expected 3 fields, found 2");
+        let b = &chunks[0].batch;
+        assert_eq!(b.schema().field(0).name(), "order_id");
+        assert_eq!(b.column(2).as_string::<i32>().value(0), "1,234.50");
+        let last = &chunks.last().unwrap().batch;
+        assert!(
+            last.column(1).is_null(last.num_rows() - 1),
+            "empty field is NULL"
+        );
+    }
+
+    #[test]
+    fn gbk_and_bom() {
+        let (gbk, _, _) = encoding_rs::GBK.encode("姓名,城市\n张三,上海\n");
+        let text = decode(&gbk, "gbk").unwrap();
+        let chunks = parse(&text, "g.csv", &csv_format(), 100).unwrap();
+        assert_eq!(chunks[0].batch.schema().field(0).name(), "姓名");
+        assert_eq!(
+            chunks[0].batch.column(1).as_string::<i32>().value(0),
+            "上海"
+        );
+        let bom = decode("\u{feff}a,b\n1,2\n".as_bytes(), "utf-8").unwrap();
+        let chunks = parse(&bom, "b.csv", &csv_format(), 100).unwrap();
+        assert_eq!(chunks[0].batch.schema().field(0).name(), "a");
+    }
+
+    #[test]
+    fn ndjson_truncated_lines_are_rejected() {
+        let text = "{\"a\":1,\"b\":\"x\"}\n{\"a\":2,\"b\n[1]\n{\"c\":{\"d\":true}}\n";
+        let chunks = parse(
+            text,
+            "e.ndjson",
+            &Format {
+                kind: "ndjson".into(),
+                ..Format::default()
+            },
+            100,
+        )
+        .unwrap();
+        let c = &chunks[0];
+        assert_eq!(c.batch.num_rows(), 2);
+        assert_eq!(c.rejects.len(), 2);
+        assert!(c.rejects[0].reason.starts_with("invalid JSON"));
+        assert_eq!(c.rejects[1].reason, "not a JSON object");
+        assert_eq!(
+            c.batch.column(2).as_string::<i32>().value(1),
+            "{\"d\":true}"
+        );
+    }
+}

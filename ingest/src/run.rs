@@ -1,0 +1,799 @@
+//! An ingest run of one source: list its files, skip those already in the ledger, and for
+//! each chunk of each new file land the records in `raw.<source>`, map and validate them,
+//! quarantine the bad ones in `quality.rejected`, drop duplicates, and append the rest to
+//! `unified.touchpoints`.
+//!
+//! Exactly-once: every chunk has a deterministic batch id (source, file, content hash,
+//! chunk number). Each table's commit for that chunk carries a Delta application
+//! transaction (`txn` action) with that id, and a commit whose id the table already holds is
+//! skipped. So a run killed at any point and run again writes each chunk to each table
+//! exactly once, and the tables equal those of an uninterrupted run (apart from the
+//! lineage columns `run_id`/`ingested_at`). The file enters `quality.ingest_files` last.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+    new_null_array,
+};
+use datafusion::arrow::compute::{cast, concat_batches};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::prelude::SessionContext;
+use deltalake::kernel::Transaction;
+use deltalake::kernel::transaction::CommitProperties;
+use deltalake::operations::write::SchemaMode;
+use deltalake::protocol::SaveMode;
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
+use sha2::Digest;
+use touchlake_catalog::Lake;
+
+use crate::error::{IngestError, Result};
+use crate::mapping::{Mapping, REASON};
+use crate::read::{self, LOCATION, RAW, ROW};
+use crate::source::SourceDef;
+use crate::tables;
+
+/// What a run did, as written to `quality.ingest_runs`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunSummary {
+    /// The run's id (also in every row it wrote).
+    pub run_id: String,
+    /// The source.
+    pub source: String,
+    /// `succeeded` or `failed`.
+    pub status: String,
+    /// Files matched by the glob.
+    pub files_seen: u64,
+    /// Files read in this run (new or changed).
+    pub files_ingested: u64,
+    /// Records read.
+    pub rows_read: u64,
+    /// Records that became touchpoints.
+    pub rows_accepted: u64,
+    /// Records quarantined in `quality.rejected`.
+    pub rows_rejected: u64,
+    /// Records whose touchpoint already existed (or repeated within the run).
+    pub rows_duplicate: u64,
+    /// Why the run failed.
+    pub error: Option<String>,
+    /// Wall-clock duration.
+    pub seconds: f64,
+}
+
+/// Progress of a run, reported after each chunk.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    /// The file being read.
+    pub file: String,
+    /// Records read so far in this run.
+    pub rows_read: u64,
+    /// Files done so far / to do.
+    pub files_done: u64,
+    /// Files to read in this run.
+    pub files_total: u64,
+}
+
+/// A new run id: time-ordered and unique.
+pub fn new_run_id() -> String {
+    format!(
+        "{}-{}",
+        Utc::now().format("%Y%m%dT%H%M%S%.3fZ"),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    )
+}
+
+/// Ingest one source. Record-level problems are quarantined; an error here (unreadable
+/// store, a mapping that does not plan) fails the run, which is recorded as `failed`.
+pub async fn run_source(
+    lake: &Lake,
+    def: &SourceDef,
+    progress: &(dyn Fn(&Progress) + Send + Sync),
+) -> Result<RunSummary> {
+    tables::ensure(lake).await?;
+    let started = Utc::now();
+    let clock = std::time::Instant::now();
+    let mut summary = RunSummary {
+        run_id: new_run_id(),
+        source: def.name.clone(),
+        status: "succeeded".into(),
+        files_seen: 0,
+        files_ingested: 0,
+        rows_read: 0,
+        rows_accepted: 0,
+        rows_rejected: 0,
+        rows_duplicate: 0,
+        error: None,
+        seconds: 0.0,
+    };
+    let result = ingest_files(lake, def, &mut summary, progress).await;
+    if let Err(e) = &result {
+        summary.status = "failed".into();
+        summary.error = Some(e.to_string());
+    }
+    summary.seconds = clock.elapsed().as_secs_f64();
+    record_run(lake, &summary, started, Utc::now()).await?;
+    lake.refresh_listing().await?;
+    result.map(|()| summary)
+}
+
+/// A file matched by a source's glob.
+struct FileRef {
+    store: Arc<dyn ObjectStore>,
+    location: Path,
+    display: String,
+    size: u64,
+    modified: DateTime<Utc>,
+}
+
+/// Files matching `glob`: relative to the lake root, or an absolute local path.
+async fn list_files(lake: &Lake, glob: &str) -> Result<Vec<FileRef>> {
+    let local = glob.starts_with('/') || glob.starts_with("file://");
+    let rel = glob.trim_start_matches("file://").trim_start_matches('/');
+    let segments: Vec<&str> = rel.split('/').filter(|s| !s.is_empty()).collect();
+    let literal = segments
+        .iter()
+        .take_while(|s| !s.contains(['*', '?', '[']))
+        .count();
+    let (store, base): (Arc<dyn ObjectStore>, Path) = if local {
+        (
+            Arc::new(object_store::local::LocalFileSystem::new()),
+            Path::from_iter(segments[..literal].iter().copied()),
+        )
+    } else {
+        (lake.store(), lake.path(&segments[..literal]))
+    };
+    // Path::from_iter would percent-encode the wildcards: join the pattern by hand.
+    let pattern_text = std::iter::once(base.to_string())
+        .chain(segments[literal..].iter().map(|s| s.to_string()))
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join("/");
+    let pattern = glob::Pattern::new(&pattern_text)
+        .map_err(|e| IngestError::Definition(format!("invalid path glob '{glob}': {e}")))?;
+    let opts = glob::MatchOptions {
+        case_sensitive: true,
+        require_literal_separator: true,
+        require_literal_leading_dot: true,
+    };
+    let lake_root = lake.path(&[]).to_string();
+    let mut out = vec![];
+    let listed: Vec<object_store::ObjectMeta> = if literal == segments.len() {
+        match store.head(&base).await {
+            Ok(m) => vec![m],
+            Err(object_store::Error::NotFound { .. }) => vec![],
+            Err(e) => return Err(e.into()),
+        }
+    } else {
+        store.list(Some(&base)).try_collect().await?
+    };
+    for m in listed {
+        if !pattern.matches_with(m.location.as_ref(), opts) {
+            continue;
+        }
+        let display = if local {
+            format!("/{}", m.location)
+        } else {
+            m.location
+                .as_ref()
+                .strip_prefix(&lake_root)
+                .unwrap_or(m.location.as_ref())
+                .trim_start_matches('/')
+                .to_string()
+        };
+        out.push(FileRef {
+            store: store.clone(),
+            location: m.location,
+            display,
+            size: m.size,
+            modified: m.last_modified,
+        });
+    }
+    out.sort_by(|a, b| a.display.cmp(&b.display));
+    Ok(out)
+}
+
+/// The ledger entry of a file: (size, last_modified µs, content hash).
+type Ledger = HashMap<String, Vec<(i64, Option<i64>, String)>>;
+
+async fn read_ledger(lake: &Lake, ctx: &SessionContext, source: &str) -> Result<Ledger> {
+    let mut ledger: Ledger = HashMap::new();
+    let Some((_, provider)) = lake.table("quality", "ingest_files").await? else {
+        return Ok(ledger);
+    };
+    ctx.deregister_table("ledger")?;
+    ctx.register_table("ledger", provider)?;
+    let batches = ctx
+        .sql(&format!(
+            "SELECT path, size, last_modified, content_hash FROM ledger WHERE source = '{}'",
+            source.replace('\'', "''")
+        ))
+        .await?
+        .collect()
+        .await?;
+    for b in batches {
+        let path = cast(b.column(0), &DataType::Utf8)?;
+        let path = path.as_string::<i32>();
+        let size = b
+            .column(1)
+            .as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+        let modified = cast(b.column(2), &DataType::Int64)?;
+        let modified = modified.as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+        let hash = cast(b.column(3), &DataType::Utf8)?;
+        let hash = hash.as_string::<i32>();
+        for i in 0..b.num_rows() {
+            ledger.entry(path.value(i).to_string()).or_default().push((
+                size.value(i),
+                (!modified.is_null(i)).then(|| modified.value(i)),
+                hash.value(i).to_string(),
+            ));
+        }
+    }
+    Ok(ledger)
+}
+
+/// A session for mapping: Touchlake's functions and the PostgreSQL-compatible ones.
+fn mapping_context() -> Result<SessionContext> {
+    let config = datafusion::prelude::SessionConfig::new()
+        .set_bool(
+            "datafusion.execution.parquet.schema_force_view_types",
+            false,
+        )
+        .set_bool("datafusion.sql_parser.map_string_types_to_utf8view", false)
+        .set_str("datafusion.sql_parser.dialect", "PostgreSQL");
+    let mut ctx = SessionContext::new_with_config(config);
+    touchlake_functions::register_all(&mut ctx)?;
+    for f in touchlake_catalog::pg_functions::all() {
+        ctx.register_udf(f);
+    }
+    Ok(ctx)
+}
+
+async fn ingest_files(
+    lake: &Lake,
+    def: &SourceDef,
+    summary: &mut RunSummary,
+    progress: &(dyn Fn(&Progress) + Send + Sync),
+) -> Result<()> {
+    let glob = def
+        .path
+        .as_deref()
+        .ok_or_else(|| IngestError::Definition(format!("source {} has no path", def.name)))?;
+    let mapping = Mapping::compile(def)?;
+    let ctx = mapping_context()?;
+    let files = list_files(lake, glob).await?;
+    summary.files_seen = files.len() as u64;
+    let ledger = read_ledger(lake, &ctx, &def.name).await?;
+    let mut todo = vec![];
+    for f in files {
+        let seen = ledger.get(&f.display);
+        let unchanged = seen.is_some_and(|entries| {
+            entries.iter().any(|(size, modified, _)| {
+                *size == f.size as i64 && *modified == Some(f.modified.timestamp_micros())
+            })
+        });
+        if !unchanged {
+            todo.push(f);
+        }
+    }
+    let total = todo.len() as u64;
+    for (done, f) in todo.into_iter().enumerate() {
+        let bytes = f.store.get(&f.location).await?.bytes().await?;
+        let hash = hex::encode(sha2::Sha256::digest(&bytes));
+        if ledger
+            .get(&f.display)
+            .is_some_and(|e| e.iter().any(|(_, _, h)| *h == hash))
+        {
+            continue; // touched, not changed
+        }
+        summary.files_ingested += 1;
+        let rows = ingest_file(
+            lake,
+            def,
+            &mapping,
+            &ctx,
+            &f,
+            &bytes,
+            &hash,
+            summary,
+            &|read| {
+                progress(&Progress {
+                    file: f.display.clone(),
+                    rows_read: read,
+                    files_done: done as u64,
+                    files_total: total,
+                })
+            },
+        )
+        .await?;
+        let entry = RecordBatch::try_new(
+            tables::ingest_files(),
+            vec![
+                text(&def.name),
+                text(&f.display),
+                Arc::new(Int64Array::from(vec![f.size as i64])),
+                Arc::new(
+                    TimestampMicrosecondArray::from(vec![f.modified.timestamp_micros()])
+                        .with_timezone("UTC"),
+                ),
+                text(&hash),
+                Arc::new(Int64Array::from(vec![rows as i64])),
+                text(&summary.run_id),
+                now_ts(1),
+            ],
+        )?;
+        let app_id = format!("touchlake-ingest:{}:{}:{hash}:file", def.name, f.display);
+        append(lake, "quality", "ingest_files", vec![entry], &app_id, false).await?;
+        progress(&Progress {
+            file: f.display.clone(),
+            rows_read: summary.rows_read,
+            files_done: done as u64 + 1,
+            files_total: total,
+        });
+    }
+    Ok(())
+}
+
+fn text(s: &str) -> ArrayRef {
+    Arc::new(StringArray::from(vec![s.to_string()]))
+}
+
+fn now_ts(n: usize) -> ArrayRef {
+    let now = Utc::now().timestamp_micros();
+    Arc::new(TimestampMicrosecondArray::from(vec![now; n]).with_timezone("UTC"))
+}
+
+fn utc() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+}
+
+/// Ingest one file's chunks; returns the records read.
+#[allow(clippy::too_many_arguments)]
+async fn ingest_file(
+    lake: &Lake,
+    def: &SourceDef,
+    mapping: &Mapping,
+    ctx: &SessionContext,
+    f: &FileRef,
+    bytes: &[u8],
+    hash: &str,
+    summary: &mut RunSummary,
+    progress: &(dyn Fn(u64) + Send + Sync),
+) -> Result<u64> {
+    let chunks = match def.format.kind.as_str() {
+        "parquet" => read::parquet(bytes, &f.display, def.batch_rows())?,
+        _ => {
+            let text = read::decode(bytes, &def.format.encoding)?;
+            read::parse(&text, &f.display, &def.format, def.batch_rows())?
+        }
+    };
+    let mut rows = 0u64;
+    for chunk in chunks {
+        let batch_id = format!("{}:{}:{hash}:{}", def.name, f.display, chunk.index);
+        let counts =
+            ingest_chunk(lake, def, mapping, ctx, chunk, &batch_id, &summary.run_id).await?;
+        rows += counts.read;
+        summary.rows_read += counts.read;
+        summary.rows_accepted += counts.accepted;
+        summary.rows_rejected += counts.rejected;
+        summary.rows_duplicate += counts.duplicate;
+        progress(summary.rows_read);
+    }
+    Ok(rows)
+}
+
+/// Counts of one chunk; read = accepted + rejected + duplicate.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ChunkCounts {
+    /// Records read.
+    pub read: u64,
+    /// Became touchpoints.
+    pub accepted: u64,
+    /// Quarantined.
+    pub rejected: u64,
+    /// Already present.
+    pub duplicate: u64,
+}
+
+/// Land, map, validate, dedup and commit one chunk. `batch_id` must be the same every
+/// time the same records are ingested (it makes the commits idempotent).
+pub async fn ingest_chunk(
+    lake: &Lake,
+    def: &SourceDef,
+    mapping: &Mapping,
+    ctx: &SessionContext,
+    chunk: read::Chunk,
+    batch_id: &str,
+    run_id: &str,
+) -> Result<ChunkCounts> {
+    let app_id = format!("touchlake-ingest:{batch_id}");
+    let read_count = chunk.records() as u64;
+    let landed = chunk.batch;
+    let rows = landed.num_rows();
+
+    // 1. Map and validate.
+    let map_err = |e: datafusion::error::DataFusionError| IngestError::Mapping {
+        name: def.name.clone(),
+        message: e.to_string(),
+    };
+    let mapped = if rows == 0 {
+        None
+    } else {
+        for t in ["src", "stage1", "stage2", "mapped", "existing"] {
+            ctx.deregister_table(t)?;
+        }
+        ctx.register_batch("src", landed.clone())?;
+        let s1 = ctx
+            .sql(&mapping.stage1_sql(&landed.schema()))
+            .await
+            .map_err(map_err)?;
+        let s1_schema: Schema = s1.schema().as_arrow().clone();
+        ctx.register_table("stage1", s1.into_view())?;
+        let s2 = ctx
+            .sql(&mapping.stage2_sql(&s1_schema))
+            .await
+            .map_err(map_err)?;
+        ctx.register_table("stage2", s2.into_view())?;
+        let out = ctx
+            .sql(&mapping.stage3_sql())
+            .await
+            .map_err(map_err)?
+            .collect()
+            .await
+            .map_err(map_err)?;
+        let schema = match out.first() {
+            Some(b) => b.schema(),
+            None => return Err(IngestError::Read("mapping produced no batches".into())),
+        };
+        Some(concat_batches(&schema, &out)?)
+    };
+
+    // 2. Split rejected / valid, and drop duplicates.
+    let mut rejected: Vec<(String, String, String)> = chunk
+        .rejects
+        .iter()
+        .map(|r| (r.location.clone(), r.raw.clone(), r.reason.clone()))
+        .collect();
+    let mut accepted: Option<RecordBatch> = None;
+    let mut valid = 0u64;
+    if let Some(m) = &mapped {
+        let reason = cast(
+            m.column_by_name(REASON).ok_or_else(missing)?,
+            &DataType::Utf8,
+        )?;
+        let reason = reason.as_string::<i32>();
+        let loc = cast(
+            m.column_by_name(LOCATION).ok_or_else(missing)?,
+            &DataType::Utf8,
+        )?;
+        let loc = loc.as_string::<i32>();
+        let raw = cast(m.column_by_name(RAW).ok_or_else(missing)?, &DataType::Utf8)?;
+        let raw = raw.as_string::<i32>();
+        for i in 0..m.num_rows() {
+            if !reason.value(i).is_empty() {
+                rejected.push((
+                    loc.value(i).to_string(),
+                    raw.value(i).to_string(),
+                    reason.value(i).to_string(),
+                ));
+            } else {
+                valid += 1;
+            }
+        }
+        if valid > 0 {
+            ctx.register_batch("mapped", m.clone())?;
+            if let Some((_, existing)) = lake.table("unified", "touchpoints").await? {
+                ctx.register_table("existing", existing)?;
+            }
+            let cols: Vec<String> = tables::touchpoints()
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .filter(|n| n != "run_id" && n != "ingested_at")
+                .collect();
+            let sql = format!(
+                "SELECT {cols} FROM (SELECT *, row_number() OVER (PARTITION BY touchpoint_id ORDER BY {ROW}) AS _rn \
+                 FROM mapped WHERE {REASON} = '') AS m \
+                 WHERE _rn = 1 AND NOT EXISTS (SELECT 1 FROM existing e WHERE e.source = '{src}' AND e.touchpoint_id = m.touchpoint_id)",
+                cols = cols.join(", "),
+                src = def.name.replace('\'', "''"),
+            );
+            let out = ctx.sql(&sql).await?.collect().await?;
+            if let Some(first) = out.first() {
+                let b = concat_batches(&first.schema(), &out)?;
+                if b.num_rows() > 0 {
+                    accepted = Some(b);
+                }
+            }
+        }
+    }
+    let accepted_count = accepted.as_ref().map_or(0, |b| b.num_rows() as u64);
+    let counts = ChunkCounts {
+        read: read_count,
+        accepted: accepted_count,
+        rejected: rejected.len() as u64,
+        duplicate: valid - accepted_count,
+    };
+
+    // 3. Commit: raw, rejected, unified — each once per batch id.
+    if rows > 0 {
+        let raw_batch = raw_landing(&landed, &def.name, run_id)?;
+        append(lake, "raw", def.raw_table(), vec![raw_batch], &app_id, true).await?;
+    }
+    if !rejected.is_empty() {
+        let n = rejected.len();
+        let batch = RecordBatch::try_new(
+            tables::rejected(),
+            vec![
+                Arc::new(StringArray::from(vec![run_id.to_string(); n])),
+                Arc::new(StringArray::from(vec![def.name.clone(); n])),
+                Arc::new(StringArray::from_iter_values(rejected.iter().map(|r| &r.0))),
+                Arc::new(StringArray::from_iter_values(rejected.iter().map(|r| &r.1))),
+                Arc::new(StringArray::from_iter_values(rejected.iter().map(|r| &r.2))),
+                now_ts(n),
+            ],
+        )?;
+        append(lake, "quality", "rejected", vec![batch], &app_id, false).await?;
+    }
+    if let Some(b) = accepted {
+        let b = conform(&b, &tables::touchpoints(), run_id)?;
+        append(lake, "unified", "touchpoints", vec![b], &app_id, false).await?;
+    }
+    Ok(counts)
+}
+
+fn missing() -> IngestError {
+    IngestError::Read("mapping lost a lineage column".into())
+}
+
+/// The landed chunk as stored in `raw.<table>`: the source's columns plus `_source`,
+/// `_run_id`, `_ingested_at`, `_location`.
+fn raw_landing(landed: &RecordBatch, source: &str, run_id: &str) -> Result<RecordBatch> {
+    let n = landed.num_rows();
+    let mut fields = vec![];
+    let mut arrays: Vec<ArrayRef> = vec![];
+    for (f, a) in landed.schema().fields().iter().zip(landed.columns()) {
+        if f.name() == RAW || f.name() == ROW || f.name() == LOCATION {
+            continue;
+        }
+        fields.push(f.as_ref().clone().with_nullable(true));
+        arrays.push(a.clone());
+    }
+    fields.push(Field::new("_source", DataType::Utf8, true));
+    arrays.push(Arc::new(StringArray::from(vec![source.to_string(); n])));
+    fields.push(Field::new("_run_id", DataType::Utf8, true));
+    arrays.push(Arc::new(StringArray::from(vec![run_id.to_string(); n])));
+    fields.push(Field::new("_ingested_at", utc(), true));
+    arrays.push(now_ts(n));
+    fields.push(Field::new(LOCATION, DataType::Utf8, true));
+    arrays.push(
+        landed
+            .column_by_name(LOCATION)
+            .cloned()
+            .ok_or_else(missing)?,
+    );
+    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?)
+}
+
+/// Shape `batch` as `schema` (same names, exact types), filling `run_id` and `ingested_at`.
+fn conform(batch: &RecordBatch, schema: &SchemaRef, run_id: &str) -> Result<RecordBatch> {
+    let n = batch.num_rows();
+    let mut arrays = vec![];
+    for f in schema.fields() {
+        let a: ArrayRef = match f.name().as_str() {
+            "run_id" => Arc::new(StringArray::from(vec![run_id.to_string(); n])),
+            "ingested_at" => now_ts(n),
+            name => match batch.column_by_name(name) {
+                Some(a) => cast(a, f.data_type())?,
+                None => new_null_array(f.data_type(), n),
+            },
+        };
+        arrays.push(a);
+    }
+    Ok(RecordBatch::try_new(schema.clone(), arrays)?)
+}
+
+/// Append to `schema.table` in one commit carrying the application transaction `app_id`,
+/// unless the table already holds that transaction. Creates the table if it is missing
+/// (raw landing tables); `merge_schema` lets new source columns in.
+pub async fn append(
+    lake: &Lake,
+    schema: &str,
+    table: &str,
+    batches: Vec<RecordBatch>,
+    app_id: &str,
+    merge_schema: bool,
+) -> Result<bool> {
+    let builder = lake.table_builder(schema, table)?;
+    let t = match builder.load().await {
+        Ok(t) => {
+            let snapshot = t.snapshot()?;
+            if snapshot
+                .transaction_version(t.log_store().as_ref(), app_id)
+                .await?
+                .is_some()
+            {
+                return Ok(false);
+            }
+            t
+        }
+        Err(e) => {
+            lake.invalidate(schema, table).await;
+            if lake.table(schema, table).await?.is_some() {
+                return Err(e.into());
+            }
+            // No table yet (a source's first raw landing): this write creates it.
+            lake.table_builder(schema, table)?.build()?
+        }
+    };
+    let props =
+        CommitProperties::default().with_application_transaction(Transaction::new(app_id, 1));
+    let mut write = t
+        .write(batches)
+        .with_save_mode(SaveMode::Append)
+        .with_commit_properties(props);
+    if merge_schema {
+        write = write.with_schema_mode(SchemaMode::Merge);
+    }
+    write.await?;
+    lake.invalidate(schema, table).await;
+    Ok(true)
+}
+
+/// Append the run's row to `quality.ingest_runs`.
+async fn record_run(
+    lake: &Lake,
+    s: &RunSummary,
+    started: DateTime<Utc>,
+    finished: DateTime<Utc>,
+) -> Result<()> {
+    let batch = RecordBatch::try_new(
+        tables::ingest_runs(),
+        vec![
+            text(&s.run_id),
+            text(&s.source),
+            Arc::new(
+                TimestampMicrosecondArray::from(vec![started.timestamp_micros()])
+                    .with_timezone("UTC"),
+            ),
+            Arc::new(
+                TimestampMicrosecondArray::from(vec![finished.timestamp_micros()])
+                    .with_timezone("UTC"),
+            ),
+            text(&s.status),
+            Arc::new(Int64Array::from(vec![s.rows_read as i64])),
+            Arc::new(Int64Array::from(vec![s.rows_accepted as i64])),
+            Arc::new(Int64Array::from(vec![s.rows_rejected as i64])),
+            Arc::new(Int64Array::from(vec![s.rows_duplicate as i64])),
+            Arc::new(StringArray::from(vec![s.error.clone()])),
+        ],
+    )?;
+    append(
+        lake,
+        "quality",
+        "ingest_runs",
+        vec![batch],
+        &format!("touchlake-run:{}:{}", s.source, s.run_id),
+        false,
+    )
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POS: &str = r#"
+name = "pos"
+kind = "files"
+channel = "store_pos"
+channel_type = "offline"
+path = "landing/pos/*.csv"
+natural_key = ["order_id"]
+currency = "CNY"
+[format]
+timezone = "Asia/Shanghai"
+[mapping]
+occurred_at = "paid_at"
+event_type = "CASE status WHEN 'paid' THEN 'purchase' WHEN 'refund' THEN 'refund' END"
+phone = "phone_e164(mobile, 'CN')"
+revenue = "replace(amount, ',', '')::decimal(18,2)"
+store_id = "store"
+[[rules]]
+column = "revenue"
+min = -100000.0
+max = 100000.0
+"#;
+
+    #[tokio::test]
+    async fn messy_csv_is_counted_quarantined_and_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::open(
+            dir.path().to_str().unwrap(),
+            &Default::default(),
+            std::time::Duration::from_millis(0),
+        )
+        .await
+        .unwrap();
+        let landing = dir.path().join("landing/pos");
+        std::fs::create_dir_all(&landing).unwrap();
+        std::fs::write(
+            landing.join("a.csv"),
+            "order_id,paid_at,status,mobile,amount,store\n\
+             1,2024-03-01 10:00:00,paid,138 0013 8000,\"1,234.50\",S1\n\
+             2,2024/03/01 11:00,paid,+86 138-0013-8001,12.00,S1\n\
+             3,not a time,paid,13800138002,1.00,S2\n\
+             4,2024-03-01 12:00:00,paid,13800138003,12x,S2\n\
+             5,2024-03-01 12:00:00,lost,13800138004,1.00\n\
+             1,2024-03-01 10:00:00,paid,138 0013 8000,\"1,234.50\",S1\n\
+             6,2024-03-01 13:00:00,refund,,-5.00,S3\n\
+             7,2024-03-01 13:00:00,paid,,999999.00,S3\n",
+        )
+        .unwrap();
+        let def = SourceDef::from_toml(POS).unwrap();
+        let s = run_source(&lake, &def, &|_| {}).await.unwrap();
+        assert_eq!(s.rows_read, 8, "{s:?}");
+        assert_eq!(s.rows_accepted, 3, "{s:?}");
+        assert_eq!(s.rows_rejected, 4, "{s:?}");
+        assert_eq!(s.rows_duplicate, 1, "{s:?}");
+        let again = run_source(&lake, &def, &|_| {}).await.unwrap();
+        assert_eq!(
+            again.rows_read, 0,
+            "the same file is not read twice: {again:?}"
+        );
+
+        let ctx = mapping_context().unwrap();
+        let (_, tp) = lake.table("unified", "touchpoints").await.unwrap().unwrap();
+        ctx.register_table("tp", tp).unwrap();
+        let rows = ctx
+            .sql("SELECT string_agg(concat_ws('|', store_id, phone, CAST(revenue AS VARCHAR), CAST(occurred_at AS VARCHAR), event_type), ',' ORDER BY store_id, revenue) FROM tp")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let text = datafusion::arrow::util::pretty::pretty_format_batches(&rows)
+            .unwrap()
+            .to_string();
+        assert!(
+            text.contains("S1|+8613800138000|1234.50|2024-03-01T02:00:00Z|purchase"),
+            "{text}"
+        );
+        assert!(
+            text.contains("S3|-5.00|2024-03-01T05:00:00Z|refund"),
+            "{text}"
+        );
+        let (_, rej) = lake.table("quality", "rejected").await.unwrap().unwrap();
+        ctx.register_table("rej", rej).unwrap();
+        let rows = ctx
+            .sql("SELECT string_agg(location || ' ' || reason, '\n' ORDER BY location) FROM rej")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let text = datafusion::arrow::util::pretty::pretty_format_batches(&rows)
+            .unwrap()
+            .to_string();
+        assert!(
+            text.contains("landing/pos/a.csv:4 occurred_at: cannot parse 'not a time'"),
+            "{text}"
+        );
+        assert!(
+            text.contains("landing/pos/a.csv:5 revenue: cannot parse '12x'"),
+            "{text}"
+        );
+        assert!(
+            text.contains("landing/pos/a.csv:6 expected 6 fields, found 5"),
+            "{text}"
+        );
+        assert!(
+            text.contains("landing/pos/a.csv:9 revenue: out of range"),
+            "{text}"
+        );
+    }
+}
