@@ -93,6 +93,17 @@ pub async fn run_source(
     def: &SourceDef,
     progress: &(dyn Fn(&Progress) + Send + Sync),
 ) -> Result<RunSummary> {
+    run_source_with(lake, def, true, progress).await
+}
+
+/// [`run_source`]; with `record_empty` false, a run that found nothing new leaves no row
+/// in `quality.ingest_runs` (for the scheduler's frequent polls).
+pub async fn run_source_with(
+    lake: &Lake,
+    def: &SourceDef,
+    record_empty: bool,
+    progress: &(dyn Fn(&Progress) + Send + Sync),
+) -> Result<RunSummary> {
     tables::ensure(lake).await?;
     let started = Utc::now();
     let clock = std::time::Instant::now();
@@ -115,7 +126,9 @@ pub async fn run_source(
         summary.error = Some(e.to_string());
     }
     summary.seconds = clock.elapsed().as_secs_f64();
-    record_run(lake, &summary, started, Utc::now()).await?;
+    if record_empty || result.is_err() || summary.files_ingested > 0 {
+        record_run(lake, &summary, started, Utc::now()).await?;
+    }
     lake.refresh_listing().await?;
     result.map(|()| summary)
 }
@@ -607,27 +620,21 @@ pub async fn append(
     app_id: &str,
     merge_schema: bool,
 ) -> Result<bool> {
-    let builder = lake.table_builder(schema, table)?;
-    let t = match builder.load().await {
-        Ok(t) => {
-            let snapshot = t.snapshot()?;
-            if snapshot
-                .transaction_version(t.log_store().as_ref(), app_id)
-                .await?
-                .is_some()
-            {
-                return Ok(false);
-            }
-            t
+    // Ask the lake first: loading a missing table makes delta-kernel log an error.
+    lake.invalidate(schema, table).await;
+    let t = if let Some((t, _)) = lake.table(schema, table).await? {
+        let snapshot = t.snapshot()?;
+        if snapshot
+            .transaction_version(t.log_store().as_ref(), app_id)
+            .await?
+            .is_some()
+        {
+            return Ok(false);
         }
-        Err(e) => {
-            lake.invalidate(schema, table).await;
-            if lake.table(schema, table).await?.is_some() {
-                return Err(e.into());
-            }
-            // No table yet (a source's first raw landing): this write creates it.
-            lake.table_builder(schema, table)?.build()?
-        }
+        t
+    } else {
+        // No table yet (a source's first raw landing): this write creates it.
+        lake.table_builder(schema, table)?.build()?
     };
     let props =
         CommitProperties::default().with_application_transaction(Transaction::new(app_id, 1));

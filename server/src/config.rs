@@ -22,6 +22,9 @@ pub struct Config {
     pub statement_timeout_ms: u64,
     /// Extra object-store options (e.g. `aws_endpoint`, `aws_allow_http`).
     pub storage_options: HashMap<String, String>,
+    /// Folder of source definitions (`*.toml`), loaded into the lake's catalog at start.
+    /// Default: `sources/` next to the config file, if there is one.
+    pub sources: Option<String>,
 }
 
 impl Default for Config {
@@ -33,6 +36,7 @@ impl Default for Config {
             memory_limit_mb: 0,
             statement_timeout_ms: 0,
             storage_options: HashMap::new(),
+            sources: None,
         }
     }
 }
@@ -59,7 +63,20 @@ impl Config {
                 let name = p.display().to_string();
                 let text =
                     std::fs::read_to_string(p).map_err(|e| ConfigError::Read(name.clone(), e))?;
-                toml::from_str(&text).map_err(|e| ConfigError::Parse(name, e))?
+                let mut cfg: Config =
+                    toml::from_str(&text).map_err(|e| ConfigError::Parse(name, e))?;
+                let dir = p.parent().unwrap_or(Path::new("."));
+                match &cfg.sources {
+                    Some(s) if Path::new(s).is_relative() => {
+                        cfg.sources = Some(dir.join(s).display().to_string())
+                    }
+                    Some(_) => {}
+                    None if dir.join("sources").is_dir() => {
+                        cfg.sources = Some(dir.join("sources").display().to_string())
+                    }
+                    None => {}
+                }
+                cfg
             }
             None => Config::default(),
         };
@@ -68,7 +85,7 @@ impl Config {
     }
 
     /// Apply `TOUCHLAKE_LAKE`, `TOUCHLAKE_LISTEN`, `TOUCHLAKE_REFRESH_SECONDS`,
-    /// `TOUCHLAKE_MEMORY_LIMIT_MB`, `TOUCHLAKE_STATEMENT_TIMEOUT_MS` and
+    /// `TOUCHLAKE_MEMORY_LIMIT_MB`, `TOUCHLAKE_STATEMENT_TIMEOUT_MS`, `TOUCHLAKE_SOURCES` and
     /// `TOUCHLAKE_STORAGE_<OPTION>` from `vars`.
     pub fn apply_env(
         &mut self,
@@ -84,6 +101,7 @@ impl Config {
                 "TOUCHLAKE_REFRESH_SECONDS" => self.refresh_seconds = num(&k, &v)?,
                 "TOUCHLAKE_MEMORY_LIMIT_MB" => self.memory_limit_mb = num(&k, &v)?,
                 "TOUCHLAKE_STATEMENT_TIMEOUT_MS" => self.statement_timeout_ms = num(&k, &v)?,
+                "TOUCHLAKE_SOURCES" => self.sources = Some(v),
                 _ => {
                     if let Some(opt) = k.strip_prefix("TOUCHLAKE_STORAGE_") {
                         self.storage_options.insert(opt.to_ascii_lowercase(), v);

@@ -160,6 +160,23 @@ impl Engine {
         build_context(self.views.clone(), user, DEFAULT_SCHEMA)
     }
 
+    /// Load the definitions of the config's `sources/` folder into the lake's catalog
+    /// (replacing a stored definition of the same name when it differs).
+    pub async fn sync_source_folder(&self) -> Result<usize, touchlake_ingest::IngestError> {
+        let Some(dir) = &self.config.sources else {
+            return Ok(0);
+        };
+        let defs = touchlake_ingest::source::read_folder(std::path::Path::new(dir))?;
+        for def in &defs {
+            touchlake_ingest::mapping::Mapping::compile(def)?;
+            let stored = touchlake_ingest::source::load(&self.lake, &def.name).await?;
+            if stored.as_ref() != Some(def) {
+                touchlake_ingest::source::save(&self.lake, def, true).await?;
+            }
+        }
+        Ok(defs.len())
+    }
+
     /// Keep the cached lake listing fresh so new schemas and tables written by other
     /// servers or engines show up in catalog queries.
     pub fn spawn_refresher(self: &Arc<Self>) {

@@ -8,7 +8,9 @@
 mod compat;
 mod config;
 mod engine;
+mod extension;
 mod naming;
+mod scheduler;
 mod session;
 mod settings;
 mod wire;
@@ -50,6 +52,16 @@ enum Command {
         /// Write the demo lake and exit without serving.
         #[arg(long)]
         no_serve: bool,
+    },
+    /// Run ingest for some or all sources once, with a progress bar and a summary table.
+    Ingest {
+        #[command(flatten)]
+        serve: ServeArgs,
+        /// Folder of source definitions (`*.toml`) to load into the lake first.
+        #[arg(long)]
+        sources: Option<String>,
+        /// Sources to run (default: every defined source).
+        names: Vec<String>,
     },
 }
 
@@ -99,6 +111,19 @@ async fn main() {
 
 async fn run(cli: Cli) -> Result<(), BoxError> {
     match cli.command {
+        Command::Ingest {
+            serve: args,
+            sources,
+            names,
+        } => {
+            let mut cfg = args.config()?;
+            if sources.is_some() {
+                cfg.sources = sources;
+            }
+            let engine = Engine::start(cfg).await?;
+            engine.sync_source_folder().await?;
+            ingest(&engine, &names).await
+        }
         Command::Serve(args) => serve(args.config()?).await,
         Command::Demo {
             serve: args,
@@ -155,7 +180,83 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
 
 async fn serve(cfg: Config) -> Result<(), BoxError> {
     let engine = Engine::start(cfg).await?;
+    let n = engine.sync_source_folder().await?;
+    if n > 0 {
+        tracing::info!("loaded {n} source definitions");
+    }
     serve_engine(engine).await
+}
+
+/// `touchlake ingest`: run sources once; print one summary row per source.
+async fn ingest(engine: &Engine, names: &[String]) -> Result<(), BoxError> {
+    let lake = &engine.lake;
+    let defs = if names.is_empty() {
+        touchlake_ingest::source::load_all(lake).await?
+    } else {
+        let mut defs = vec![];
+        for n in names {
+            defs.push(
+                touchlake_ingest::source::load(lake, n)
+                    .await?
+                    .ok_or_else(|| touchlake_ingest::IngestError::NoSuchSource(n.clone()))?,
+            );
+        }
+        defs
+    };
+    if defs.is_empty() {
+        return Err("no sources defined (CREATE SOURCE, or --sources DIR with *.toml)".into());
+    }
+    let mut runs = vec![];
+    let mut failed = 0;
+    for def in defs {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {prefix}: {msg} {elapsed}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        bar.set_prefix(def.name.clone());
+        bar.enable_steady_tick(std::time::Duration::from_millis(200));
+        let b = bar.clone();
+        let result = touchlake_ingest::run::run_source(lake, &def, &move |p| {
+            b.set_message(format!(
+                "file {}/{} {}, {} rows",
+                (p.files_done + 1).min(p.files_total.max(1)),
+                p.files_total,
+                p.file,
+                p.rows_read
+            ))
+        })
+        .await;
+        bar.finish_and_clear();
+        match result {
+            Ok(s) => runs.push(s),
+            Err(e) => {
+                failed += 1;
+                eprintln!("{}: {e}", def.name);
+            }
+        }
+    }
+    println!(
+        "{:<20} {:>6} {:>10} {:>10} {:>10} {:>10} {:>8}  status",
+        "source", "files", "read", "accepted", "rejected", "duplicate", "seconds"
+    );
+    for s in &runs {
+        println!(
+            "{:<20} {:>6} {:>10} {:>10} {:>10} {:>10} {:>8.2}  {}",
+            s.source,
+            s.files_ingested,
+            s.rows_read,
+            s.rows_accepted,
+            s.rows_rejected,
+            s.rows_duplicate,
+            s.seconds,
+            s.status
+        );
+    }
+    if failed > 0 {
+        return Err(format!("{failed} source(s) failed").into());
+    }
+    Ok(())
 }
 
 async fn serve_engine(engine: Arc<Engine>) -> Result<(), BoxError> {
@@ -167,6 +268,7 @@ async fn serve_engine(engine: Arc<Engine>) -> Result<(), BoxError> {
     println!("touchlake listening on {addr} (lake {})", engine.lake.url());
     eprintln!("connect with: psql postgresql://touchlake@{addr}/touchlake");
     engine.spawn_refresher();
+    scheduler::spawn(engine.clone());
     tokio::select! {
         r = wire::serve(engine.clone(), listener) => r?,
         _ = tokio::signal::ctrl_c() => tracing::info!("shutting down"),

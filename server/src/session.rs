@@ -27,7 +27,11 @@ use touchlake_catalog::meta::ViewDef;
 use touchlake_catalog::{CatalogError, DATABASE, types};
 
 use crate::engine::Engine;
+use crate::extension::{LakeCommand, Piece};
 use crate::settings::{SettingError, Settings};
+
+mod lake_commands;
+use lake_commands::lake_command_schema;
 
 /// Why a statement failed. The wire layer maps each to a SQLSTATE.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +60,9 @@ pub enum SessionError {
     /// statement_timeout elapsed.
     #[error("canceling statement due to statement timeout")]
     Timeout,
+    /// From an ingest run or a source definition.
+    #[error(transparent)]
+    Ingest(#[from] touchlake_ingest::IngestError),
     /// A statement sent while the transaction block has failed.
     #[error("current transaction is aborted, commands ignored until end of transaction block")]
     TransactionAborted,
@@ -102,13 +109,36 @@ fn command(tag: &str) -> Executed {
     .into()
 }
 
+/// One parsed statement: PostgreSQL SQL, or one of Touchlake's own
+/// (`CREATE SOURCE`, `OPTIMIZE`, …; see [`crate::extension`]).
+#[derive(Clone, Debug)]
+pub enum Command {
+    /// A statement of the PostgreSQL grammar.
+    Sql(Statement),
+    /// A Touchlake statement.
+    Lake(LakeCommand),
+}
+
+impl Command {
+    /// ROLLBACK TO SAVEPOINT (which can leave a failed block).
+    pub fn is_rollback_to(&self) -> bool {
+        matches!(
+            self,
+            Command::Sql(Statement::Rollback {
+                savepoint: Some(_),
+                ..
+            })
+        )
+    }
+}
+
 /// A statement prepared by the extended protocol.
 #[derive(Clone, Debug)]
 pub struct Prepared {
     /// The SQL text as received.
     pub sql: String,
     /// The parsed statement (None for an empty query).
-    pub statement: Option<Statement>,
+    pub statement: Option<Command>,
     /// DataFusion's plan, for queries and INSERT (with `$n` placeholders).
     pub plan: Option<LogicalPlan>,
 }
@@ -181,7 +211,23 @@ impl Session {
 
     /// Split and parse a query string into statements (PostgreSQL dialect, with the
     /// pg_catalog compatibility rewrites).
-    pub fn parse(&self, sql: &str) -> Result<Vec<Statement>> {
+    pub fn parse(&self, sql: &str) -> Result<Vec<Command>> {
+        if let Some(pieces) = crate::extension::split(sql).map_err(SessionError::Syntax)? {
+            let mut out = vec![];
+            for p in pieces {
+                match p {
+                    Piece::Lake(c) => out.push(Command::Lake(c)),
+                    Piece::Sql(text) => {
+                        out.extend(self.parse_sql(&text)?.into_iter().map(Command::Sql))
+                    }
+                }
+            }
+            return Ok(out);
+        }
+        Ok(self.parse_sql(sql)?.into_iter().map(Command::Sql).collect())
+    }
+
+    fn parse_sql(&self, sql: &str) -> Result<Vec<Statement>> {
         let mut stmts = crate::compat::parse(&self.parser, sql).map_err(SessionError::Syntax)?;
         for s in &mut stmts {
             crate::compat::rewrite(s);
@@ -260,13 +306,21 @@ impl Session {
     }
 
     /// Execute one parsed statement.
-    pub async fn execute(&self, stmt: Statement, tx_failed: bool) -> Result<Executed> {
-        if tx_failed && !is_transaction_end(&stmt) {
+    pub async fn execute(&self, cmd: Command, tx_failed: bool) -> Result<Executed> {
+        if tx_failed && !is_transaction_end(&cmd) {
             return Err(SessionError::TransactionAborted);
         }
         let guard = self.begin_statement();
-        let fut = self.dispatch(stmt, None, &guard);
-        guard.run(fut).await
+        match cmd {
+            Command::Sql(stmt) => {
+                let fut = self.dispatch(stmt, None, &guard);
+                guard.run(fut).await
+            }
+            Command::Lake(c) => {
+                let fut = self.lake_command(c);
+                guard.run(fut).await
+            }
+        }
     }
 
     /// Prepare a statement for the extended protocol: plan queries and INSERT so their
@@ -285,10 +339,9 @@ impl Session {
                 plan: None,
             });
         };
-        let plan = if goes_to_datafusion(&stmt) {
-            Some(self.plan(stmt.clone()).await?)
-        } else {
-            None
+        let plan = match &stmt {
+            Command::Sql(sql) if goes_to_datafusion(sql) => Some(self.plan(sql.clone()).await?),
+            _ => None,
         };
         Ok(Prepared {
             sql: sql.to_string(),
@@ -309,10 +362,12 @@ impl Session {
         params: ParamValues,
         tx_failed: bool,
     ) -> Result<Executed> {
-        let Some(stmt) = p.statement.clone() else {
-            return Ok(command(""));
+        let stmt = match p.statement.clone() {
+            None => return Ok(command("")),
+            Some(Command::Lake(c)) => return self.execute(Command::Lake(c), tx_failed).await,
+            Some(Command::Sql(stmt)) => stmt,
         };
-        if tx_failed && !is_transaction_end(&stmt) {
+        if tx_failed && !is_transaction_end(&Command::Sql(stmt.clone())) {
             return Err(SessionError::TransactionAborted);
         }
         tracing::debug!(sql = %p.sql, "execute prepared");
@@ -469,6 +524,10 @@ impl Session {
             }
             Statement::Update(u) => self.update(u).await,
             Statement::Delete(d) => self.delete(d).await,
+            Statement::Call(f) if object_name_text(&f.name).eq_ignore_ascii_case("ingest") => {
+                let names = call_text_args(&f)?;
+                self.call_ingest(names).await
+            }
             Statement::Copy { .. } => Err(SessionError::NotSupported(
                 "COPY is not supported yet; use INSERT or ingest".into(),
             )),
@@ -1027,7 +1086,8 @@ pub fn result_schema(p: &Prepared) -> SchemaRef {
         return Arc::new(Schema::new(fields));
     }
     match &p.statement {
-        Some(Statement::ShowVariable { variable }) => {
+        Some(Command::Lake(c)) => lake_command_schema(c),
+        Some(Command::Sql(Statement::ShowVariable { variable })) => {
             let name = show_name(variable);
             if name == "all" {
                 show_all_schema()
@@ -1061,8 +1121,40 @@ pub fn cast_parameter_types(plan: &LogicalPlan) -> std::collections::HashMap<Str
     out
 }
 
-fn is_transaction_end(stmt: &Statement) -> bool {
-    matches!(stmt, Statement::Rollback { .. } | Statement::Commit { .. })
+/// The text arguments of `CALL f('a', 'b')`.
+fn call_text_args(f: &ast::Function) -> Result<Vec<String>> {
+    let mut out = vec![];
+    if let ast::FunctionArguments::List(list) = &f.args {
+        for a in &list.args {
+            match a {
+                ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(Expr::Value(v))) => {
+                    match &v.value {
+                        Value::SingleQuotedString(s) => out.push(s.clone()),
+                        other => {
+                            return Err(SessionError::Syntax(format!(
+                                "{}: expected source names as strings, got {other}",
+                                f.name
+                            )));
+                        }
+                    }
+                }
+                other => {
+                    return Err(SessionError::Syntax(format!(
+                        "{}: expected source names as strings, got {other}",
+                        f.name
+                    )));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn is_transaction_end(cmd: &Command) -> bool {
+    matches!(
+        cmd,
+        Command::Sql(Statement::Rollback { .. } | Statement::Commit { .. })
+    )
 }
 
 fn goes_to_datafusion(stmt: &Statement) -> bool {

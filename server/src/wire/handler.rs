@@ -209,13 +209,7 @@ impl QueryHandler {
         }
         for stmt in statements {
             let failed = matches!(status, TransactionStatus::Error);
-            let rollback_to = matches!(
-                &stmt,
-                datafusion::sql::sqlparser::ast::Statement::Rollback {
-                    savepoint: Some(_),
-                    ..
-                }
-            );
+            let rollback_to = stmt.is_rollback_to();
             match session.execute(stmt, failed).await {
                 Ok(Executed {
                     outcome,

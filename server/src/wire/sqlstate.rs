@@ -37,7 +37,32 @@ fn classify(e: &SessionError) -> (&'static str, String) {
         SessionError::Denied(_) => ("42501", e.to_string()),
         SessionError::Canceled | SessionError::Timeout => ("57014", e.to_string()),
         SessionError::TransactionAborted => ("25P02", e.to_string()),
+        SessionError::Ingest(i) => ingest_code(i),
     }
+}
+
+fn ingest_code(i: &touchlake_ingest::IngestError) -> (&'static str, String) {
+    use touchlake_ingest::IngestError as I;
+    let code = match i {
+        I::Definition(_) => "22023",
+        I::NoSuchSource(_) => "42704",
+        I::SourceExists(_) => "42710",
+        I::Mapping { message, .. } => {
+            let lower = message.to_ascii_lowercase();
+            if lower.contains("no field named") || lower.contains("not found") {
+                "42703"
+            } else if lower.contains("invalid function") || lower.contains("no function") {
+                "42883"
+            } else {
+                "42601"
+            }
+        }
+        I::Read(_) => "58030",
+        I::Catalog(c) => return catalog_code(c),
+        I::Delta(d) => return delta_code(d),
+        I::DataFusion(d) => return datafusion_code(d),
+    };
+    (code, i.to_string())
 }
 
 fn catalog_code(c: &CatalogError) -> (&'static str, String) {

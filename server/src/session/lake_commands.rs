@@ -1,0 +1,302 @@
+//! Touchlake's own statements (see [`crate::extension`]) and `CALL ingest(…)`.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::error::DataFusionError;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use touchlake_ingest::IngestError;
+use touchlake_ingest::mapping::Mapping;
+use touchlake_ingest::run::RunSummary;
+use touchlake_ingest::source::{self, SourceDef, SourceKind};
+
+use super::{Executed, Outcome, Result, Session, SessionError, command};
+use crate::extension::LakeCommand;
+
+fn fields(cols: &[(&str, DataType)]) -> SchemaRef {
+    Arc::new(Schema::new(
+        cols.iter()
+            .map(|(n, t)| Field::new(*n, t.clone(), true))
+            .collect::<Vec<_>>(),
+    ))
+}
+
+fn show_sources_schema() -> SchemaRef {
+    fields(&[
+        ("name", DataType::Utf8),
+        ("kind", DataType::Utf8),
+        ("channel", DataType::Utf8),
+        ("channel_type", DataType::Utf8),
+        ("path", DataType::Utf8),
+        ("format", DataType::Utf8),
+        ("raw_table", DataType::Utf8),
+        ("poll_seconds", DataType::Int64),
+        ("definition", DataType::Utf8),
+    ])
+}
+
+/// Columns of `CALL ingest(…)`.
+pub fn ingest_schema() -> SchemaRef {
+    fields(&[
+        ("source", DataType::Utf8),
+        ("run_id", DataType::Utf8),
+        ("status", DataType::Utf8),
+        ("files", DataType::Int64),
+        ("rows_read", DataType::Int64),
+        ("rows_accepted", DataType::Int64),
+        ("rows_rejected", DataType::Int64),
+        ("rows_duplicate", DataType::Int64),
+        ("seconds", DataType::Float64),
+        ("error", DataType::Utf8),
+    ])
+}
+
+fn optimize_schema() -> SchemaRef {
+    fields(&[
+        ("table_name", DataType::Utf8),
+        ("files_added", DataType::Int64),
+        ("files_removed", DataType::Int64),
+        ("files_considered", DataType::Int64),
+        ("files_skipped", DataType::Int64),
+    ])
+}
+
+fn vacuum_schema() -> SchemaRef {
+    fields(&[
+        ("table_name", DataType::Utf8),
+        ("dry_run", DataType::Utf8),
+        ("files", DataType::Int64),
+    ])
+}
+
+/// Result columns of a Touchlake statement (for Describe in the extended protocol).
+pub fn lake_command_schema(c: &LakeCommand) -> SchemaRef {
+    match c {
+        LakeCommand::ShowSources => show_sources_schema(),
+        LakeCommand::ShowCreateSource { .. } => fields(&[("create_source", DataType::Utf8)]),
+        LakeCommand::Optimize { .. } => optimize_schema(),
+        LakeCommand::Vacuum { .. } => vacuum_schema(),
+        LakeCommand::CreateSource { .. } | LakeCommand::DropSource { .. } => {
+            Arc::new(Schema::empty())
+        }
+    }
+}
+
+fn rows(batch: RecordBatch) -> Executed {
+    let schema = batch.schema();
+    let stream = futures::stream::iter(vec![Ok(batch)]);
+    Outcome::Rows(Box::pin(RecordBatchStreamAdapter::new(schema, stream))).into()
+}
+
+fn batch(schema: SchemaRef, cols: Vec<ArrayRef>) -> Result<RecordBatch> {
+    Ok(RecordBatch::try_new(schema, cols).map_err(DataFusionError::from)?)
+}
+
+/// The rows of `CALL ingest(…)`.
+pub fn run_rows(runs: &[RunSummary]) -> Result<RecordBatch> {
+    batch(
+        ingest_schema(),
+        vec![
+            Arc::new(StringArray::from_iter_values(
+                runs.iter().map(|r| &r.source),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                runs.iter().map(|r| &r.run_id),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                runs.iter().map(|r| &r.status),
+            )),
+            Arc::new(Int64Array::from_iter_values(
+                runs.iter().map(|r| r.files_ingested as i64),
+            )),
+            Arc::new(Int64Array::from_iter_values(
+                runs.iter().map(|r| r.rows_read as i64),
+            )),
+            Arc::new(Int64Array::from_iter_values(
+                runs.iter().map(|r| r.rows_accepted as i64),
+            )),
+            Arc::new(Int64Array::from_iter_values(
+                runs.iter().map(|r| r.rows_rejected as i64),
+            )),
+            Arc::new(Int64Array::from_iter_values(
+                runs.iter().map(|r| r.rows_duplicate as i64),
+            )),
+            Arc::new(Float64Array::from_iter_values(
+                runs.iter().map(|r| r.seconds),
+            )),
+            Arc::new(StringArray::from(
+                runs.iter().map(|r| r.error.clone()).collect::<Vec<_>>(),
+            )),
+        ],
+    )
+}
+
+impl Session {
+    /// Execute a Touchlake statement.
+    pub(super) async fn lake_command(&self, c: LakeCommand) -> Result<Executed> {
+        let lake = &self.engine.lake;
+        match c {
+            LakeCommand::CreateSource {
+                name,
+                or_replace,
+                if_not_exists,
+                options,
+            } => {
+                let def = SourceDef::from_options(&name, &options)?;
+                Mapping::compile(&def)?;
+                if if_not_exists && source::load(lake, &name).await?.is_some() {
+                    return Ok(command("CREATE SOURCE"));
+                }
+                source::save(lake, &def, or_replace).await?;
+                Ok(command("CREATE SOURCE"))
+            }
+            LakeCommand::DropSource { name, if_exists } => {
+                if !source::drop(lake, &name).await? && !if_exists {
+                    return Err(IngestError::NoSuchSource(name).into());
+                }
+                Ok(command("DROP SOURCE"))
+            }
+            LakeCommand::ShowSources => {
+                let defs = source::load_all(lake).await?;
+                let tomls: Vec<String> = defs
+                    .iter()
+                    .map(|d| d.to_toml())
+                    .collect::<std::result::Result<_, _>>()?;
+                Ok(rows(batch(
+                    show_sources_schema(),
+                    vec![
+                        Arc::new(StringArray::from_iter_values(defs.iter().map(|d| &d.name))),
+                        Arc::new(StringArray::from_iter_values(defs.iter().map(
+                            |d| match d.kind {
+                                SourceKind::Files => "files",
+                            },
+                        ))),
+                        Arc::new(StringArray::from_iter_values(
+                            defs.iter().map(|d| &d.channel),
+                        )),
+                        Arc::new(StringArray::from_iter_values(
+                            defs.iter().map(|d| &d.channel_type),
+                        )),
+                        Arc::new(StringArray::from(
+                            defs.iter().map(|d| d.path.clone()).collect::<Vec<_>>(),
+                        )),
+                        Arc::new(StringArray::from_iter_values(
+                            defs.iter().map(|d| &d.format.kind),
+                        )),
+                        Arc::new(StringArray::from_iter_values(
+                            defs.iter().map(|d| format!("raw.{}", d.raw_table())),
+                        )),
+                        Arc::new(Int64Array::from(
+                            defs.iter()
+                                .map(|d| d.poll_seconds.map(|s| s as i64))
+                                .collect::<Vec<_>>(),
+                        )),
+                        Arc::new(StringArray::from(tomls)),
+                    ],
+                )?))
+            }
+            LakeCommand::ShowCreateSource { name } => {
+                let def = source::load(lake, &name)
+                    .await?
+                    .ok_or(IngestError::NoSuchSource(name))?;
+                Ok(rows(batch(
+                    lake_command_schema(&LakeCommand::ShowCreateSource {
+                        name: String::new(),
+                    }),
+                    vec![Arc::new(StringArray::from(vec![def.to_sql()?]))],
+                )?))
+            }
+            LakeCommand::Optimize { table, zorder } => {
+                let (schema, name) = self.resolve_parts(&table)?;
+                let (t, _) = lake.table(&schema, &name).await?.ok_or_else(|| {
+                    touchlake_catalog::CatalogError::NoSuchTable(format!("{schema}.{name}"))
+                })?;
+                let mut op = t.optimize();
+                if !zorder.is_empty() {
+                    op = op.with_type(deltalake::operations::optimize::OptimizeType::ZOrder(
+                        zorder,
+                    ));
+                }
+                let (_, metrics) = op.await.map_err(touchlake_catalog::CatalogError::from)?;
+                lake.invalidate(&schema, &name).await;
+                Ok(rows(batch(
+                    optimize_schema(),
+                    vec![
+                        Arc::new(StringArray::from(vec![format!("{schema}.{name}")])),
+                        Arc::new(Int64Array::from(vec![metrics.num_files_added as i64])),
+                        Arc::new(Int64Array::from(vec![metrics.num_files_removed as i64])),
+                        Arc::new(Int64Array::from(vec![
+                            metrics.total_considered_files as i64,
+                        ])),
+                        Arc::new(Int64Array::from(vec![metrics.total_files_skipped as i64])),
+                    ],
+                )?))
+            }
+            LakeCommand::Vacuum {
+                table,
+                retain_hours,
+                dry_run,
+            } => {
+                let (schema, name) = self.resolve_parts(&table)?;
+                let (t, _) = lake.table(&schema, &name).await?.ok_or_else(|| {
+                    touchlake_catalog::CatalogError::NoSuchTable(format!("{schema}.{name}"))
+                })?;
+                let mut op = t.vacuum().with_dry_run(dry_run);
+                if let Some(h) = retain_hours {
+                    // An explicit RETAIN is the user's decision, even below the table's
+                    // default retention (it limits how far back time travel reaches).
+                    op = op
+                        .with_retention_period(chrono::Duration::hours(h as i64))
+                        .with_enforce_retention_duration(false);
+                }
+                let (_, metrics) = op.await.map_err(touchlake_catalog::CatalogError::from)?;
+                lake.invalidate(&schema, &name).await;
+                Ok(rows(batch(
+                    vacuum_schema(),
+                    vec![
+                        Arc::new(StringArray::from(vec![format!("{schema}.{name}")])),
+                        Arc::new(StringArray::from(vec![if dry_run { "yes" } else { "no" }])),
+                        Arc::new(Int64Array::from(vec![metrics.files_deleted.len() as i64])),
+                    ],
+                )?))
+            }
+        }
+    }
+
+    /// `CALL ingest()` (every files source) or `CALL ingest('name', …)`.
+    pub(super) async fn call_ingest(&self, names: Vec<String>) -> Result<Executed> {
+        let lake = &self.engine.lake;
+        let defs = if names.is_empty() {
+            source::load_all(lake).await?
+        } else {
+            let mut defs = vec![];
+            for n in names {
+                defs.push(
+                    source::load(lake, &n)
+                        .await?
+                        .ok_or(IngestError::NoSuchSource(n))?,
+                );
+            }
+            defs
+        };
+        let mut runs = vec![];
+        for def in defs {
+            match touchlake_ingest::run::run_source(lake, &def, &|_| {}).await {
+                Ok(s) => runs.push(s),
+                Err(e) => return Err(SessionError::Ingest(e)),
+            }
+        }
+        Ok(rows(run_rows(&runs)?))
+    }
+
+    fn resolve_parts(&self, parts: &[String]) -> Result<(String, String)> {
+        let name = datafusion::sql::sqlparser::ast::ObjectName::from(
+            parts
+                .iter()
+                .map(|p| datafusion::sql::sqlparser::ast::Ident::with_quote('"', p))
+                .collect::<Vec<_>>(),
+        );
+        self.resolve(&name)
+    }
+}
