@@ -9,9 +9,13 @@
 //!
 //! Depends on the catalog (to write Delta tables); never on the wire protocol.
 
+pub mod checks;
+pub mod collector;
 pub mod demo;
+pub mod demo_landing;
 pub mod error;
 pub mod mapping;
+pub mod postgres;
 pub mod read;
 pub mod run;
 pub mod source;

@@ -64,7 +64,7 @@ fn soften_casts(col: &str, expr: &mut Expr) -> Vec<String> {
                 "CASE WHEN ({inner}) IS NOT NULL AND TRY_CAST(({inner}) AS {data_type}) IS NULL \
                  THEN {} || CAST(({inner}) AS VARCHAR) || {} END",
                 quote_lit(&format!("{col}: cannot parse '")),
-                quote_lit(&format!("' as {data_type}")),
+                quote_lit(&format!("' as {}", data_type.to_string().to_lowercase())),
             ));
         }
         ControlFlow::<()>::Continue(())
@@ -146,6 +146,11 @@ impl Mapping {
             referenced: refs,
             def: def.clone(),
         })
+    }
+
+    /// Source columns the mapping, natural key and rules read.
+    pub fn referenced(&self) -> impl Iterator<Item = &String> {
+        self.referenced.iter()
     }
 
     /// Stage 1 SQL over `src`.

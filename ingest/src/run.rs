@@ -62,6 +62,10 @@ pub struct RunSummary {
     pub error: Option<String>,
     /// Wall-clock duration.
     pub seconds: f64,
+    /// Per identifier column (see [`crate::checks::IDENTIFIERS`]): accepted rows with a value.
+    pub identifiers_present: [u64; crate::checks::IDENTIFIERS.len()],
+    /// Latest `occurred_at` (µs since the epoch) among the accepted rows.
+    pub latest_occurred_us: Option<i64>,
 }
 
 /// Progress of a run, reported after each chunk.
@@ -119,6 +123,8 @@ pub async fn run_source_with(
         rows_duplicate: 0,
         error: None,
         seconds: 0.0,
+        identifiers_present: Default::default(),
+        latest_occurred_us: None,
     };
     let result = ingest_files(lake, def, &mut summary, progress).await;
     if let Err(e) = &result {
@@ -128,9 +134,193 @@ pub async fn run_source_with(
     summary.seconds = clock.elapsed().as_secs_f64();
     if record_empty || result.is_err() || summary.files_ingested > 0 {
         record_run(lake, &summary, started, Utc::now()).await?;
+        crate::checks::record(lake, &summary).await?;
     }
     lake.refresh_listing().await?;
     result.map(|()| summary)
+}
+
+/// Ingest records pushed to a source rather than listed from files (`COPY … FROM STDIN`,
+/// the HTTP collector, a database pull) as one run: `chunks` are committed exactly once
+/// under batch ids `<source>:<batch>:<chunk>`, so the same `batch` sent again adds
+/// nothing. A `batch` must name the records (e.g. a content hash), not the attempt.
+pub async fn run_chunks(
+    lake: &Lake,
+    def: &SourceDef,
+    batch: &str,
+    chunks: Vec<read::Chunk>,
+) -> Result<RunSummary> {
+    tables::ensure(lake).await?;
+    let started = Utc::now();
+    let clock = std::time::Instant::now();
+    let mut summary = RunSummary {
+        run_id: new_run_id(),
+        source: def.name.clone(),
+        status: "succeeded".into(),
+        files_seen: 0,
+        files_ingested: 0,
+        rows_read: 0,
+        rows_accepted: 0,
+        rows_rejected: 0,
+        rows_duplicate: 0,
+        error: None,
+        seconds: 0.0,
+        identifiers_present: Default::default(),
+        latest_occurred_us: None,
+    };
+    let result = async {
+        let mapping = Mapping::compile(def)?;
+        let ctx = mapping_context()?;
+        for chunk in chunks {
+            let batch_id = format!("{}:{batch}:{}", def.name, chunk.index);
+            let counts =
+                ingest_chunk(lake, def, &mapping, &ctx, chunk, &batch_id, &summary.run_id).await?;
+            summary.rows_read += counts.read;
+            summary.rows_accepted += counts.accepted;
+            summary.rows_rejected += counts.rejected;
+            summary.rows_duplicate += counts.duplicate;
+            summary.add_stats(&counts);
+        }
+        Ok::<(), IngestError>(())
+    }
+    .await;
+    if let Err(e) = &result {
+        summary.status = "failed".into();
+        summary.error = Some(e.to_string());
+    }
+    summary.seconds = clock.elapsed().as_secs_f64();
+    record_run(lake, &summary, started, Utc::now()).await?;
+    crate::checks::record(lake, &summary).await?;
+    lake.refresh_listing().await?;
+    result.map(|()| summary)
+}
+
+/// [`run_chunks`] over one payload of CSV/NDJSON text in `format`; the batch id is
+/// `<label>:<sha256 of the bytes>`, and record locations read `<label>:<line>`.
+pub async fn run_payload(
+    lake: &Lake,
+    def: &SourceDef,
+    label: &str,
+    bytes: &[u8],
+    format: &crate::source::Format,
+) -> Result<RunSummary> {
+    let hash = hex::encode(sha2::Sha256::digest(bytes));
+    let chunks = match format.kind.as_str() {
+        "parquet" => read::parquet(bytes, label, def.batch_rows())?,
+        _ => {
+            let text = read::decode(bytes, &format.encoding)?;
+            read::parse(&text, label, format, def.batch_rows())?
+        }
+    };
+    run_chunks(lake, def, &format!("{label}:{hash}"), chunks).await
+}
+
+/// `COPY sources.<name> [(listed)] FROM STDIN` data as one run. Column names come from
+/// `listed`, else from the header line; they are normalised like a file's header. The
+/// batch id is a hash of the columns and data, so the same COPY twice adds nothing.
+pub async fn run_copy(
+    lake: &Lake,
+    def: &SourceDef,
+    listed: &[String],
+    opts: &read::CopyOptions,
+    text: &str,
+) -> Result<RunSummary> {
+    let mut opts = opts.clone();
+    let mut columns: Vec<String> = listed.to_vec();
+    let mut body = text;
+    if opts.header {
+        let (first, rest) = text.split_once('\n').unwrap_or((text, ""));
+        if columns.is_empty() {
+            let first = first.trim_end_matches('\r');
+            columns = if opts.csv {
+                let mut r = csv::ReaderBuilder::new()
+                    .delimiter(opts.delimiter as u8)
+                    .quote(opts.quote as u8)
+                    .has_headers(false)
+                    .from_reader(first.as_bytes());
+                r.records()
+                    .next()
+                    .and_then(|r| r.ok())
+                    .map(|r| r.iter().map(str::to_string).collect())
+                    .unwrap_or_default()
+            } else {
+                first.split(opts.delimiter).map(str::to_string).collect()
+            };
+        }
+        body = rest;
+        opts.header = false;
+    }
+    if columns.is_empty() {
+        return Err(IngestError::Definition(format!(
+            "COPY into source {} needs a column list or HEADER to name the columns",
+            def.name
+        )));
+    }
+    let columns: Vec<String> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| read::column_name(c, i))
+        .collect();
+    let chunks = read::parse_copy(body, "copy", &opts, &columns, def.batch_rows())?;
+    let mut h = sha2::Sha256::new();
+    h.update(columns.join("\u{1f}").as_bytes());
+    h.update([0]);
+    h.update(body.as_bytes());
+    let hash = hex::encode(h.finalize());
+    run_chunks(lake, def, &format!("copy:{hash}"), chunks).await
+}
+
+/// Run a source of any kind: files are listed and read, an `http` source's write-ahead
+/// log is flushed, a `postgres` table is pulled. One summary per run made.
+pub async fn run_any(
+    lake: &Lake,
+    def: &SourceDef,
+    record_empty: bool,
+    progress: &(dyn Fn(&Progress) + Send + Sync),
+) -> Result<Vec<RunSummary>> {
+    match def.kind {
+        crate::source::SourceKind::Files => Ok(vec![
+            run_source_with(lake, def, record_empty, progress).await?,
+        ]),
+        crate::source::SourceKind::Http => crate::collector::flush(lake, def, 1000).await,
+        crate::source::SourceKind::Postgres => crate::postgres::pull(lake, def, record_empty).await,
+        // Nothing to fetch: its records come by COPY.
+        crate::source::SourceKind::Copy => Ok(vec![]),
+    }
+}
+
+/// Plan a definition's mapping over an empty batch of the columns it reads, so that a
+/// mapping with an unknown function or column type problem is refused when the source is
+/// defined rather than at its first run.
+pub async fn check_definition(def: &SourceDef) -> Result<()> {
+    let mapping = Mapping::compile(def)?;
+    let ctx = mapping_context()?;
+    let mut fields: Vec<Field> = mapping
+        .referenced()
+        .map(|c| Field::new(c, DataType::Utf8, true))
+        .collect();
+    fields.push(Field::new(LOCATION, DataType::Utf8, false));
+    fields.push(Field::new(RAW, DataType::Utf8, false));
+    fields.push(Field::new(ROW, DataType::Int64, false));
+    let src = RecordBatch::new_empty(Arc::new(Schema::new(fields)));
+    let map_err = |e: datafusion::error::DataFusionError| IngestError::Mapping {
+        name: def.name.clone(),
+        message: e.to_string(),
+    };
+    ctx.register_batch("src", src.clone())?;
+    let s1 = ctx
+        .sql(&mapping.stage1_sql(&src.schema()))
+        .await
+        .map_err(map_err)?;
+    let s1_schema: Schema = s1.schema().as_arrow().clone();
+    ctx.register_table("stage1", s1.into_view())?;
+    let s2 = ctx
+        .sql(&mapping.stage2_sql(&s1_schema))
+        .await
+        .map_err(map_err)?;
+    ctx.register_table("stage2", s2.into_view())?;
+    ctx.sql(&mapping.stage3_sql()).await.map_err(map_err)?;
+    Ok(())
 }
 
 /// A file matched by a source's glob.
@@ -393,14 +583,32 @@ async fn ingest_file(
         summary.rows_accepted += counts.accepted;
         summary.rows_rejected += counts.rejected;
         summary.rows_duplicate += counts.duplicate;
+        summary.add_stats(&counts);
         progress(summary.rows_read);
     }
     Ok(rows)
 }
 
+impl RunSummary {
+    fn add_stats(&mut self, c: &ChunkCounts) {
+        for (a, b) in self
+            .identifiers_present
+            .iter_mut()
+            .zip(c.identifiers_present)
+        {
+            *a += b;
+        }
+        self.latest_occurred_us = self.latest_occurred_us.max(c.latest_occurred_us);
+    }
+}
+
 /// Counts of one chunk; read = accepted + rejected + duplicate.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ChunkCounts {
+    /// Accepted rows with a value, per identifier column.
+    pub identifiers_present: [u64; crate::checks::IDENTIFIERS.len()],
+    /// Latest `occurred_at` accepted (µs).
+    pub latest_occurred_us: Option<i64>,
     /// Records read.
     pub read: u64,
     /// Became touchpoints.
@@ -424,7 +632,12 @@ pub async fn ingest_chunk(
 ) -> Result<ChunkCounts> {
     let app_id = format!("touchlake-ingest:{batch_id}");
     let read_count = chunk.records() as u64;
-    let landed = chunk.batch;
+    let mut landed = chunk.batch;
+    if def.format.kind == "ndjson" {
+        // JSON records name only the keys they have: a key no record of this chunk has
+        // is a column of NULLs, not a mapping error.
+        landed = with_missing_columns(landed, mapping)?;
+    }
     let rows = landed.num_rows();
 
     // 1. Map and validate.
@@ -524,7 +737,13 @@ pub async fn ingest_chunk(
         }
     }
     let accepted_count = accepted.as_ref().map_or(0, |b| b.num_rows() as u64);
+    let (identifiers_present, latest_occurred_us) = match &accepted {
+        Some(b) => crate::checks::batch_stats(b)?,
+        None => Default::default(),
+    };
     let counts = ChunkCounts {
+        identifiers_present,
+        latest_occurred_us,
         read: read_count,
         accepted: accepted_count,
         rejected: rejected.len() as u64,
@@ -556,6 +775,27 @@ pub async fn ingest_chunk(
         append(lake, "unified", "touchpoints", vec![b], &app_id, false).await?;
     }
     Ok(counts)
+}
+
+fn with_missing_columns(batch: RecordBatch, mapping: &Mapping) -> Result<RecordBatch> {
+    let schema = batch.schema();
+    let absent: Vec<&String> = mapping
+        .referenced()
+        .filter(|c| schema.field_with_name(c).is_err())
+        .collect();
+    if absent.is_empty() {
+        return Ok(batch);
+    }
+    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    let mut columns = batch.columns().to_vec();
+    for c in absent {
+        fields.push(Field::new(c, DataType::Utf8, true));
+        columns.push(new_null_array(&DataType::Utf8, batch.num_rows()));
+    }
+    Ok(RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
+        columns,
+    )?)
 }
 
 fn missing() -> IngestError {

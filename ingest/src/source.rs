@@ -17,6 +17,12 @@ use crate::error::{IngestError, Result};
 pub enum SourceKind {
     /// Files matched by a glob on the lake's object store or a local path.
     Files,
+    /// Events posted to the HTTP collector (Segment API) with this source's `write_key`.
+    Http,
+    /// Rows of a PostgreSQL table, pulled incrementally by `cursor` + `primary_key`.
+    Postgres,
+    /// Records arrive only by `COPY sources.<name> FROM STDIN` (psql `\copy`).
+    Copy,
 }
 
 /// File format and parse options.
@@ -108,7 +114,9 @@ pub struct SourceDef {
     #[serde(default)]
     pub format: Format,
     /// SQL expressions over the source's columns that make the natural key; the
-    /// `touchpoint_id` is a hash of (source name, these values).
+    /// `touchpoint_id` is a hash of (source name, these values). Default for `http`:
+    /// `message_id`; for `postgres`: the primary key.
+    #[serde(default)]
     pub natural_key: Vec<String>,
     /// Unified column → SQL expression over the source's columns.
     #[serde(default)]
@@ -128,6 +136,22 @@ pub struct SourceDef {
     /// Seconds between scheduled runs inside `touchlake serve` (none: only on demand).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub poll_seconds: Option<u64>,
+    /// For `http`: the write key clients authenticate with (HTTP Basic user name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_key: Option<String>,
+    /// For `postgres`: a connection string (`host=… user=… dbname=…` or
+    /// `postgresql://…`); `$NAME` parts are read from the environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection: Option<String>,
+    /// For `postgres`: the table (`schema.table`) to pull.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table: Option<String>,
+    /// For `postgres`: the column that grows with new rows (e.g. `updated_at`, `id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+    /// For `postgres`: the primary key columns (ties on the cursor are ordered by them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub primary_key: Vec<String>,
 }
 
 /// Unified columns a mapping may set, with their SQL types.
@@ -157,8 +181,9 @@ pub const DEFAULT_BATCH_ROWS: usize = 500_000;
 impl SourceDef {
     /// Parse a TOML definition and check it.
     pub fn from_toml(text: &str) -> Result<Self> {
-        let def: SourceDef =
+        let mut def: SourceDef =
             toml::from_str(text).map_err(|e| IngestError::Definition(e.to_string()))?;
+        def.fill_defaults();
         def.validate()?;
         Ok(def)
     }
@@ -176,6 +201,29 @@ impl SourceDef {
     /// Records per batch.
     pub fn batch_rows(&self) -> usize {
         self.batch_rows.unwrap_or(DEFAULT_BATCH_ROWS).max(1)
+    }
+
+    /// An `http` source gets the Segment mapping (see
+    /// [`crate::collector::default_mapping`]) for the columns it leaves out, `message_id`
+    /// as its natural key and NDJSON as its format.
+    pub fn fill_defaults(&mut self) {
+        if self.kind == SourceKind::Http {
+            for (col, sql) in crate::collector::default_mapping() {
+                self.mapping
+                    .entry(col.to_string())
+                    .or_insert_with(|| sql.to_string());
+            }
+            if self.natural_key.is_empty() {
+                self.natural_key = vec!["message_id".into()];
+            }
+            self.format.kind = "ndjson".into();
+        }
+        if self.kind == SourceKind::Postgres {
+            self.format.kind = "ndjson".into();
+            if self.natural_key.is_empty() {
+                self.natural_key = self.primary_key.clone();
+            }
+        }
     }
 
     /// Check names, required fields and the mapping's targets.
@@ -205,6 +253,20 @@ impl SourceDef {
         }
         if self.kind == SourceKind::Files && self.path.as_deref().unwrap_or("").is_empty() {
             return bad("a files source needs path (a glob)".into());
+        }
+        if self.kind == SourceKind::Http && self.write_key.as_deref().unwrap_or("").len() < 8 {
+            return bad("an http source needs write_key (at least 8 characters)".into());
+        }
+        if self.kind == SourceKind::Postgres {
+            if self.connection.as_deref().unwrap_or("").is_empty() {
+                return bad("a postgres source needs connection".into());
+            }
+            if self.table.as_deref().unwrap_or("").is_empty() {
+                return bad("a postgres source needs table (schema.table)".into());
+            }
+            if self.cursor.as_deref().unwrap_or("").is_empty() || self.primary_key.is_empty() {
+                return bad("a postgres source needs cursor and primary_key".into());
+            }
         }
         if !["csv", "ndjson", "parquet"].contains(&self.format.kind.as_str()) {
             return bad(format!(
@@ -297,9 +359,10 @@ impl SourceDef {
             insert_dotted(&mut root, key, value.to_toml())?;
         }
         let root = arrays_from_numbered(toml::Value::Table(root));
-        let def: SourceDef = root
+        let mut def: SourceDef = root
             .try_into()
             .map_err(|e: toml::de::Error| IngestError::Definition(e.to_string()))?;
+        def.fill_defaults();
         def.validate()?;
         Ok(def)
     }
@@ -469,9 +532,14 @@ pub async fn save(lake: &Lake, def: &SourceDef, replace: bool) -> Result<()> {
 
 /// Remove a definition; false if there was none.
 pub async fn drop(lake: &Lake, name: &str) -> Result<bool> {
-    Ok(lake
+    let existed = lake
         .delete_meta(&["sources", &format!("{name}.toml")])
-        .await?)
+        .await?;
+    if existed {
+        // A source created again under this name starts from the beginning.
+        crate::postgres::reset_position(lake, name).await?;
+    }
+    Ok(existed)
 }
 
 /// Read every `*.toml` in a folder (the config's `sources/`).

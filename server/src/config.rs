@@ -25,6 +25,8 @@ pub struct Config {
     /// Folder of source definitions (`*.toml`), loaded into the lake's catalog at start.
     /// Default: `sources/` next to the config file, if there is one.
     pub sources: Option<String>,
+    /// Address of the HTTP event collector (Segment API); none: no collector.
+    pub http_listen: Option<String>,
 }
 
 impl Default for Config {
@@ -37,6 +39,7 @@ impl Default for Config {
             statement_timeout_ms: 0,
             storage_options: HashMap::new(),
             sources: None,
+            http_listen: None,
         }
     }
 }
@@ -85,7 +88,8 @@ impl Config {
     }
 
     /// Apply `TOUCHLAKE_LAKE`, `TOUCHLAKE_LISTEN`, `TOUCHLAKE_REFRESH_SECONDS`,
-    /// `TOUCHLAKE_MEMORY_LIMIT_MB`, `TOUCHLAKE_STATEMENT_TIMEOUT_MS`, `TOUCHLAKE_SOURCES` and
+    /// `TOUCHLAKE_MEMORY_LIMIT_MB`, `TOUCHLAKE_STATEMENT_TIMEOUT_MS`, `TOUCHLAKE_SOURCES`,
+    /// `TOUCHLAKE_HTTP_LISTEN` and
     /// `TOUCHLAKE_STORAGE_<OPTION>` from `vars`.
     pub fn apply_env(
         &mut self,
@@ -102,6 +106,7 @@ impl Config {
                 "TOUCHLAKE_MEMORY_LIMIT_MB" => self.memory_limit_mb = num(&k, &v)?,
                 "TOUCHLAKE_STATEMENT_TIMEOUT_MS" => self.statement_timeout_ms = num(&k, &v)?,
                 "TOUCHLAKE_SOURCES" => self.sources = Some(v),
+                "TOUCHLAKE_HTTP_LISTEN" => self.http_listen = Some(v),
                 _ => {
                     if let Some(opt) = k.strip_prefix("TOUCHLAKE_STORAGE_") {
                         self.storage_options.insert(opt.to_ascii_lowercase(), v);

@@ -168,7 +168,7 @@ impl Engine {
         };
         let defs = touchlake_ingest::source::read_folder(std::path::Path::new(dir))?;
         for def in &defs {
-            touchlake_ingest::mapping::Mapping::compile(def)?;
+            touchlake_ingest::run::check_definition(def).await?;
             let stored = touchlake_ingest::source::load(&self.lake, &def.name).await?;
             if stored.as_ref() != Some(def) {
                 touchlake_ingest::source::save(&self.lake, def, true).await?;

@@ -5,6 +5,7 @@
 //! sessions. Depends on `touchlake-catalog` (the lake), `touchlake-ingest` (the demo
 //! data) and `touchlake-functions` (SQL functions).
 
+mod collector;
 mod compat;
 mod config;
 mod engine;
@@ -76,6 +77,9 @@ struct ServeArgs {
     /// TOML configuration file.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Address of the HTTP event collector (Segment API), e.g. 127.0.0.1:8088.
+    #[arg(long)]
+    http_listen: Option<String>,
 }
 
 impl ServeArgs {
@@ -86,6 +90,9 @@ impl ServeArgs {
         }
         if let Some(l) = &self.listen {
             cfg.listen = l.clone();
+        }
+        if let Some(l) = &self.http_listen {
+            cfg.http_listen = Some(l.clone());
         }
         Ok(cfg)
     }
@@ -160,6 +167,16 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
                 })
                 .await?;
                 bar.finish_and_clear();
+                // Three more channels arrive the real way: raw files, source definitions,
+                // ingest with quarantine.
+                let runs = touchlake_ingest::demo_landing::ingest_demo_channels(&engine.lake, seed)
+                    .await?;
+                for r in &runs {
+                    eprintln!(
+                        "ingested source {}: {} read, {} accepted, {} rejected, {} duplicate",
+                        r.source, r.rows_read, r.rows_accepted, r.rows_rejected, r.rows_duplicate
+                    );
+                }
                 eprintln!(
                     "demo lake written to {} in {:.1}s: {} touchpoints, {} persons, {} identities",
                     engine.lake.url(),
@@ -217,7 +234,7 @@ async fn ingest(engine: &Engine, names: &[String]) -> Result<(), BoxError> {
         bar.set_prefix(def.name.clone());
         bar.enable_steady_tick(std::time::Duration::from_millis(200));
         let b = bar.clone();
-        let result = touchlake_ingest::run::run_source(lake, &def, &move |p| {
+        let result = touchlake_ingest::run::run_any(lake, &def, true, &move |p| {
             b.set_message(format!(
                 "file {}/{} {}, {} rows",
                 (p.files_done + 1).min(p.files_total.max(1)),
@@ -229,7 +246,7 @@ async fn ingest(engine: &Engine, names: &[String]) -> Result<(), BoxError> {
         .await;
         bar.finish_and_clear();
         match result {
-            Ok(s) => runs.push(s),
+            Ok(s) => runs.extend(s),
             Err(e) => {
                 failed += 1;
                 eprintln!("{}: {e}", def.name);
@@ -264,6 +281,21 @@ async fn serve_engine(engine: Arc<Engine>) -> Result<(), BoxError> {
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", engine.config.listen))?;
     let addr = listener.local_addr()?;
+    if let Some(http) = &engine.config.http_listen {
+        let l = tokio::net::TcpListener::bind(http)
+            .await
+            .map_err(|e| format!("cannot listen on {http}: {e}"))?;
+        println!(
+            "touchlake collector listening on http://{}",
+            l.local_addr()?
+        );
+        let e = engine.clone();
+        tokio::spawn(async move {
+            if let Err(err) = collector::serve(e, l).await {
+                tracing::error!("collector stopped: {err}");
+            }
+        });
+    }
     // Tests and scripts read this line to find an ephemeral port.
     println!("touchlake listening on {addr} (lake {})", engine.lake.url());
     eprintln!("connect with: psql postgresql://touchlake@{addr}/touchlake");

@@ -53,11 +53,24 @@ fn pg_name(e: &Expr) -> String {
             .and_then(|p| p.as_ident())
             .map(|i| i.value.to_ascii_lowercase())
             .unwrap_or_else(|| "?column?".into()),
+        // Like PostgreSQL's FigureColname: a cast of a column or function keeps that
+        // name (`created_at::text` is `created_at`); of anything else, the type's name.
         Expr::Cast {
             data_type, expr, ..
-        } => match type_name(data_type) {
-            Some(n) => n,
-            None => pg_name(expr),
+        } => match (expr.as_ref(), type_name(data_type)) {
+            (Expr::Identifier(_) | Expr::CompoundIdentifier(_) | Expr::Function(_), _) => {
+                pg_name(expr)
+            }
+            (Expr::Nested(inner), _)
+                if matches!(
+                    inner.as_ref(),
+                    Expr::Identifier(_) | Expr::CompoundIdentifier(_) | Expr::Function(_)
+                ) =>
+            {
+                pg_name(inner)
+            }
+            (_, Some(n)) => n,
+            (_, None) => pg_name(expr),
         },
         Expr::Nested(inner) => pg_name(inner),
         Expr::Case { .. } => "case".into(),

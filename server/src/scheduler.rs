@@ -8,6 +8,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use touchlake_ingest::source::SourceKind;
+
 use crate::engine::Engine;
 
 /// How often the scheduler looks at the definitions.
@@ -27,7 +29,9 @@ pub fn spawn(engine: Arc<Engine>) {
                 }
             };
             for def in defs {
-                let Some(every) = def.poll_seconds.filter(|s| *s > 0) else {
+                // The collector's write-ahead log is flushed every second by default.
+                let default = (def.kind == SourceKind::Http).then_some(1);
+                let Some(every) = def.poll_seconds.or(default).filter(|s| *s > 0) else {
                     continue;
                 };
                 let due = last
@@ -37,19 +41,31 @@ pub fn spawn(engine: Arc<Engine>) {
                     continue;
                 }
                 last.insert(def.name.clone(), Instant::now());
-                match touchlake_ingest::run::run_source_with(&engine.lake, &def, false, &|_| {})
-                    .await
-                {
-                    Ok(s) if s.rows_read > 0 => tracing::info!(
-                        source = %s.source,
-                        read = s.rows_read,
-                        accepted = s.rows_accepted,
-                        rejected = s.rows_rejected,
-                        duplicate = s.rows_duplicate,
-                        "scheduled ingest"
-                    ),
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(source = %def.name, "scheduled ingest failed: {e}"),
+                let runs = touchlake_ingest::run::run_any(&engine.lake, &def, false, &|_| {}).await;
+                match runs.map(|r| {
+                    r.into_iter()
+                        .filter(|s| s.rows_read > 0)
+                        .collect::<Vec<_>>()
+                }) {
+                    Ok(runs) => {
+                        for s in runs {
+                            tracing::info!(
+                            source = %s.source,
+                            read = s.rows_read,
+                            accepted = s.rows_accepted,
+                            rejected = s.rows_rejected,
+                            duplicate = s.rows_duplicate,
+                            "scheduled ingest"
+                                )
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(source = %def.name, "scheduled ingest failed: {e}");
+                        // Retry a failing source once a minute at most, not every tick.
+                        let wait =
+                            Duration::from_secs(60).saturating_sub(Duration::from_secs(every));
+                        last.insert(def.name.clone(), Instant::now() + wait);
+                    }
                 }
             }
         }

@@ -30,7 +30,9 @@ use crate::engine::Engine;
 use crate::extension::{LakeCommand, Piece};
 use crate::settings::{SettingError, Settings};
 
+mod copy;
 mod lake_commands;
+pub use copy::CopyIn;
 use lake_commands::lake_command_schema;
 
 /// Why a statement failed. The wire layer maps each to a SQLSTATE.
@@ -63,6 +65,9 @@ pub enum SessionError {
     /// From an ingest run or a source definition.
     #[error(transparent)]
     Ingest(#[from] touchlake_ingest::IngestError),
+    /// Bad data in a statement's input (COPY): the SQLSTATE and the message.
+    #[error("{1}")]
+    Data(&'static str, String),
     /// A statement sent while the transaction block has failed.
     #[error("current transaction is aborted, commands ignored until end of transaction block")]
     TransactionAborted,
@@ -82,6 +87,8 @@ pub enum Outcome {
     End(&'static str),
     /// SAVEPOINT/RELEASE/ROLLBACK TO inside a block.
     InBlock(&'static str),
+    /// `COPY … FROM STDIN` is waiting for this many columns of data.
+    CopyIn(usize),
 }
 
 /// A statement result plus the settings the client must be told about.
@@ -111,6 +118,8 @@ fn command(tag: &str) -> Executed {
 
 /// One parsed statement: PostgreSQL SQL, or one of Touchlake's own
 /// (`CREATE SOURCE`, `OPTIMIZE`, …; see [`crate::extension`]).
+// sqlparser's Statement is large; a Command lives only while one statement runs.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum Command {
     /// A statement of the PostgreSQL grammar.
@@ -154,6 +163,7 @@ pub struct Session {
     current: Mutex<Option<CancellationToken>>,
     watch: Mutex<Option<Arc<tokio::net::TcpStream>>>,
     parser: PostgresCompatibilityParser,
+    copy: Mutex<Option<CopyIn>>,
 }
 
 impl std::fmt::Debug for Session {
@@ -183,6 +193,7 @@ impl Session {
             current: Mutex::new(None),
             watch: Mutex::new(None),
             parser: PostgresCompatibilityParser::new(),
+            copy: Mutex::new(None),
         };
         s.apply_settings()?;
         Ok(s)
@@ -341,6 +352,18 @@ impl Session {
         };
         let plan = match &stmt {
             Command::Sql(sql) if goes_to_datafusion(sql) => Some(self.plan(sql.clone()).await?),
+            Command::Sql(Statement::Copy {
+                source,
+                to: false,
+                target: ast::CopyTarget::Stdin,
+                options,
+                legacy_options,
+                ..
+            }) => {
+                self.plan_copy(source.clone(), options.clone(), legacy_options.clone())
+                    .await?;
+                None
+            }
             _ => None,
         };
         Ok(Prepared {
@@ -528,8 +551,19 @@ impl Session {
                 let names = call_text_args(&f)?;
                 self.call_ingest(names).await
             }
+            Statement::Copy {
+                source,
+                to: false,
+                target: ast::CopyTarget::Stdin,
+                options,
+                legacy_options,
+                values,
+            } if values.is_empty() => self.begin_copy(source, options, legacy_options).await,
+            Statement::Copy { to: true, .. } => Err(SessionError::NotSupported(
+                "COPY … TO is not supported; run the query instead".into(),
+            )),
             Statement::Copy { .. } => Err(SessionError::NotSupported(
-                "COPY is not supported yet; use INSERT or ingest".into(),
+                "only COPY … FROM STDIN is supported (psql \\copy sends that)".into(),
             )),
             other => {
                 // Anything else DataFusion plans (e.g. SHOW TABLES) is allowed if it is read-only.
@@ -1087,6 +1121,11 @@ pub fn result_schema(p: &Prepared) -> SchemaRef {
     }
     match &p.statement {
         Some(Command::Lake(c)) => lake_command_schema(c),
+        Some(Command::Sql(Statement::Call(f)))
+            if object_name_text(&f.name).eq_ignore_ascii_case("ingest") =>
+        {
+            lake_commands::ingest_schema()
+        }
         Some(Command::Sql(Statement::ShowVariable { variable })) => {
             let name = show_name(variable);
             if name == "all" {

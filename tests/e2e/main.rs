@@ -3,6 +3,8 @@
 mod badinput;
 mod catalog;
 mod demo;
+mod ingest;
 mod protocol;
 mod psql;
 mod readme;
+mod sources;

@@ -26,6 +26,8 @@ pub struct Server {
     pub addr: String,
     /// The lake folder.
     pub lake: PathBuf,
+    /// host:port of the HTTP collector, if `TOUCHLAKE_HTTP_LISTEN` enabled it.
+    pub http: Option<String>,
 }
 
 impl Server {
@@ -60,8 +62,15 @@ impl Server {
         let mut child = cmd.spawn().expect("start touchlake");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
+        let http = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let http_seen = http.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(rest) = line.strip_prefix("touchlake collector listening on http://")
+                    && let Ok(mut h) = http_seen.lock()
+                {
+                    *h = Some(rest.trim().to_string());
+                }
                 if let Some(rest) = line.strip_prefix("touchlake listening on ") {
                     let addr = rest
                         .split_whitespace()
@@ -75,10 +84,12 @@ impl Server {
         let addr = rx
             .recv_timeout(Duration::from_secs(120))
             .expect("server did not start in time");
+        let http = http.lock().ok().and_then(|h| h.clone());
         Server {
             child,
             addr,
             lake: lake.to_path_buf(),
+            http,
         }
     }
 

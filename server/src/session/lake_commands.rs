@@ -144,6 +144,7 @@ impl Session {
                 options,
             } => {
                 let def = SourceDef::from_options(&name, &options)?;
+                touchlake_ingest::run::check_definition(&def).await?;
                 Mapping::compile(&def)?;
                 if if_not_exists && source::load(lake, &name).await?.is_some() {
                     return Ok(command("CREATE SOURCE"));
@@ -170,6 +171,9 @@ impl Session {
                         Arc::new(StringArray::from_iter_values(defs.iter().map(
                             |d| match d.kind {
                                 SourceKind::Files => "files",
+                                SourceKind::Http => "http",
+                                SourceKind::Postgres => "postgres",
+                                SourceKind::Copy => "copy",
                             },
                         ))),
                         Arc::new(StringArray::from_iter_values(
@@ -264,7 +268,7 @@ impl Session {
         }
     }
 
-    /// `CALL ingest()` (every files source) or `CALL ingest('name', …)`.
+    /// `CALL ingest()` (every source) or `CALL ingest('name', …)`.
     pub(super) async fn call_ingest(&self, names: Vec<String>) -> Result<Executed> {
         let lake = &self.engine.lake;
         let defs = if names.is_empty() {
@@ -282,8 +286,8 @@ impl Session {
         };
         let mut runs = vec![];
         for def in defs {
-            match touchlake_ingest::run::run_source(lake, &def, &|_| {}).await {
-                Ok(s) => runs.push(s),
+            match touchlake_ingest::run::run_any(lake, &def, true, &|_| {}).await {
+                Ok(s) => runs.extend(s),
                 Err(e) => return Err(SessionError::Ingest(e)),
             }
         }

@@ -9,17 +9,19 @@ use arrow_pg::datatypes::{arrow_schema_to_pg_fields, encode_recordbatch, into_pg
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::DataType;
 use futures::{Sink, SinkExt, StreamExt, stream};
+use pgwire::api::copy::{CopyHandler, send_copy_in_response};
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{
     ExtendedQueryHandler, SimpleQueryHandler, send_execution_response, send_query_response,
     send_ready_for_query,
 };
-use pgwire::api::results::{FieldInfo, QueryResponse, Response, Tag};
+use pgwire::api::results::{CopyResponse, FieldInfo, QueryResponse, Response, Tag};
 use pgwire::api::stmt::QueryParser;
 use pgwire::api::store::PortalStore;
 use pgwire::api::{ClientInfo, ClientPortalStore, PgWireConnectionState, Type};
 use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::PgWireBackendMessage;
+use pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
 use pgwire::messages::response::{EmptyQueryResponse, TransactionStatus};
 use pgwire::messages::simplequery::Query;
 use pgwire::messages::startup::ParameterStatus;
@@ -106,6 +108,11 @@ fn to_response(ex: Outcome, format: &Format, opts: Arc<FormatOptions>) -> PgWire
         Outcome::Begin => Response::TransactionStart(Tag::new("BEGIN")),
         Outcome::End(tag) => Response::TransactionEnd(Tag::new(tag)),
         Outcome::InBlock(tag) => Response::Execution(Tag::new(tag)),
+        Outcome::CopyIn(columns) => Response::CopyIn(CopyResponse::new(
+            0,
+            columns,
+            stream::empty::<PgWireResult<CopyData>>(),
+        )),
     })
 }
 
@@ -147,6 +154,12 @@ impl SimpleQueryHandler for QueryHandler {
         let result = self
             .run_simple(client, &session, &query.query, &mut status)
             .await;
+        if let Ok(true) = result {
+            // COPY FROM STDIN started: ReadyForQuery comes after CopyDone/CopyFail.
+            client.set_state(PgWireConnectionState::CopyInProgress(false));
+            client.set_transaction_status(status);
+            return Ok(());
+        }
         client.set_state(PgWireConnectionState::ReadyForQuery);
         if let Err(e) = result {
             // Errors while streaming rows: report, then carry on with ReadyForQuery.
@@ -183,7 +196,7 @@ impl QueryHandler {
         session: &Arc<Session>,
         sql: &str,
         status: &mut TransactionStatus,
-    ) -> PgWireResult<()>
+    ) -> PgWireResult<bool>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::Error: Debug,
@@ -196,7 +209,7 @@ impl QueryHandler {
                     .feed(PgWireBackendMessage::ErrorResponse(error_info(&e).into()))
                     .await?;
                 *status = status.to_error_state();
-                return Ok(());
+                return Ok(false);
             }
         };
         if statements.is_empty() {
@@ -205,9 +218,10 @@ impl QueryHandler {
                     EmptyQueryResponse::new(),
                 ))
                 .await?;
-            return Ok(());
+            return Ok(false);
         }
-        for stmt in statements {
+        let count = statements.len();
+        for (i, stmt) in statements.into_iter().enumerate() {
             let failed = matches!(status, TransactionStatus::Error);
             let rollback_to = stmt.is_rollback_to();
             match session.execute(stmt, failed).await {
@@ -227,8 +241,24 @@ impl QueryHandler {
                         _ => {}
                     }
                     let opts = format_options(client, session);
+                    let copy_in = matches!(outcome, Outcome::CopyIn(_));
+                    if copy_in && i + 1 != count {
+                        session.abort_copy();
+                        let e = SessionError::NotSupported(
+                            "COPY FROM STDIN must be the last statement of a query string".into(),
+                        );
+                        client
+                            .feed(PgWireBackendMessage::ErrorResponse(error_info(&e).into()))
+                            .await?;
+                        *status = status.to_error_state();
+                        break;
+                    }
                     match to_response(outcome, &Format::UnifiedText, opts)? {
                         Response::Query(q) => send_query_response(client, q, true).await?,
+                        Response::CopyIn(c) => {
+                            send_copy_in_response(client, c).await?;
+                            return Ok(true);
+                        }
                         Response::Execution(t)
                         | Response::TransactionStart(t)
                         | Response::TransactionEnd(t) => send_execution_response(client, t).await?,
@@ -244,7 +274,58 @@ impl QueryHandler {
                 }
             }
         }
+        Ok(false)
+    }
+}
+
+/// CopyData / CopyDone / CopyFail of a `COPY … FROM STDIN`, handed to the session.
+pub struct CopyInHandler;
+
+#[async_trait]
+impl CopyHandler for CopyInHandler {
+    async fn on_copy_data<C>(&self, client: &mut C, copy_data: CopyData) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        session_of(client)?
+            .copy_data(&copy_data.data)
+            .map_err(to_pgwire)
+    }
+
+    async fn on_copy_done<C>(&self, client: &mut C, _done: CopyDone) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let session = session_of(client)?;
+        let done = session.finish_copy().await.map_err(to_pgwire)?;
+        if let Some(n) = done.notice {
+            let info = pgwire::error::ErrorInfo::new("NOTICE".into(), "00000".into(), n);
+            client
+                .feed(PgWireBackendMessage::NoticeResponse(info.into()))
+                .await?;
+        }
+        send_execution_response(client, Tag::new("COPY").with_rows(done.rows)).await?;
         Ok(())
+    }
+
+    async fn on_copy_fail<C>(&self, client: &mut C, fail: CopyFail) -> PgWireError
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        if let Ok(s) = session_of(client) {
+            s.abort_copy();
+        }
+        PgWireError::UserError(Box::new(pgwire::error::ErrorInfo::new(
+            "ERROR".into(),
+            "57014".into(),
+            format!("COPY from stdin failed: {}", fail.message),
+        )))
     }
 }
 

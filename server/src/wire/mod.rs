@@ -107,7 +107,7 @@ async fn connection(socket: TcpStream, handlers: Arc<Handlers>) -> std::io::Resu
     let startup_handler = handlers.startup.clone();
     let simple = handlers.query.clone();
     let extended = handlers.query.clone();
-    let copy = Arc::new(pgwire::api::NoopHandler);
+    let copy = Arc::new(handler::CopyInHandler);
     let cancel = handlers.cancel.clone();
     loop {
         let msg = if matches!(
@@ -143,6 +143,17 @@ async fn connection(socket: TcpStream, handlers: Arc<Handlers>) -> std::io::Resu
         };
         if matches!(msg, PgWireFrontendMessage::Terminate(_)) {
             break;
+        }
+        // Like PostgreSQL, ignore copy messages outside COPY: a client whose COPY failed
+        // at Execute still ends it with CopyFail/CopyDone (then Sync).
+        if matches!(
+            msg,
+            PgWireFrontendMessage::CopyData(_)
+                | PgWireFrontendMessage::CopyDone(_)
+                | PgWireFrontendMessage::CopyFail(_)
+        ) && !matches!(socket.state(), PgWireConnectionState::CopyInProgress(_))
+        {
+            continue;
         }
         let is_extended = match socket.state() {
             PgWireConnectionState::CopyInProgress(ext) => ext,

@@ -38,6 +38,7 @@ fn classify(e: &SessionError) -> (&'static str, String) {
         SessionError::Canceled | SessionError::Timeout => ("57014", e.to_string()),
         SessionError::TransactionAborted => ("25P02", e.to_string()),
         SessionError::Ingest(i) => ingest_code(i),
+        SessionError::Data(code, m) => (*code, m.clone()),
     }
 }
 

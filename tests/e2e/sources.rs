@@ -1,0 +1,685 @@
+//! The other source kinds end to end through the server: `COPY … FROM STDIN` (psql
+//! `\copy` and tokio-postgres `copy_in`) into tables and into a source's pipeline; the
+//! Segment-compatible HTTP collector (limits, messageId dedup, clock skew, 50 concurrent
+//! clients, kill -9 after the 200s); and a real PostgreSQL table pulled incrementally.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use futures::SinkExt;
+use touchlake_tests::{Server, psql};
+
+async fn scalar_i64(c: &tokio_postgres::Client, sql: &str) -> i64 {
+    c.query_one(sql, &[]).await.expect(sql).get(0)
+}
+
+async fn run_counts(c: &tokio_postgres::Client, source: &str) -> (i64, i64, i64, i64) {
+    let r = c
+        .query_one(
+            "SELECT coalesce(sum(rows_read), 0)::bigint, coalesce(sum(rows_accepted), 0)::bigint, \
+             coalesce(sum(rows_rejected), 0)::bigint, coalesce(sum(rows_duplicate), 0)::bigint \
+             FROM quality.ingest_runs WHERE source = $1",
+            &[&source],
+        )
+        .await
+        .expect("ingest_runs");
+    (r.get(0), r.get(1), r.get(2), r.get(3))
+}
+
+fn write(path: &Path, text: &str) {
+    std::fs::write(path, text).expect("write file");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn copy_from_stdin_into_tables_and_sources() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&dir.path().join("lake"));
+    let url = server.url();
+    let c = server.connect().await;
+    c.batch_execute(
+        "CREATE TABLE public.orders (id bigint NOT NULL, name text, amount decimal(10,2), at timestamptz)",
+    )
+    .await
+    .expect("create table");
+
+    // psql \copy, CSV with a header and a quoted comma.
+    let csv = dir.path().join("orders.csv");
+    write(
+        &csv,
+        "id,name,amount,at\n1,\"Li, Wei\",12.50,2026-01-01T10:00:00Z\n2,Ann,,2026-01-02T10:00:00Z\n3,,7,\n",
+    );
+    let cmd = format!(
+        "\\copy orders FROM '{}' WITH (FORMAT csv, HEADER)",
+        csv.display()
+    );
+    let (out, err, ok) = psql(&url, &["-c", &cmd]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "COPY 3");
+
+    // psql \copy, text format: tabs, \N, escapes, a column list.
+    let txt = dir.path().join("orders.txt");
+    write(&txt, "4\ttab\\there\n5\t\\N\n");
+    let cmd = format!("\\copy orders (id, name) FROM '{}'", txt.display());
+    let (out, err, ok) = psql(&url, &["-c", &cmd]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "COPY 2");
+    let r = c
+        .query_one(
+            "SELECT count(*), sum(amount)::text, count(name), max(CASE WHEN id = 4 THEN name END) FROM orders",
+            &[],
+        )
+        .await
+        .expect("orders");
+    assert_eq!(r.get::<_, i64>(0), 5);
+    assert_eq!(r.get::<_, String>(1), "19.50");
+    assert_eq!(r.get::<_, i64>(2), 3);
+    assert_eq!(r.get::<_, String>(3), "tab\there");
+
+    // A bad value fails the whole COPY with 22P02 and the line; nothing is written.
+    let bad = dir.path().join("bad.csv");
+    write(&bad, "6,ok,1\n7,bad,12x\n");
+    let cmd = format!(
+        "\\copy orders (id, name, amount) FROM '{}' CSV",
+        bad.display()
+    );
+    let (_, err, ok) = psql(&url, &["-c", &cmd]);
+    assert!(!ok);
+    assert!(
+        err.contains("invalid input syntax for type numeric(10,2): \"12x\""),
+        "{err}"
+    );
+    assert!(err.contains("line 2"), "{err}");
+    // NOT NULL is enforced.
+    write(&bad, "\\N\tnobody\n");
+    let cmd = format!("\\copy orders (id, name) FROM '{}'", bad.display());
+    let (_, err, ok) = psql(&url, &["-c", &cmd]);
+    assert!(!ok && err.contains("violates not-null constraint"), "{err}");
+    assert_eq!(scalar_i64(&c, "SELECT count(*) FROM orders").await, 5);
+
+    // tokio-postgres copy_in (extended protocol), then the connection is still usable.
+    let sink = c
+        .copy_in("COPY orders (id, name) FROM STDIN (FORMAT csv)")
+        .await
+        .expect("copy_in");
+    let mut sink = Box::pin(sink);
+    sink.send(bytes::Bytes::from_static(b"10,x\n11,y\n"))
+        .await
+        .expect("send");
+    let n = sink.as_mut().finish().await.expect("finish");
+    assert_eq!(n, 2);
+    assert_eq!(scalar_i64(&c, "SELECT count(*) FROM orders").await, 7);
+
+    // Unknown table / source: clear errors, connection stays up.
+    let e = c
+        .copy_in::<_, bytes::Bytes>("COPY nope FROM STDIN")
+        .await
+        .err()
+        .expect("unknown table");
+    assert_eq!(e.code().map(|c| c.code()), Some("42P01"));
+    let e = c
+        .copy_in::<_, bytes::Bytes>("COPY sources.nope FROM STDIN CSV HEADER")
+        .await
+        .err()
+        .expect("unknown source");
+    assert_eq!(e.code().map(|c| c.code()), Some("42704"), "{e:?}");
+
+    // COPY into a source: the pipeline (mapping, quarantine, dedup), exactly once.
+    c.batch_execute(
+        "CREATE SOURCE calls WITH (kind = 'copy', channel = 'call_center', channel_type = 'offline', \
+         natural_key = ARRAY['call_id'], mapping.occurred_at = 'started', \
+         mapping.event_type = '''service_call''', mapping.phone = 'phone_e164(caller, ''CN'')', \
+         mapping.duration_ms = 'CAST(seconds AS bigint) * 1000', format.timezone = 'Asia/Shanghai')",
+    )
+    .await
+    .expect("create source");
+    let calls = dir.path().join("calls.csv");
+    write(
+        &calls,
+        "call_id,started,caller,seconds\nc1,2026-03-01 09:00:00,138 0013 8000,60\n\
+         c2,2026-03-01 09:05:00,+86 13800138001,abc\nc3,not a time,13800138002,5\nc1,2026-03-01 09:00:00,138 0013 8000,60\n",
+    );
+    let cmd = format!("\\copy sources.calls FROM '{}' CSV HEADER", calls.display());
+    let (out, err, ok) = psql(&url, &["-c", &cmd]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "COPY 4");
+    assert!(
+        err.contains("4 read, 1 accepted, 2 rejected, 1 duplicate"),
+        "notice: {err}"
+    );
+    // The same data again adds nothing.
+    let (_, err, ok) = psql(&url, &["-c", &cmd]);
+    assert!(ok, "{err}");
+    assert!(err.contains("0 accepted"), "{err}");
+    let r = c
+        .query_one(
+            "SELECT count(*), min(phone), min(duration_ms), min(occurred_at) FROM unified.touchpoints WHERE source = 'calls'",
+            &[],
+        )
+        .await
+        .expect("touchpoints");
+    assert_eq!(r.get::<_, i64>(0), 1);
+    assert_eq!(r.get::<_, String>(1), "+8613800138000");
+    assert_eq!(r.get::<_, i64>(2), 60_000);
+    let t: chrono::DateTime<chrono::Utc> = r.get(3);
+    assert_eq!(
+        t.to_rfc3339(),
+        "2026-03-01T01:00:00+00:00",
+        "09:00 in Shanghai"
+    );
+    assert_eq!(
+        scalar_i64(
+            &c,
+            "SELECT count(*) FROM quality.rejected WHERE source = 'calls'"
+        )
+        .await,
+        2
+    );
+    let (read, acc, rej, dup) = run_counts(&c, "calls").await;
+    assert_eq!(read, acc + rej + dup);
+    assert_eq!((read, acc), (8, 1));
+}
+
+/// A minimal HTTP/1.1 POST (no client library needed); returns (status, body).
+async fn post(addr: &str, path: &str, auth: Option<&str>, body: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect collector");
+    let auth = auth
+        .map(|k| format!("Authorization: Basic {}\r\n", base64(&format!("{k}:"))))
+        .unwrap_or_default();
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut resp = vec![];
+    s.read_to_end(&mut resp).await.expect("read");
+    let resp = String::from_utf8_lossy(&resp).to_string();
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = resp.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (status, body)
+}
+
+fn base64(s: &str) -> String {
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let b = s.as_bytes();
+    let mut out = String::new();
+    for chunk in b.chunks(3) {
+        let n = chunk.iter().fold(0u32, |a, &x| (a << 8) | x as u32) << (8 * (3 - chunk.len()));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn track(id: &str, user: &str, revenue: f64) -> String {
+    format!(
+        r#"{{"type":"track","messageId":"{id}","userId":"{user}","event":"Order Completed","properties":{{"revenue":{revenue},"currency":"cny"}},"timestamp":"2026-05-01T10:00:00Z","context":{{"page":{{"url":"https://shop/checkout"}}}}}}"#
+    )
+}
+
+async fn wait_for(c: &tokio_postgres::Client, sql: &str, want: i64) -> i64 {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let n = c
+            .query_one(sql, &[])
+            .await
+            .map(|r| r.get::<_, i64>(0))
+            .unwrap_or(-1);
+        if n == want || Instant::now() > deadline {
+            return n;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+const KEY: &str = "wk_test_0123456789";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http_collector_segment_api() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lake = dir.path().join("lake");
+    let env = [("TOUCHLAKE_HTTP_LISTEN", "127.0.0.1:0")];
+    let server = Server::start_with(&lake, &env);
+    let http = server.http.clone().expect("collector address");
+    let c = server.connect().await;
+    c.batch_execute(&format!(
+        "CREATE SOURCE web_events WITH (kind = 'http', channel = 'web', channel_type = 'online', write_key = '{KEY}')"
+    ))
+    .await
+    .expect("create http source");
+
+    // Auth and limits.
+    let (s, _) = post(&http, "/v1/track", None, &track("a0", "u0", 1.0)).await;
+    assert_eq!(s, 401);
+    let (s, _) = post(
+        &http,
+        "/v1/track",
+        Some("wrong_key_123"),
+        &track("a0", "u0", 1.0),
+    )
+    .await;
+    assert_eq!(s, 401);
+    let (s, b) = post(&http, "/v1/track", Some(KEY), "{not json").await;
+    assert_eq!(s, 400, "{b}");
+    let big = format!(
+        r#"{{"type":"track","messageId":"big","userId":"u","event":"x","properties":{{"pad":"{}"}}}}"#,
+        "x".repeat(33 * 1024)
+    );
+    let (s, b) = post(&http, "/v1/track", Some(KEY), &big).await;
+    assert_eq!(s, 400, "{b}");
+    assert!(b.contains("32768"), "{b}");
+    let events: Vec<String> = (0..40)
+        .map(|i| format!(r#"{{"type":"track","messageId":"pad{i}","userId":"u","event":"x","properties":{{"pad":"{}"}}}}"#, "y".repeat(15 * 1024)))
+        .collect();
+    let (s, b) = post(
+        &http,
+        "/v1/batch",
+        Some(KEY),
+        &format!(r#"{{"batch":[{}]}}"#, events.join(",")),
+    )
+    .await;
+    assert_eq!(s, 400, "{b}");
+    // A batch with one bad event is refused whole.
+    let (s, _) = post(
+        &http,
+        "/v1/batch",
+        Some(KEY),
+        &format!(
+            r#"{{"batch":[{},{{"type":"track","userId":"u"}}]}}"#,
+            track("half", "u", 1.0)
+        ),
+    )
+    .await;
+    assert_eq!(s, 400);
+
+    // Single calls of each type, a retry of the same messageId, and clock skew: the
+    // client's clock is 6 years behind; its event happened 5 s before it sent it.
+    let mut expect_read = 0;
+    for (path, body) in [
+        ("/v1/track", track("t1", "u1", 99.5)),
+        ("/v1/track", track("t1", "u1", 99.5)),
+        ("/v1/identify", r#"{"messageId":"i1","userId":"u1","anonymousId":"anon-1","traits":{"email":" Li@Example.COM ","phone":"+86 138 0013 8000"}}"#.to_string()),
+        ("/v1/page", r#"{"messageId":"p1","anonymousId":"anon-1","name":"Home","properties":{"url":"https://shop/"}}"#.to_string()),
+        ("/v1/screen", r#"{"messageId":"s1","anonymousId":"anon-1","name":"Cart"}"#.to_string()),
+        ("/v1/alias", r#"{"messageId":"al1","userId":"u1","previousId":"anon-1"}"#.to_string()),
+        ("/v1/track", r#"{"messageId":"skew","userId":"u9","event":"Login","timestamp":"2020-01-01T00:00:00Z","sentAt":"2020-01-01T00:00:05Z"}"#.to_string()),
+    ] {
+        let (s, b) = post(&http, path, Some(KEY), &body).await;
+        assert_eq!(s, 200, "{path}: {b}");
+        expect_read += 1;
+    }
+    let posted_at = chrono::Utc::now();
+
+    // 50 concurrent clients, 10 batches of 10 events each; every 5th batch is sent twice
+    // (a client retry).
+    let mut tasks = vec![];
+    for client in 0..50 {
+        let http = http.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut sent = 0;
+            for b in 0..10 {
+                let evs: Vec<String> = (0..10)
+                    .map(|e| {
+                        track(
+                            &format!("c{client}-b{b}-e{e}"),
+                            &format!("user{client}"),
+                            1.25,
+                        )
+                    })
+                    .collect();
+                let body = format!(
+                    r#"{{"batch":[{}],"sentAt":"2026-05-01T10:00:00Z"}}"#,
+                    evs.join(",")
+                );
+                let times = if b % 5 == 0 { 2 } else { 1 };
+                for _ in 0..times {
+                    let (s, resp) = post(&http, "/v1/batch", Some(KEY), &body).await;
+                    assert_eq!(s, 200, "{resp}");
+                    sent += 10;
+                }
+            }
+            sent
+        }));
+    }
+    for t in tasks {
+        expect_read += t.await.expect("client task");
+    }
+    let distinct = 6 + 50 * 10 * 10; // t1 once, i1, p1, s1, al1, skew + the batches
+    let got = wait_for(
+        &c,
+        "SELECT count(*) FROM unified.touchpoints WHERE source = 'web_events'",
+        distinct,
+    )
+    .await;
+    assert_eq!(got, distinct);
+    let got = wait_for(
+        &c,
+        "SELECT coalesce(sum(rows_read), 0)::bigint FROM quality.ingest_runs WHERE source = 'web_events'",
+        expect_read,
+    )
+    .await;
+    assert_eq!(got, expect_read);
+    let (read, acc, rej, dup) = run_counts(&c, "web_events").await;
+    assert_eq!(
+        (read, acc, rej, dup),
+        (expect_read, distinct, 0, expect_read - distinct)
+    );
+
+    // The default Segment mapping.
+    let r = c
+        .query_one(
+            "SELECT event_type, user_id, revenue::text, currency, content FROM unified.touchpoints \
+             WHERE source = 'web_events' AND user_id = 'u1' AND event_type = 'order_completed'",
+            &[],
+        )
+        .await
+        .expect("track row");
+    assert_eq!(r.get::<_, String>(0), "order_completed");
+    assert_eq!(r.get::<_, String>(2), "99.50");
+    assert_eq!(r.get::<_, String>(3), "CNY");
+    assert_eq!(r.get::<_, String>(4), "https://shop/checkout");
+    let r = c
+        .query_one(
+            "SELECT email, phone, anonymous_id FROM unified.touchpoints WHERE source = 'web_events' AND event_type = 'identify'",
+            &[],
+        )
+        .await
+        .expect("identify row");
+    assert_eq!(r.get::<_, String>(0), "li@example.com");
+    assert_eq!(r.get::<_, String>(1), "+8613800138000");
+    assert_eq!(r.get::<_, String>(2), "anon-1");
+    let types = c
+        .query(
+            "SELECT DISTINCT event_type FROM unified.touchpoints WHERE source = 'web_events' ORDER BY 1",
+            &[],
+        )
+        .await
+        .expect("types");
+    let types: Vec<String> = types.iter().map(|r| r.get(0)).collect();
+    assert_eq!(
+        types,
+        [
+            "alias",
+            "identify",
+            "login",
+            "order_completed",
+            "page_view",
+            "screen_view"
+        ]
+    );
+    let skew: chrono::DateTime<chrono::Utc> = c
+        .query_one(
+            "SELECT occurred_at FROM unified.touchpoints WHERE source = 'web_events' AND event_type = 'login'",
+            &[],
+        )
+        .await
+        .expect("skew row")
+        .get(0);
+    let expected = posted_at - chrono::Duration::seconds(5);
+    assert!(
+        (skew - expected).num_seconds().abs() < 120,
+        "corrected {skew}, expected about {expected}"
+    );
+
+    // kill -9 right after a burst of 200s: after a restart every event is there.
+    for b in 0..20 {
+        let evs: Vec<String> = (0..5)
+            .map(|e| track(&format!("k{b}-{e}"), "killer", 2.0))
+            .collect();
+        let (s, _) = post(
+            &http,
+            "/v1/batch",
+            Some(KEY),
+            &format!(r#"{{"batch":[{}]}}"#, evs.join(",")),
+        )
+        .await;
+        assert_eq!(s, 200);
+    }
+    drop(c);
+    let _ = Command::new("kill")
+        .args(["-9", &server.pid().to_string()])
+        .status();
+    drop(server);
+    let server = Server::start_with(&lake, &env);
+    let c = server.connect().await;
+    let got = wait_for(
+        &c,
+        "SELECT count(*) FROM unified.touchpoints WHERE source = 'web_events'",
+        distinct + 100,
+    )
+    .await;
+    assert_eq!(got, distinct + 100);
+    let (read, acc, rej, dup) = run_counts(&c, "web_events").await;
+    assert_eq!(read, acc + rej + dup);
+    assert_eq!(acc, distinct + 100);
+}
+
+/// A throwaway PostgreSQL cluster (Debian's `postgresql` package), run as the
+/// `postgres` user when the tests run as root.
+struct Postgres {
+    dir: tempfile::TempDir,
+    port: u16,
+    bin: std::path::PathBuf,
+}
+
+impl Postgres {
+    fn as_owner(&self, cmd: &mut Command) -> std::process::Output {
+        let root = unsafe_is_root();
+        let out = if root {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"])
+                .arg(cmd.get_program())
+                .args(cmd.get_args());
+            c.output()
+        } else {
+            cmd.output()
+        };
+        out.expect("run a PostgreSQL tool")
+    }
+
+    fn start() -> Postgres {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL server installed (Debian package postgresql)")
+            .filter_map(|e| e.ok())
+            .map(|e| e.path().join("bin"))
+            .find(|p| p.join("initdb").exists())
+            .expect("initdb");
+        let dir = tempfile::tempdir().expect("tempdir");
+        if unsafe_is_root() {
+            let _ = Command::new("chown")
+                .arg("postgres")
+                .arg(dir.path())
+                .status();
+        }
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+            l.local_addr().expect("addr").port()
+        };
+        let pg = Postgres { dir, port, bin };
+        let data = pg.dir.path().join("data");
+        let out = pg.as_owner(
+            Command::new(pg.bin.join("initdb"))
+                .args(["-A", "trust", "-U", "postgres", "-D"])
+                .arg(&data),
+        );
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1",
+            pg.port,
+            pg.dir.path().display()
+        );
+        let out = pg.as_owner(
+            Command::new(pg.bin.join("pg_ctl"))
+                .arg("-D")
+                .arg(&data)
+                .args(["-w", "-o", &opts, "-l"])
+                .arg(pg.dir.path().join("log"))
+                .arg("start"),
+        );
+        assert!(
+            out.status.success(),
+            "pg_ctl start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        pg
+    }
+
+    fn conn(&self) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname=postgres",
+            self.port
+        )
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let data = self.dir.path().join("data");
+        let _ = self.as_owner(
+            Command::new(self.bin.join("pg_ctl"))
+                .arg("-D")
+                .arg(&data)
+                .args(["-m", "immediate", "stop"]),
+        );
+    }
+}
+
+fn unsafe_is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_table_pulled_incrementally() {
+    let pg = Postgres::start();
+    let (src, conn) = tokio_postgres::connect(&pg.conn(), tokio_postgres::NoTls)
+        .await
+        .expect("connect to the source PostgreSQL");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    src.batch_execute(
+        "CREATE SCHEMA crm;
+         CREATE TABLE crm.contacts (id int PRIMARY KEY, mobile text, email text, kind text,
+                                    amount numeric(10,2), updated_at timestamptz);
+         INSERT INTO crm.contacts
+           SELECT g, '1380013' || lpad(g::text, 4, '0'), 'User' || g || '@Example.com',
+                  CASE WHEN g % 10 = 0 THEN 'bogus' ELSE 'register' END, g * 1.5,
+                  timestamptz '2026-01-01 00:00:00+00' + (g / 7) * interval '1 minute'
+           FROM generate_series(1, 2500) g;",
+    )
+    .await
+    .expect("source table");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(&dir.path().join("lake"));
+    let c = server.connect().await;
+    c.batch_execute(&format!(
+        "CREATE SOURCE crm WITH (kind = 'postgres', connection = '{}', table = 'crm.contacts', \
+         cursor = 'updated_at', primary_key = ARRAY['id'], batch_rows = 1000, \
+         channel = 'crm', channel_type = 'offline', mapping.occurred_at = 'updated_at', \
+         mapping.event_type = 'kind', mapping.phone = 'phone_e164(mobile, ''CN'')', \
+         mapping.email = 'email_canonical(email)', mapping.revenue = 'CAST(amount AS decimal(18,2))', \
+         rules.1.column = 'event_type', rules.1.accepted_values = ARRAY['register'], \
+         rules.1.reason = 'unknown contact kind')",
+        pg.conn()
+    ))
+    .await
+    .expect("create postgres source");
+
+    // Ties on the cursor (7 rows per minute) across batch boundaries of 1000 rows.
+    let rows = c
+        .query("CALL ingest('crm')", &[])
+        .await
+        .expect("first pull");
+    assert_eq!(rows.len(), 3, "2500 rows in batches of 1000");
+    assert_eq!(
+        scalar_i64(
+            &c,
+            "SELECT count(*) FROM unified.touchpoints WHERE source = 'crm'"
+        )
+        .await,
+        2250
+    );
+    assert_eq!(
+        scalar_i64(&c, "SELECT count(*) FROM quality.rejected WHERE source = 'crm' AND reason = 'unknown contact kind'").await,
+        250
+    );
+    assert_eq!(
+        scalar_i64(
+            &c,
+            "SELECT count(DISTINCT touchpoint_id) FROM unified.touchpoints WHERE source = 'crm'"
+        )
+        .await,
+        2250
+    );
+    let r = c
+        .query_one(
+            "SELECT phone, email, revenue::text FROM unified.touchpoints WHERE source = 'crm' AND phone = '+8613800130007'",
+            &[],
+        )
+        .await
+        .expect("row 7");
+    assert_eq!(r.get::<_, String>(1), "user7@example.com");
+    assert_eq!(r.get::<_, String>(2), "10.50");
+
+    // Nothing new: nothing read. New rows and an update: only those are read.
+    let rows = c
+        .query("CALL ingest('crm')", &[])
+        .await
+        .expect("second pull");
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].get::<_, i64>("rows_read"), 0);
+    src.batch_execute(
+        "INSERT INTO crm.contacts VALUES (2501, '13800132501', 'new@x.com', 'register', 1, '2026-02-01 00:00:00+00');
+         UPDATE crm.contacts SET updated_at = '2026-02-02 00:00:00+00' WHERE id = 5;",
+    )
+    .await
+    .expect("changes");
+    let rows = c
+        .query("CALL ingest('crm')", &[])
+        .await
+        .expect("third pull");
+    assert_eq!(rows[0].get::<_, i64>("rows_read"), 2);
+    assert_eq!(rows[0].get::<_, i64>("rows_accepted"), 1);
+    assert_eq!(rows[0].get::<_, i64>("rows_duplicate"), 1);
+    let (read, acc, rej, dup) = run_counts(&c, "crm").await;
+    assert_eq!((read, acc, rej, dup), (2502, 2251, 250, 1));
+
+    // An unreachable database fails the run with a clear error, server stays up.
+    c.batch_execute(
+        "CREATE SOURCE down WITH (kind = 'postgres', connection = 'host=127.0.0.1 port=1 user=x', \
+         table = 'a.b', cursor = 'c', primary_key = ARRAY['id'], channel = 'crm', channel_type = 'offline', \
+         mapping.occurred_at = 'c', mapping.event_type = '''x''')",
+    )
+    .await
+    .expect("create");
+    let e = c
+        .query("CALL ingest('down')", &[])
+        .await
+        .expect_err("fails");
+    assert!(
+        e.to_string().contains("cannot connect") || format!("{e:?}").contains("cannot connect"),
+        "{e:?}"
+    );
+    assert_eq!(scalar_i64(&c, "SELECT 1").await, 1);
+}
