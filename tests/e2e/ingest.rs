@@ -443,6 +443,36 @@ const COMPARE: &[&str] = &[
     "SELECT source, path, size, content_hash, rows_read FROM quality.ingest_files",
 ];
 
+/// The crashed lake, after a final uninterrupted run, must equal the clean one.
+async fn assert_same_as_clean(
+    clean: &tokio_postgres::Client,
+    crashed: &Path,
+    sources: &Path,
+    good: u64,
+) {
+    let out = run_ingest(crashed, sources);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let b = Server::start(crashed);
+    let cb = b.connect().await;
+    for q in COMPARE {
+        let (x, y) = (snapshot(clean, q).await, snapshot(&cb, q).await);
+        assert_eq!(x.len(), y.len(), "{q}");
+        assert!(x == y, "tables differ after crashes: {q}");
+    }
+    let n = snapshot(&cb, "SELECT count(*) FROM unified.touchpoints").await;
+    assert_eq!(n, vec![good.to_string()]);
+    let broken = snapshot(
+        &cb,
+        "SELECT count(*) FROM quality.ingest_runs WHERE rows_read <> rows_accepted + rows_rejected + rows_duplicate",
+    )
+    .await;
+    assert_eq!(broken, vec!["0".to_string()]);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_at_random_points_then_rerun_equals_clean_run() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -452,11 +482,19 @@ async fn kill_9_at_random_points_then_rerun_equals_clean_run() {
     let crashed = dir.path().join("crashed");
     let mut rng = Lcg(11);
     let mut exp = Expect::default();
+    let mut files = vec![];
     for f in 0..6u64 {
         let bytes = pos_file(&mut rng, 10_000 * (f + 1), 600, &mut exp);
         write(&clean.join(format!("landing/pos/f{f}.csv")), &bytes);
-        write(&crashed.join(format!("landing/pos/f{f}.csv")), &bytes);
+        files.push(bytes);
     }
+    let fresh = |lake: &Path| {
+        let _ = std::fs::remove_dir_all(lake);
+        for (f, bytes) in files.iter().enumerate() {
+            write(&lake.join(format!("landing/pos/f{f}.csv")), bytes);
+        }
+    };
+    fresh(&crashed);
     let t0 = Instant::now();
     let out = run_ingest(&clean, &sources);
     assert!(
@@ -465,8 +503,12 @@ async fn kill_9_at_random_points_then_rerun_equals_clean_run() {
         String::from_utf8_lossy(&out.stderr)
     );
     let clean_time = t0.elapsed();
+    let a = Server::start(&clean);
+    let ca = a.connect().await;
 
-    // Kill -9 at 20+ points spread over a run's length; each restart resumes.
+    // Kill -9 at random points of a run; each restart resumes where the last one died.
+    // When a run gets to the end before its kill, that round's lake is checked against
+    // the clean one and the next round starts from an empty lake. 22 kills in all.
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
@@ -474,8 +516,11 @@ async fn kill_9_at_random_points_then_rerun_equals_clean_run() {
     eprintln!("kill points seed {seed}, clean run {clean_time:?}");
     let mut kill_rng = Lcg(seed);
     let span = clean_time.as_millis().max(50) as u64;
-    let mut kills = 0;
-    for _ in 0..22 {
+    let (mut kills, mut rounds, mut kills_this_round) = (0, 0, 0);
+    for _ in 0..200 {
+        if kills >= 22 {
+            break;
+        }
         let mut child = Command::new(binary())
             .args(["ingest", "--lake"])
             .arg(&crashed)
@@ -491,35 +536,21 @@ async fn kill_9_at_random_points_then_rerun_equals_clean_run() {
                 .args(["-9", &child.id().to_string()])
                 .status();
             kills += 1;
+            kills_this_round += 1;
+            let _ = child.wait();
+        } else {
+            let _ = child.wait();
+            if kills_this_round > 0 {
+                assert_same_as_clean(&ca, &crashed, &sources, exp.good).await;
+                rounds += 1;
+            }
+            kills_this_round = 0;
+            fresh(&crashed);
         }
-        let _ = child.wait();
     }
-    let out = run_ingest(&crashed, &sources);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    eprintln!(
+        "{kills} runs killed with SIGKILL, {rounds} rounds completed and compared before the last"
     );
-    eprintln!("{kills} runs killed with SIGKILL");
-    assert!(
-        kills >= 10,
-        "most runs must have been killed mid-way ({kills})"
-    );
-
-    let a = Server::start(&clean);
-    let b = Server::start(&crashed);
-    let (ca, cb) = (a.connect().await, b.connect().await);
-    for q in COMPARE {
-        let (x, y) = (snapshot(&ca, q).await, snapshot(&cb, q).await);
-        assert_eq!(x.len(), y.len(), "{q}");
-        assert!(x == y, "tables differ after crashes: {q}");
-    }
-    let n = snapshot(&cb, "SELECT count(*) FROM unified.touchpoints").await;
-    assert_eq!(n, vec![exp.good.to_string()]);
-    let broken = snapshot(
-        &cb,
-        "SELECT count(*) FROM quality.ingest_runs WHERE rows_read <> rows_accepted + rows_rejected + rows_duplicate",
-    )
-    .await;
-    assert_eq!(broken, vec!["0".to_string()]);
+    assert!(kills >= 22, "only {kills} kills landed during a run");
+    assert_same_as_clean(&ca, &crashed, &sources, exp.good).await;
 }
