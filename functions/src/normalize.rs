@@ -134,6 +134,14 @@ pub fn phone_e164(
     if text.is_empty() || text.len() > 250 {
         return Ok(None);
     }
+    // A number written with `+<country code>` does not depend on the default region; the
+    // phonenumber crate would apply that region's national prefix to it (a `+86 1…`
+    // number parsed with region US lost its leading 1), so the region is left out.
+    let country = if text.trim_start().starts_with('+') {
+        None
+    } else {
+        country
+    };
     let Ok(number) = phonenumber::parse(country, &text) else {
         return Ok(None);
     };
