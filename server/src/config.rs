@@ -27,6 +27,11 @@ pub struct Config {
     pub sources: Option<String>,
     /// Address of the HTTP event collector (Segment API); none: no collector.
     pub http_listen: Option<String>,
+    /// Seconds between compaction passes over the tables ingest appends to
+    /// (`unified.touchpoints`, `raw.*`, `quality.*`); 0 turns them off.
+    pub compact_every_seconds: u64,
+    /// A table is compacted when it has at least this many data files.
+    pub compact_min_files: usize,
 }
 
 impl Default for Config {
@@ -40,6 +45,8 @@ impl Default for Config {
             storage_options: HashMap::new(),
             sources: None,
             http_listen: None,
+            compact_every_seconds: 600,
+            compact_min_files: 32,
         }
     }
 }
@@ -89,7 +96,7 @@ impl Config {
 
     /// Apply `TOUCHLAKE_LAKE`, `TOUCHLAKE_LISTEN`, `TOUCHLAKE_REFRESH_SECONDS`,
     /// `TOUCHLAKE_MEMORY_LIMIT_MB`, `TOUCHLAKE_STATEMENT_TIMEOUT_MS`, `TOUCHLAKE_SOURCES`,
-    /// `TOUCHLAKE_HTTP_LISTEN` and
+    /// `TOUCHLAKE_HTTP_LISTEN`, `TOUCHLAKE_COMPACT_EVERY_SECONDS`, `TOUCHLAKE_COMPACT_MIN_FILES` and
     /// `TOUCHLAKE_STORAGE_<OPTION>` from `vars`.
     pub fn apply_env(
         &mut self,
@@ -107,6 +114,8 @@ impl Config {
                 "TOUCHLAKE_STATEMENT_TIMEOUT_MS" => self.statement_timeout_ms = num(&k, &v)?,
                 "TOUCHLAKE_SOURCES" => self.sources = Some(v),
                 "TOUCHLAKE_HTTP_LISTEN" => self.http_listen = Some(v),
+                "TOUCHLAKE_COMPACT_EVERY_SECONDS" => self.compact_every_seconds = num(&k, &v)?,
+                "TOUCHLAKE_COMPACT_MIN_FILES" => self.compact_min_files = num(&k, &v)?,
                 _ => {
                     if let Some(opt) = k.strip_prefix("TOUCHLAKE_STORAGE_") {
                         self.storage_options.insert(opt.to_ascii_lowercase(), v);

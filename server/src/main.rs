@@ -301,6 +301,7 @@ async fn serve_engine(engine: Arc<Engine>) -> Result<(), BoxError> {
     eprintln!("connect with: psql postgresql://touchlake@{addr}/touchlake");
     engine.spawn_refresher();
     scheduler::spawn(engine.clone());
+    scheduler::spawn_compaction(engine.clone());
     tokio::select! {
         r = wire::serve(engine.clone(), listener) => r?,
         _ = tokio::signal::ctrl_c() => tracing::info!("shutting down"),

@@ -15,6 +15,61 @@ use crate::engine::Engine;
 /// How often the scheduler looks at the definitions.
 const TICK: Duration = Duration::from_secs(1);
 
+/// Start the compaction task: every `compact_every_seconds`, each table ingest appends to
+/// that has `compact_min_files` data files or more is compacted (`OPTIMIZE`). Appends
+/// running at the same time do not conflict with it.
+pub fn spawn_compaction(engine: Arc<Engine>) {
+    let every = engine.config.compact_every_seconds;
+    if every == 0 {
+        return;
+    }
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(every)).await;
+            if let Err(e) = compact_hot_tables(&engine).await {
+                tracing::warn!("scheduled compaction: {e}");
+            }
+        }
+    });
+}
+
+async fn compact_hot_tables(engine: &Engine) -> Result<(), touchlake_catalog::CatalogError> {
+    let lake = &engine.lake;
+    lake.refresh_listing().await?;
+    let mut tables: Vec<(String, String)> = vec![("unified".into(), "touchpoints".into())];
+    for t in ["rejected", "ingest_runs", "ingest_files", "checks"] {
+        tables.push(("quality".into(), t.into()));
+    }
+    if let Some(raw) = lake.listing().tables.get("raw") {
+        tables.extend(raw.iter().map(|t| ("raw".to_string(), t.clone())));
+    }
+    for (schema, name) in tables {
+        let Some((t, _)) = lake.table(&schema, &name).await? else {
+            continue;
+        };
+        let files = t
+            .snapshot()
+            .map_err(touchlake_catalog::CatalogError::from)?
+            .log_data()
+            .num_files();
+        if files < engine.config.compact_min_files {
+            continue;
+        }
+        let (_, metrics) = t
+            .optimize()
+            .await
+            .map_err(touchlake_catalog::CatalogError::from)?;
+        lake.invalidate(&schema, &name).await;
+        tracing::info!(
+            table = %format!("{schema}.{name}"),
+            removed = metrics.num_files_removed,
+            added = metrics.num_files_added,
+            "compacted"
+        );
+    }
+    Ok(())
+}
+
 /// Start the scheduler task.
 pub fn spawn(engine: Arc<Engine>) {
     tokio::spawn(async move {

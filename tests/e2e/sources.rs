@@ -683,3 +683,57 @@ async fn postgres_table_pulled_incrementally() {
     );
     assert_eq!(scalar_i64(&c, "SELECT 1").await, 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hot_tables_are_compacted_on_a_schedule() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lake = dir.path().join("lake");
+    let env = [
+        ("TOUCHLAKE_COMPACT_EVERY_SECONDS", "1"),
+        ("TOUCHLAKE_COMPACT_MIN_FILES", "4"),
+    ];
+    let server = Server::start_with(&lake, &env);
+    let c = server.connect().await;
+    c.batch_execute(
+        "CREATE SOURCE pings WITH (kind = 'copy', channel = 'app', channel_type = 'online', \
+         natural_key = ARRAY['id'], mapping.occurred_at = 'at', mapping.event_type = '''ping''')",
+    )
+    .await
+    .expect("create source");
+    for i in 0..6 {
+        let sink = c
+            .copy_in("COPY sources.pings (id, at) FROM STDIN (FORMAT csv)")
+            .await
+            .expect("copy_in");
+        let mut sink = Box::pin(sink);
+        let data = format!("p{i}a,2026-01-01T00:00:0{i}Z\np{i}b,2026-01-01T00:00:0{i}Z\n");
+        sink.send(bytes::Bytes::from(data)).await.expect("send");
+        sink.as_mut().finish().await.expect("finish");
+    }
+    let log = lake.join("unified/touchpoints/_delta_log");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let compacted = loop {
+        let found = std::fs::read_dir(&log)
+            .expect("delta log")
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+            .any(|e| {
+                std::fs::read_to_string(e.path())
+                    .map(|t| t.contains("\"operation\":\"OPTIMIZE\""))
+                    .unwrap_or(false)
+            });
+        if found || Instant::now() > deadline {
+            break found;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert!(compacted, "no OPTIMIZE commit on unified.touchpoints");
+    assert_eq!(
+        scalar_i64(
+            &c,
+            "SELECT count(*) FROM unified.touchpoints WHERE source = 'pings'"
+        )
+        .await,
+        12
+    );
+}
