@@ -10,13 +10,14 @@
 //! - `freshness`: seconds from the newest accepted `occurred_at` to the check; `warn`
 //!   above 2 days (`threshold`).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::Utc;
 use datafusion::arrow::array::{
     Array, AsArray, Float64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
 };
-use datafusion::arrow::datatypes::TimestampMicrosecondType;
+use datafusion::arrow::datatypes::{DataType, Float64Type, TimestampMicrosecondType};
 use datafusion::prelude::SessionContext;
 use touchlake_catalog::Lake;
 
@@ -53,24 +54,38 @@ pub fn batch_stats(b: &RecordBatch) -> Result<([u64; IDENTIFIERS.len()], Option<
     Ok((present, latest))
 }
 
-async fn history(lake: &Lake, sql: &str) -> Result<Vec<f64>> {
+/// The quality tables registered once for the history queries of one run's checks;
+/// None before they exist.
+async fn history_context(lake: &Lake) -> Result<Option<SessionContext>> {
     let ctx = SessionContext::new();
     for t in ["ingest_runs", "checks"] {
-        if let Some((_, p)) = lake.table("quality", t).await? {
-            ctx.register_table(t, p)?;
-        } else {
-            return Ok(vec![]);
-        }
+        match lake.table("quality", t).await? {
+            Some((_, p)) => ctx.register_table(t, p)?,
+            None => return Ok(None),
+        };
     }
-    let batches = ctx.sql(sql).await?.collect().await?;
+    Ok(Some(ctx))
+}
+
+/// Rows of (text key or NULL, number) from a history query.
+async fn history(ctx: Option<&SessionContext>, sql: &str) -> Result<Vec<(Option<String>, f64)>> {
+    let Some(ctx) = ctx else {
+        return Ok(vec![]);
+    };
     let mut out = vec![];
-    for b in batches {
-        let a = datafusion::arrow::compute::cast(
-            b.column(0),
-            &datafusion::arrow::datatypes::DataType::Float64,
-        )?;
-        let a = a.as_primitive::<datafusion::arrow::datatypes::Float64Type>();
-        out.extend(a.iter().flatten());
+    for b in ctx.sql(sql).await?.collect().await? {
+        let keys = datafusion::arrow::compute::cast(b.column(0), &DataType::Utf8)?;
+        let keys = keys.as_string::<i32>();
+        let values = datafusion::arrow::compute::cast(b.column(1), &DataType::Float64)?;
+        let values = values.as_primitive::<Float64Type>();
+        for i in 0..b.num_rows() {
+            if values.is_valid(i) {
+                out.push((
+                    keys.is_valid(i).then(|| keys.value(i).to_string()),
+                    values.value(i),
+                ));
+            }
+        }
     }
     Ok(out)
 }
@@ -97,14 +112,18 @@ pub async fn record(lake: &Lake, s: &RunSummary) -> Result<()> {
     let run = s.run_id.replace('\'', "''");
     let mut rows: Vec<CheckRow> = vec![];
 
-    let volumes = history(
-        lake,
+    let ctx = history_context(lake).await?;
+    let volumes: Vec<f64> = history(
+        ctx.as_ref(),
         &format!(
-            "SELECT rows_read FROM ingest_runs WHERE source = '{src}' AND run_id <> '{run}' \
+            "SELECT NULL, rows_read FROM ingest_runs WHERE source = '{src}' AND run_id <> '{run}' \
              AND status = 'succeeded' AND rows_read > 0 ORDER BY started_at DESC LIMIT 10"
         ),
     )
-    .await?;
+    .await?
+    .into_iter()
+    .map(|(_, v)| v)
+    .collect();
     let v = s.rows_read as f64;
     let status = match avg(&volumes) {
         Some(a) if volumes.len() >= 3 && (v < a / 2.0 || v > a * 2.0) => "warn",
@@ -113,17 +132,22 @@ pub async fn record(lake: &Lake, s: &RunSummary) -> Result<()> {
     rows.push(("volume".into(), None, Some(v), avg(&volumes), status));
 
     if s.rows_accepted > 0 {
+        // Each column's average null rate over the source's previous 10 runs.
+        let baselines: HashMap<String, f64> = history(
+            ctx.as_ref(),
+            &format!(
+                "SELECT column_name, avg(value) FROM (SELECT column_name, value, row_number() OVER \
+                 (PARTITION BY column_name ORDER BY checked_at DESC) AS n FROM checks \
+                 WHERE source = '{src}' AND check_name = 'null_rate') AS h WHERE n <= 10 GROUP BY column_name"
+            ),
+        )
+        .await?
+        .into_iter()
+        .filter_map(|(k, v)| k.map(|k| (k, v)))
+        .collect();
         for (i, col) in IDENTIFIERS.iter().enumerate() {
             let rate = 1.0 - s.identifiers_present[i] as f64 / s.rows_accepted as f64;
-            let past = history(
-                lake,
-                &format!(
-                    "SELECT value FROM checks WHERE source = '{src}' AND check_name = 'null_rate' \
-                     AND column_name = '{col}' ORDER BY checked_at DESC LIMIT 10"
-                ),
-            )
-            .await?;
-            let baseline = avg(&past);
+            let baseline = baselines.get(*col).copied();
             let status = match baseline {
                 Some(b) if rate > b + 0.2 => "warn",
                 _ => "ok",

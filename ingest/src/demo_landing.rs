@@ -14,6 +14,7 @@
 use object_store::ObjectStoreExt;
 use touchlake_catalog::Lake;
 
+use crate::demo::Rng;
 use crate::error::Result;
 use crate::run::{RunSummary, run_source};
 use crate::source::{self, SourceDef};
@@ -106,21 +107,6 @@ min = 1.0
 max = 5.0
 reason = "CSAT is 1-5"
 "#;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
 
 fn phone(rng: &mut Rng, n: u64) -> String {
     let d = format!("1{}{:09}", 30 + rng.below(60), n % 1_000_000_000)[..11].to_string();

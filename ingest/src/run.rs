@@ -111,28 +111,28 @@ pub async fn run_source_with(
     tables::ensure(lake).await?;
     let started = Utc::now();
     let clock = std::time::Instant::now();
-    let mut summary = RunSummary {
-        run_id: new_run_id(),
-        source: def.name.clone(),
-        status: "succeeded".into(),
-        files_seen: 0,
-        files_ingested: 0,
-        rows_read: 0,
-        rows_accepted: 0,
-        rows_rejected: 0,
-        rows_duplicate: 0,
-        error: None,
-        seconds: 0.0,
-        identifiers_present: Default::default(),
-        latest_occurred_us: None,
-    };
+    let mut summary = RunSummary::new(&def.name);
     let result = ingest_files(lake, def, &mut summary, progress).await;
+    let record = record_empty || result.is_err() || summary.files_ingested > 0;
+    finish_run(lake, summary, result, started, clock, record).await
+}
+
+/// End a run: status and time, its rows in `quality.ingest_runs` and `quality.checks`
+/// (when `record`), a fresh lake listing.
+async fn finish_run(
+    lake: &Lake,
+    mut summary: RunSummary,
+    result: Result<()>,
+    started: DateTime<Utc>,
+    clock: std::time::Instant,
+    record: bool,
+) -> Result<RunSummary> {
     if let Err(e) = &result {
         summary.status = "failed".into();
         summary.error = Some(e.to_string());
     }
     summary.seconds = clock.elapsed().as_secs_f64();
-    if record_empty || result.is_err() || summary.files_ingested > 0 {
+    if record {
         record_run(lake, &summary, started, Utc::now()).await?;
         crate::checks::record(lake, &summary).await?;
     }
@@ -153,21 +153,7 @@ pub async fn run_chunks(
     tables::ensure(lake).await?;
     let started = Utc::now();
     let clock = std::time::Instant::now();
-    let mut summary = RunSummary {
-        run_id: new_run_id(),
-        source: def.name.clone(),
-        status: "succeeded".into(),
-        files_seen: 0,
-        files_ingested: 0,
-        rows_read: 0,
-        rows_accepted: 0,
-        rows_rejected: 0,
-        rows_duplicate: 0,
-        error: None,
-        seconds: 0.0,
-        identifiers_present: Default::default(),
-        latest_occurred_us: None,
-    };
+    let mut summary = RunSummary::new(&def.name);
     let result = async {
         let mapping = Mapping::compile(def)?;
         let ctx = mapping_context()?;
@@ -175,24 +161,12 @@ pub async fn run_chunks(
             let batch_id = format!("{}:{batch}:{}", def.name, chunk.index);
             let counts =
                 ingest_chunk(lake, def, &mapping, &ctx, chunk, &batch_id, &summary.run_id).await?;
-            summary.rows_read += counts.read;
-            summary.rows_accepted += counts.accepted;
-            summary.rows_rejected += counts.rejected;
-            summary.rows_duplicate += counts.duplicate;
-            summary.add_stats(&counts);
+            summary.add(&counts);
         }
         Ok::<(), IngestError>(())
     }
     .await;
-    if let Err(e) = &result {
-        summary.status = "failed".into();
-        summary.error = Some(e.to_string());
-    }
-    summary.seconds = clock.elapsed().as_secs_f64();
-    record_run(lake, &summary, started, Utc::now()).await?;
-    crate::checks::record(lake, &summary).await?;
-    lake.refresh_listing().await?;
-    result.map(|()| summary)
+    finish_run(lake, summary, result, started, clock, true).await
 }
 
 /// [`run_chunks`] over one payload of CSV/NDJSON text in `format`; the batch id is
@@ -579,18 +553,38 @@ async fn ingest_file(
         let counts =
             ingest_chunk(lake, def, mapping, ctx, chunk, &batch_id, &summary.run_id).await?;
         rows += counts.read;
-        summary.rows_read += counts.read;
-        summary.rows_accepted += counts.accepted;
-        summary.rows_rejected += counts.rejected;
-        summary.rows_duplicate += counts.duplicate;
-        summary.add_stats(&counts);
+        summary.add(&counts);
         progress(summary.rows_read);
     }
     Ok(rows)
 }
 
 impl RunSummary {
-    fn add_stats(&mut self, c: &ChunkCounts) {
+    /// A run of `source` that has not read anything yet.
+    pub fn new(source: &str) -> Self {
+        RunSummary {
+            run_id: new_run_id(),
+            source: source.to_string(),
+            status: "succeeded".into(),
+            files_seen: 0,
+            files_ingested: 0,
+            rows_read: 0,
+            rows_accepted: 0,
+            rows_rejected: 0,
+            rows_duplicate: 0,
+            error: None,
+            seconds: 0.0,
+            identifiers_present: Default::default(),
+            latest_occurred_us: None,
+        }
+    }
+
+    /// Add a chunk's counts and statistics.
+    fn add(&mut self, c: &ChunkCounts) {
+        self.rows_read += c.read;
+        self.rows_accepted += c.accepted;
+        self.rows_rejected += c.rejected;
+        self.rows_duplicate += c.duplicate;
         for (a, b) in self
             .identifiers_present
             .iter_mut()

@@ -60,21 +60,9 @@ fn write_key(headers: &HeaderMap, body: &Value) -> Option<String> {
 }
 
 fn base64_decode(s: &str) -> Option<String> {
-    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut bits = 0u32;
-    let mut n = 0;
-    let mut out = vec![];
-    for c in s.bytes().filter(|c| *c != b'=') {
-        let v = A.iter().position(|a| *a == c)? as u32;
-        bits = (bits << 6) | v;
-        n += 6;
-        if n >= 8 {
-            n -= 8;
-            out.push((bits >> n) as u8);
-            bits &= (1 << n) - 1;
-        }
-    }
-    String::from_utf8(out).ok()
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(s).ok()?;
+    String::from_utf8(bytes).ok()
 }
 
 async fn source_for_key(engine: &Engine, key: &str) -> Result<Option<SourceDef>, Response> {

@@ -180,47 +180,18 @@ async fn copy_from_stdin_into_tables_and_sources() {
     assert_eq!((read, acc), (8, 1));
 }
 
-/// A minimal HTTP/1.1 POST (no client library needed); returns (status, body).
+/// POST JSON with reqwest, the write key as the Basic-auth user; returns (status, body).
 async fn post(addr: &str, path: &str, auth: Option<&str>, body: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("connect collector");
-    let auth = auth
-        .map(|k| format!("Authorization: Basic {}\r\n", base64(&format!("{k}:"))))
-        .unwrap_or_default();
-    let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.expect("write");
-    let mut resp = vec![];
-    s.read_to_end(&mut resp).await.expect("read");
-    let resp = String::from_utf8_lossy(&resp).to_string();
-    let status = resp
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = resp.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-    (status, body)
-}
-
-fn base64(s: &str) -> String {
-    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let b = s.as_bytes();
-    let mut out = String::new();
-    for chunk in b.chunks(3) {
-        let n = chunk.iter().fold(0u32, |a, &x| (a << 8) | x as u32) << (8 * (3 - chunk.len()));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
+    let mut req = reqwest::Client::new()
+        .post(format!("http://{addr}{path}"))
+        .header("Content-Type", "application/json")
+        .body(body.to_string());
+    if let Some(k) = auth {
+        req = req.basic_auth(k, None::<&str>);
     }
-    out
+    let resp = req.send().await.expect("post to the collector");
+    let status = resp.status().as_u16();
+    (status, resp.text().await.unwrap_or_default())
 }
 
 fn track(id: &str, user: &str, revenue: f64) -> String {
@@ -476,7 +447,7 @@ struct Postgres {
 
 impl Postgres {
     fn as_owner(&self, cmd: &mut Command) -> std::process::Output {
-        let root = unsafe_is_root();
+        let root = is_root();
         let out = if root {
             let mut c = Command::new("runuser");
             c.args(["-u", "postgres", "--"])
@@ -497,7 +468,7 @@ impl Postgres {
             .find(|p| p.join("initdb").exists())
             .expect("initdb");
         let dir = tempfile::tempdir().expect("tempdir");
-        if unsafe_is_root() {
+        if is_root() {
             let _ = Command::new("chown")
                 .arg("postgres")
                 .arg(dir.path())
@@ -560,7 +531,7 @@ impl Drop for Postgres {
     }
 }
 
-fn unsafe_is_root() -> bool {
+fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()
