@@ -8,10 +8,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    ArrayRef, Decimal128Builder, Int32Builder, Int64Builder, RecordBatch, StringBuilder,
-    TimestampMicrosecondBuilder,
+    ArrayBuilder, ArrayRef, Decimal128Builder, Int32Builder, Int64Builder, RecordBatch,
+    StringBuilder, TimestampMicrosecondBuilder, new_null_array,
 };
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use deltalake::protocol::SaveMode;
 use touchlake_catalog::{Lake, Result};
 
@@ -571,6 +571,7 @@ fn chunk(
             in_.append_value(*c);
         }
     }
+    let n_persons = pid.len();
     let persons = RecordBatch::try_new(
         tables::persons(),
         vec![
@@ -582,6 +583,8 @@ fn chunk(
             Arc::new(orders.finish()),
             Arc::new(rev.finish()),
             Arc::new(idn.finish()),
+            new_null_array(&DataType::Utf8, n_persons),
+            new_null_array(&DataType::Utf8, n_persons),
         ],
     )
     .map_err(datafusion::error::DataFusionError::from)?;

@@ -5,17 +5,26 @@
 //! - [`mapping`]: a definition's mapping and rules compiled to SQL over each chunk.
 //! - [`run`]: an ingest run: ledger of files, raw landing, quarantine, dedup, exactly-once
 //!   commits, `quality.ingest_runs`.
+//! - [`dedup`]: the in-memory set of touchpoint ids already in the lake.
+//! - [`pull`]: database sources pulled by cursor ([`postgres`], [`mysql`]).
+//! - [`collector`]: the HTTP collector's write-ahead log and flushes.
+//! - [`checks`]: `quality.checks` after each run.
+//! - [`identity`]: identity resolution (the identity graph, persons, stable ids).
 //! - [`demo`]: the deterministic demo-lake generator.
 //!
 //! Depends on the catalog (to write Delta tables); never on the wire protocol.
 
 pub mod checks;
 pub mod collector;
+pub mod dedup;
 pub mod demo;
 pub mod demo_landing;
 pub mod error;
+pub mod identity;
 pub mod mapping;
+pub mod mysql;
 pub mod postgres;
+pub mod pull;
 pub mod read;
 pub mod run;
 pub mod source;

@@ -10,16 +10,16 @@
 //! exactly once, and the tables equal those of an uninterrupted run (apart from the
 //! lineage columns `run_id`/`ingested_at`). The file enters `quality.ingest_files` last.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
-    new_null_array,
+    Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, StringArray,
+    TimestampMicrosecondArray, new_null_array,
 };
-use datafusion::arrow::compute::{cast, concat_batches};
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::compute::{cast, concat_batches, filter_record_batch};
+use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, TimeUnit};
 use datafusion::prelude::SessionContext;
 use deltalake::kernel::Transaction;
 use deltalake::kernel::transaction::CommitProperties;
@@ -257,7 +257,9 @@ pub async fn run_any(
             run_source_with(lake, def, record_empty, progress).await?,
         ]),
         crate::source::SourceKind::Http => crate::collector::flush(lake, def, 1000).await,
-        crate::source::SourceKind::Postgres => crate::postgres::pull(lake, def, record_empty).await,
+        crate::source::SourceKind::Postgres | crate::source::SourceKind::Mysql => {
+            crate::pull::pull(lake, def, record_empty).await
+        }
         // Nothing to fetch: its records come by COPY.
         crate::source::SourceKind::Copy => Ok(vec![]),
     }
@@ -642,7 +644,7 @@ pub async fn ingest_chunk(
     let mapped = if rows == 0 {
         None
     } else {
-        for t in ["src", "stage1", "stage2", "mapped", "existing"] {
+        for t in ["src", "stage1", "stage2"] {
             ctx.deregister_table(t)?;
         }
         ctx.register_batch("src", landed.clone())?;
@@ -671,14 +673,14 @@ pub async fn ingest_chunk(
         Some(concat_batches(&schema, &out)?)
     };
 
-    // 2. Split rejected / valid, and drop duplicates.
+    // 2. Split rejected / valid.
     let mut rejected: Vec<(String, String, String)> = chunk
         .rejects
         .iter()
         .map(|r| (r.location.clone(), r.raw.clone(), r.reason.clone()))
         .collect();
-    let mut accepted: Option<RecordBatch> = None;
-    let mut valid = 0u64;
+    // Valid rows as (record position, row of `mapped`).
+    let mut valid: Vec<(i64, usize)> = vec![];
     if let Some(m) = &mapped {
         let reason = cast(
             m.column_by_name(REASON).ok_or_else(missing)?,
@@ -692,6 +694,8 @@ pub async fn ingest_chunk(
         let loc = loc.as_string::<i32>();
         let raw = cast(m.column_by_name(RAW).ok_or_else(missing)?, &DataType::Utf8)?;
         let raw = raw.as_string::<i32>();
+        let pos = cast(m.column_by_name(ROW).ok_or_else(missing)?, &DataType::Int64)?;
+        let pos = pos.as_primitive::<Int64Type>();
         for i in 0..m.num_rows() {
             if !reason.value(i).is_empty() {
                 rejected.push((
@@ -700,51 +704,12 @@ pub async fn ingest_chunk(
                     reason.value(i).to_string(),
                 ));
             } else {
-                valid += 1;
-            }
-        }
-        if valid > 0 {
-            ctx.register_batch("mapped", m.clone())?;
-            if let Some((_, existing)) = lake.table("unified", "touchpoints").await? {
-                ctx.register_table("existing", existing)?;
-            }
-            let cols: Vec<String> = tables::touchpoints()
-                .fields()
-                .iter()
-                .map(|f| f.name().clone())
-                .filter(|n| n != "run_id" && n != "ingested_at")
-                .collect();
-            let sql = format!(
-                "SELECT {cols} FROM (SELECT *, row_number() OVER (PARTITION BY touchpoint_id ORDER BY {ROW}) AS _rn \
-                 FROM mapped WHERE {REASON} = '') AS m \
-                 WHERE _rn = 1 AND NOT EXISTS (SELECT 1 FROM existing e WHERE e.source = '{src}' AND e.touchpoint_id = m.touchpoint_id)",
-                cols = cols.join(", "),
-                src = def.name.replace('\'', "''"),
-            );
-            let out = ctx.sql(&sql).await?.collect().await?;
-            if let Some(first) = out.first() {
-                let b = concat_batches(&first.schema(), &out)?;
-                if b.num_rows() > 0 {
-                    accepted = Some(b);
-                }
+                valid.push((pos.value(i), i));
             }
         }
     }
-    let accepted_count = accepted.as_ref().map_or(0, |b| b.num_rows() as u64);
-    let (identifiers_present, latest_occurred_us) = match &accepted {
-        Some(b) => crate::checks::batch_stats(b)?,
-        None => Default::default(),
-    };
-    let counts = ChunkCounts {
-        identifiers_present,
-        latest_occurred_us,
-        read: read_count,
-        accepted: accepted_count,
-        rejected: rejected.len() as u64,
-        duplicate: valid - accepted_count,
-    };
 
-    // 3. Commit: raw, rejected, unified — each once per batch id.
+    // 3. Commit raw and rejected, each once per batch id.
     if rows > 0 {
         let raw_batch = raw_landing(&landed, &def.name, run_id)?;
         append(lake, "raw", def.raw_table(), vec![raw_batch], &app_id, true).await?;
@@ -764,11 +729,47 @@ pub async fn ingest_chunk(
         )?;
         append(lake, "quality", "rejected", vec![batch], &app_id, false).await?;
     }
-    if let Some(b) = accepted {
-        let b = conform(&b, &tables::touchpoints(), run_id)?;
-        append(lake, "unified", "touchpoints", vec![b], &app_id, false).await?;
+
+    // 4. Under the lock of the table's id set: drop the records already in (or earlier in
+    //    this chunk), commit the rest.
+    let mut accepted_count = 0u64;
+    let mut stats = Default::default();
+    if let (Some(m), false) = (&mapped, valid.is_empty()) {
+        let mut seen = crate::dedup::lock(lake).await?;
+        valid.sort_unstable();
+        let ids = cast(
+            m.column_by_name("touchpoint_id").ok_or_else(missing)?,
+            &DataType::Utf8,
+        )?;
+        let ids = ids.as_string::<i32>();
+        let mut keep = vec![false; m.num_rows()];
+        let mut new_ids = HashSet::with_capacity(valid.len());
+        for &(_, i) in &valid {
+            keep[i] = match crate::dedup::id_key(ids.value(i)) {
+                Some(k) => !seen.contains(k) && new_ids.insert(k),
+                None => true,
+            };
+        }
+        let b = filter_record_batch(m, &BooleanArray::from(keep))?;
+        if b.num_rows() > 0 {
+            accepted_count = b.num_rows() as u64;
+            stats = crate::checks::batch_stats(&b)?;
+            let b = conform(&b, &tables::touchpoints(), run_id)?;
+            if let Some(t) = append(lake, "unified", "touchpoints", vec![b], &app_id, false).await?
+            {
+                seen.committed(&t, new_ids);
+            }
+        }
     }
-    Ok(counts)
+    let (identifiers_present, latest_occurred_us) = stats;
+    Ok(ChunkCounts {
+        identifiers_present,
+        latest_occurred_us,
+        read: read_count,
+        accepted: accepted_count,
+        rejected: rejected.len() as u64,
+        duplicate: valid.len() as u64 - accepted_count,
+    })
 }
 
 fn with_missing_columns(batch: RecordBatch, mapping: &Mapping) -> Result<RecordBatch> {
@@ -825,6 +826,20 @@ fn raw_landing(landed: &RecordBatch, source: &str, run_id: &str) -> Result<Recor
     Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?)
 }
 
+/// Shape `batch` as `schema`: the columns by name, cast to the schema's types; a column
+/// `batch` lacks is NULL.
+pub fn conform_to(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+    let n = batch.num_rows();
+    let mut arrays = vec![];
+    for f in schema.fields() {
+        arrays.push(match batch.column_by_name(f.name()) {
+            Some(a) => cast(a, f.data_type())?,
+            None => new_null_array(f.data_type(), n),
+        });
+    }
+    Ok(RecordBatch::try_new(schema.clone(), arrays)?)
+}
+
 /// Shape `batch` as `schema` (same names, exact types), filling `run_id` and `ingested_at`.
 fn conform(batch: &RecordBatch, schema: &SchemaRef, run_id: &str) -> Result<RecordBatch> {
     let n = batch.num_rows();
@@ -844,7 +859,8 @@ fn conform(batch: &RecordBatch, schema: &SchemaRef, run_id: &str) -> Result<Reco
 }
 
 /// Append to `schema.table` in one commit carrying the application transaction `app_id`,
-/// unless the table already holds that transaction. Creates the table if it is missing
+/// unless the table already holds that transaction (then `None`; else the table as
+/// written). Creates the table if it is missing
 /// (raw landing tables); `merge_schema` lets new source columns in.
 pub async fn append(
     lake: &Lake,
@@ -853,7 +869,7 @@ pub async fn append(
     batches: Vec<RecordBatch>,
     app_id: &str,
     merge_schema: bool,
-) -> Result<bool> {
+) -> Result<Option<deltalake::DeltaTable>> {
     // Ask the lake first: loading a missing table makes delta-kernel log an error.
     lake.invalidate(schema, table).await;
     let t = if let Some((t, _)) = lake.table(schema, table).await? {
@@ -863,7 +879,7 @@ pub async fn append(
             .await?
             .is_some()
         {
-            return Ok(false);
+            return Ok(None);
         }
         t
     } else {
@@ -879,9 +895,9 @@ pub async fn append(
     if merge_schema {
         write = write.with_schema_mode(SchemaMode::Merge);
     }
-    write.await?;
+    let t = write.await?;
     lake.invalidate(schema, table).await;
-    Ok(true)
+    Ok(Some(t))
 }
 
 /// Append the run's row to `quality.ingest_runs`.

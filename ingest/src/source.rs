@@ -21,8 +21,28 @@ pub enum SourceKind {
     Http,
     /// Rows of a PostgreSQL table, pulled incrementally by `cursor` + `primary_key`.
     Postgres,
+    /// Rows of a MySQL or MariaDB table, pulled like `postgres`.
+    Mysql,
     /// Records arrive only by `COPY sources.<name> FROM STDIN` (psql `\copy`).
     Copy,
+}
+
+impl SourceKind {
+    /// The name used in definitions and `SHOW SOURCES`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceKind::Files => "files",
+            SourceKind::Http => "http",
+            SourceKind::Postgres => "postgres",
+            SourceKind::Mysql => "mysql",
+            SourceKind::Copy => "copy",
+        }
+    }
+
+    /// A database table pulled by cursor (`postgres`, `mysql`).
+    pub fn is_database(self) -> bool {
+        matches!(self, SourceKind::Postgres | SourceKind::Mysql)
+    }
 }
 
 /// File format and parse options.
@@ -115,7 +135,7 @@ pub struct SourceDef {
     pub format: Format,
     /// SQL expressions over the source's columns that make the natural key; the
     /// `touchpoint_id` is a hash of (source name, these values). Default for `http`:
-    /// `message_id`; for `postgres`: the primary key.
+    /// `message_id`; for `postgres` and `mysql`: the primary key.
     #[serde(default)]
     pub natural_key: Vec<String>,
     /// Unified column → SQL expression over the source's columns.
@@ -140,16 +160,18 @@ pub struct SourceDef {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub write_key: Option<String>,
     /// For `postgres`: a connection string (`host=… user=… dbname=…` or
-    /// `postgresql://…`); `$NAME` parts are read from the environment.
+    /// `postgresql://…`); for `mysql`: `mysql://user:password@host:port/database`.
+    /// `$NAME` parts are read from the environment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connection: Option<String>,
-    /// For `postgres`: the table (`schema.table`) to pull.
+    /// For `postgres`: the table (`schema.table`) to pull; for `mysql`: `table` (in the
+    /// connection's database) or `database.table`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub table: Option<String>,
-    /// For `postgres`: the column that grows with new rows (e.g. `updated_at`, `id`).
+    /// For `postgres` and `mysql`: the column that grows with new rows (e.g. `updated_at`, `id`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cursor: Option<String>,
-    /// For `postgres`: the primary key columns (ties on the cursor are ordered by them).
+    /// For `postgres` and `mysql`: the primary key columns (ties on the cursor are ordered by them).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub primary_key: Vec<String>,
 }
@@ -218,7 +240,7 @@ impl SourceDef {
             }
             self.format.kind = "ndjson".into();
         }
-        if self.kind == SourceKind::Postgres {
+        if self.kind.is_database() {
             self.format.kind = "ndjson".into();
             if self.natural_key.is_empty() {
                 self.natural_key = self.primary_key.clone();
@@ -257,15 +279,16 @@ impl SourceDef {
         if self.kind == SourceKind::Http && self.write_key.as_deref().unwrap_or("").len() < 8 {
             return bad("an http source needs write_key (at least 8 characters)".into());
         }
-        if self.kind == SourceKind::Postgres {
+        if self.kind.is_database() {
+            let kind = self.kind.as_str();
             if self.connection.as_deref().unwrap_or("").is_empty() {
-                return bad("a postgres source needs connection".into());
+                return bad(format!("a {kind} source needs connection"));
             }
             if self.table.as_deref().unwrap_or("").is_empty() {
-                return bad("a postgres source needs table (schema.table)".into());
+                return bad(format!("a {kind} source needs table"));
             }
             if self.cursor.as_deref().unwrap_or("").is_empty() || self.primary_key.is_empty() {
-                return bad("a postgres source needs cursor and primary_key".into());
+                return bad(format!("a {kind} source needs cursor and primary_key"));
             }
         }
         if !["csv", "ndjson", "parquet"].contains(&self.format.kind.as_str()) {
@@ -537,7 +560,7 @@ pub async fn drop(lake: &Lake, name: &str) -> Result<bool> {
         .await?;
     if existed {
         // A source created again under this name starts from the beginning.
-        crate::postgres::reset_position(lake, name).await?;
+        crate::pull::reset_position(lake, name).await?;
     }
     Ok(existed)
 }

@@ -65,6 +65,8 @@ pub fn persons() -> SchemaRef {
         Field::new("orders", DataType::Int64, true),
         Field::new("revenue", DataType::Decimal128(18, 2), true),
         Field::new("identifiers", DataType::Int64, true),
+        text("anchor_type", true),
+        text("anchor_value", true),
     ]))
 }
 
@@ -137,6 +139,40 @@ pub fn ingest_files() -> SchemaRef {
     ]))
 }
 
+/// `quality.identity_diagnostics`: the identifiers and links the last identity run set
+/// aside, and why (`degree_guard`, `cardinality_violation`, `excluded`, `giant_component`).
+pub fn identity_diagnostics() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        text("identifier_type", false),
+        text("identifier_value", false),
+        text("reason", false),
+        text("detail", true),
+        text("degree", true),
+        text("person_id", true),
+        Field::new("person_identifiers", DataType::Int64, true),
+        text("run_id", false),
+    ]))
+}
+
+/// `quality.identity_runs`: one row per identity run.
+pub fn identity_runs() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        text("run_id", false),
+        Field::new("finished_at", ts(), false),
+        Field::new("touchpoints", DataType::Int64, false),
+        Field::new("identifiers", DataType::Int64, false),
+        Field::new("edges", DataType::Int64, false),
+        Field::new("persons", DataType::Int64, false),
+        Field::new("persons_kept", DataType::Int64, false),
+        Field::new("merges", DataType::Int64, false),
+        Field::new("splits", DataType::Int64, false),
+        Field::new("guarded", DataType::Int64, false),
+        Field::new("skipped_edges", DataType::Int64, false),
+        Field::new("largest_person", DataType::Int64, false),
+        Field::new("seconds", DataType::Float64, false),
+    ]))
+}
+
 /// Every contract table with its schema: (schema, table, columns).
 pub fn contract() -> Vec<(&'static str, &'static str, SchemaRef)> {
     vec![
@@ -148,6 +184,8 @@ pub fn contract() -> Vec<(&'static str, &'static str, SchemaRef)> {
         ("quality", "rejected", rejected()),
         ("quality", "checks", checks()),
         ("quality", "ingest_files", ingest_files()),
+        ("quality", "identity_diagnostics", identity_diagnostics()),
+        ("quality", "identity_runs", identity_runs()),
     ]
 }
 

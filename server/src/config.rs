@@ -32,6 +32,9 @@ pub struct Config {
     pub compact_every_seconds: u64,
     /// A table is compacted when it has at least this many data files.
     pub compact_min_files: usize,
+    /// Identity resolution settings (`[identity]`: `max_degree.<type>`, `limit.<type>`,
+    /// `after_ingest`).
+    pub identity: touchlake_ingest::identity::Settings,
 }
 
 impl Default for Config {
@@ -47,6 +50,7 @@ impl Default for Config {
             http_listen: None,
             compact_every_seconds: 600,
             compact_min_files: 32,
+            identity: Default::default(),
         }
     }
 }
@@ -60,7 +64,7 @@ pub enum ConfigError {
     /// The file is not valid TOML for [`Config`].
     #[error("invalid config file {0}: {1}")]
     Parse(String, toml::de::Error),
-    /// A `TOUCHLAKE_*` variable has a value of the wrong kind.
+    /// A `TOUCHLAKE_*` variable or a setting has a value of the wrong kind.
     #[error("invalid value for {0}: {1}")]
     Env(String, String),
 }
@@ -91,6 +95,9 @@ impl Config {
             None => Config::default(),
         };
         cfg.apply_env(std::env::vars())?;
+        cfg.identity
+            .config()
+            .map_err(|e| ConfigError::Env("[identity]".into(), e))?;
         Ok(cfg)
     }
 

@@ -64,6 +64,23 @@ enum Command {
         /// Sources to run (default: every defined source).
         names: Vec<String>,
     },
+    /// Identity resolution over the lake's touchpoints.
+    Identity {
+        #[command(subcommand)]
+        action: IdentityAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum IdentityAction {
+    /// Resolve identities now and print what the run did.
+    Run {
+        #[command(flatten)]
+        serve: ServeArgs,
+        /// A setting for this run, e.g. `--set max_degree.device_id=3` (repeatable).
+        #[arg(long = "set")]
+        set: Vec<String>,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -130,6 +147,38 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             let engine = Engine::start(cfg).await?;
             engine.sync_source_folder().await?;
             ingest(&engine, &names).await
+        }
+        Command::Identity {
+            action: IdentityAction::Run { serve: args, set },
+        } => {
+            let cfg = args.config()?;
+            let mut config = cfg.identity.config()?;
+            for kv in &set {
+                let (k, v) = kv
+                    .split_once('=')
+                    .ok_or_else(|| format!("--set {kv}: expected setting=value"))?;
+                config.set(k.trim(), v.trim())?;
+            }
+            let engine = Engine::start(cfg).await?;
+            let s = touchlake_ingest::identity::run(&engine.lake, &config).await?;
+            println!(
+                "identity run {}: {} touchpoints, {} identifiers, {} links → {} persons \
+                 ({} kept, {} merges, {} splits); {} identifiers guarded, {} links skipped; \
+                 largest person {} identifiers; {:.2} s",
+                s.run_id,
+                s.touchpoints,
+                s.identifiers,
+                s.edges,
+                s.persons,
+                s.persons_kept,
+                s.merges,
+                s.splits,
+                s.guarded,
+                s.skipped_edges,
+                s.largest_person,
+                s.seconds
+            );
+            Ok(())
         }
         Command::Serve(args) => serve(args.config()?).await,
         Command::Demo {

@@ -74,6 +74,8 @@ async fn compact_hot_tables(engine: &Engine) -> Result<(), touchlake_catalog::Ca
 pub fn spawn(engine: Arc<Engine>) {
     tokio::spawn(async move {
         let mut last: HashMap<String, Instant> = HashMap::new();
+        let mut identity_pending = false;
+        let mut identity_last: Option<Instant> = None;
         loop {
             tokio::time::sleep(TICK).await;
             let defs = match touchlake_ingest::source::load_all(&engine.lake).await {
@@ -103,6 +105,7 @@ pub fn spawn(engine: Arc<Engine>) {
                         .collect::<Vec<_>>()
                 }) {
                     Ok(runs) => {
+                        identity_pending |= runs.iter().any(|s| s.rows_accepted > 0);
                         for s in runs {
                             tracing::info!(
                             source = %s.source,
@@ -123,6 +126,35 @@ pub fn spawn(engine: Arc<Engine>) {
                     }
                 }
             }
+            let settings = &engine.config.identity;
+            let due = identity_last
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(settings.every_seconds));
+            if identity_pending && settings.after_ingest && due {
+                identity_pending = false;
+                identity_last = Some(Instant::now());
+                run_identity(&engine).await;
+            }
         }
     });
+}
+
+/// The identity run that follows ingest.
+async fn run_identity(engine: &Engine) {
+    let config = match engine.config.identity.config() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!("identity settings: {e}");
+            return;
+        }
+    };
+    match touchlake_ingest::identity::run(&engine.lake, &config).await {
+        Ok(s) => tracing::info!(
+            persons = s.persons,
+            merges = s.merges,
+            guarded = s.guarded,
+            seconds = s.seconds,
+            "identity run"
+        ),
+        Err(e) => tracing::warn!("identity run failed: {e}"),
+    }
 }

@@ -551,6 +551,12 @@ impl Session {
                 let names = call_text_args(&f)?;
                 self.call_ingest(names).await
             }
+            Statement::Call(f)
+                if object_name_text(&f.name).eq_ignore_ascii_case("identity_run") =>
+            {
+                let args = call_text_args(&f)?;
+                self.call_identity_run(args).await
+            }
             Statement::Copy {
                 source,
                 to: false,
@@ -1125,6 +1131,11 @@ pub fn result_schema(p: &Prepared) -> SchemaRef {
             if object_name_text(&f.name).eq_ignore_ascii_case("ingest") =>
         {
             lake_commands::ingest_schema()
+        }
+        Some(Command::Sql(Statement::Call(f)))
+            if object_name_text(&f.name).eq_ignore_ascii_case("identity_run") =>
+        {
+            lake_commands::identity_schema()
         }
         Some(Command::Sql(Statement::ShowVariable { variable })) => {
             let name = show_name(variable);

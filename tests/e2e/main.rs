@@ -2,6 +2,7 @@
 
 mod badinput;
 mod catalog;
+mod databases;
 mod demo;
 mod ingest;
 mod protocol;

@@ -1,7 +1,8 @@
 //! The other source kinds end to end through the server: `COPY … FROM STDIN` (psql
 //! `\copy` and tokio-postgres `copy_in`) into tables and into a source's pipeline; the
 //! Segment-compatible HTTP collector (limits, messageId dedup, clock skew, 50 concurrent
-//! clients, kill -9 after the 200s); and a real PostgreSQL table pulled incrementally.
+//! clients, kill -9 after the 200s); scheduled compaction. Database sources are in
+//! `databases.rs`.
 
 use std::path::Path;
 use std::process::Command;
@@ -10,11 +11,11 @@ use std::time::{Duration, Instant};
 use futures::SinkExt;
 use touchlake_tests::{Server, psql};
 
-async fn scalar_i64(c: &tokio_postgres::Client, sql: &str) -> i64 {
+pub(crate) async fn scalar_i64(c: &tokio_postgres::Client, sql: &str) -> i64 {
     c.query_one(sql, &[]).await.expect(sql).get(0)
 }
 
-async fn run_counts(c: &tokio_postgres::Client, source: &str) -> (i64, i64, i64, i64) {
+pub(crate) async fn run_counts(c: &tokio_postgres::Client, source: &str) -> (i64, i64, i64, i64) {
     let r = c
         .query_one(
             "SELECT coalesce(sum(rows_read), 0)::bigint, coalesce(sum(rows_accepted), 0)::bigint, \
@@ -435,224 +436,6 @@ async fn http_collector_segment_api() {
     let (read, acc, rej, dup) = run_counts(&c, "web_events").await;
     assert_eq!(read, acc + rej + dup);
     assert_eq!(acc, distinct + 100);
-}
-
-/// A throwaway PostgreSQL cluster (Debian's `postgresql` package), run as the
-/// `postgres` user when the tests run as root.
-struct Postgres {
-    dir: tempfile::TempDir,
-    port: u16,
-    bin: std::path::PathBuf,
-}
-
-impl Postgres {
-    fn as_owner(&self, cmd: &mut Command) -> std::process::Output {
-        let root = is_root();
-        let out = if root {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"])
-                .arg(cmd.get_program())
-                .args(cmd.get_args());
-            c.output()
-        } else {
-            cmd.output()
-        };
-        out.expect("run a PostgreSQL tool")
-    }
-
-    fn start() -> Postgres {
-        let bin = std::fs::read_dir("/usr/lib/postgresql")
-            .expect("PostgreSQL server installed (Debian package postgresql)")
-            .filter_map(|e| e.ok())
-            .map(|e| e.path().join("bin"))
-            .find(|p| p.join("initdb").exists())
-            .expect("initdb");
-        let dir = tempfile::tempdir().expect("tempdir");
-        if is_root() {
-            let _ = Command::new("chown")
-                .arg("postgres")
-                .arg(dir.path())
-                .status();
-        }
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
-            l.local_addr().expect("addr").port()
-        };
-        let pg = Postgres { dir, port, bin };
-        let data = pg.dir.path().join("data");
-        let out = pg.as_owner(
-            Command::new(pg.bin.join("initdb"))
-                .args(["-A", "trust", "-U", "postgres", "-D"])
-                .arg(&data),
-        );
-        assert!(
-            out.status.success(),
-            "initdb: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1",
-            pg.port,
-            pg.dir.path().display()
-        );
-        let out = pg.as_owner(
-            Command::new(pg.bin.join("pg_ctl"))
-                .arg("-D")
-                .arg(&data)
-                .args(["-w", "-o", &opts, "-l"])
-                .arg(pg.dir.path().join("log"))
-                .arg("start"),
-        );
-        assert!(
-            out.status.success(),
-            "pg_ctl start: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        pg
-    }
-
-    fn conn(&self) -> String {
-        format!(
-            "host=127.0.0.1 port={} user=postgres dbname=postgres",
-            self.port
-        )
-    }
-}
-
-impl Drop for Postgres {
-    fn drop(&mut self) {
-        let data = self.dir.path().join("data");
-        let _ = self.as_owner(
-            Command::new(self.bin.join("pg_ctl"))
-                .arg("-D")
-                .arg(&data)
-                .args(["-m", "immediate", "stop"]),
-        );
-    }
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn postgres_table_pulled_incrementally() {
-    let pg = Postgres::start();
-    let (src, conn) = tokio_postgres::connect(&pg.conn(), tokio_postgres::NoTls)
-        .await
-        .expect("connect to the source PostgreSQL");
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    src.batch_execute(
-        "CREATE SCHEMA crm;
-         CREATE TABLE crm.contacts (id int PRIMARY KEY, mobile text, email text, kind text,
-                                    amount numeric(10,2), updated_at timestamptz);
-         INSERT INTO crm.contacts
-           SELECT g, '1380013' || lpad(g::text, 4, '0'), 'User' || g || '@Example.com',
-                  CASE WHEN g % 10 = 0 THEN 'bogus' ELSE 'register' END, g * 1.5,
-                  timestamptz '2026-01-01 00:00:00+00' + (g / 7) * interval '1 minute'
-           FROM generate_series(1, 2500) g;",
-    )
-    .await
-    .expect("source table");
-
-    let dir = tempfile::tempdir().expect("tempdir");
-    let server = Server::start(&dir.path().join("lake"));
-    let c = server.connect().await;
-    c.batch_execute(&format!(
-        "CREATE SOURCE crm WITH (kind = 'postgres', connection = '{}', table = 'crm.contacts', \
-         cursor = 'updated_at', primary_key = ARRAY['id'], batch_rows = 1000, \
-         channel = 'crm', channel_type = 'offline', mapping.occurred_at = 'updated_at', \
-         mapping.event_type = 'kind', mapping.phone = 'phone_e164(mobile, ''CN'')', \
-         mapping.email = 'email_canonical(email)', mapping.revenue = 'CAST(amount AS decimal(18,2))', \
-         rules.1.column = 'event_type', rules.1.accepted_values = ARRAY['register'], \
-         rules.1.reason = 'unknown contact kind')",
-        pg.conn()
-    ))
-    .await
-    .expect("create postgres source");
-
-    // Ties on the cursor (7 rows per minute) across batch boundaries of 1000 rows.
-    let rows = c
-        .query("CALL ingest('crm')", &[])
-        .await
-        .expect("first pull");
-    assert_eq!(rows.len(), 3, "2500 rows in batches of 1000");
-    assert_eq!(
-        scalar_i64(
-            &c,
-            "SELECT count(*) FROM unified.touchpoints WHERE source = 'crm'"
-        )
-        .await,
-        2250
-    );
-    assert_eq!(
-        scalar_i64(&c, "SELECT count(*) FROM quality.rejected WHERE source = 'crm' AND reason = 'unknown contact kind'").await,
-        250
-    );
-    assert_eq!(
-        scalar_i64(
-            &c,
-            "SELECT count(DISTINCT touchpoint_id) FROM unified.touchpoints WHERE source = 'crm'"
-        )
-        .await,
-        2250
-    );
-    let r = c
-        .query_one(
-            "SELECT phone, email, revenue::text FROM unified.touchpoints WHERE source = 'crm' AND phone = '+8613800130007'",
-            &[],
-        )
-        .await
-        .expect("row 7");
-    assert_eq!(r.get::<_, String>(1), "user7@example.com");
-    assert_eq!(r.get::<_, String>(2), "10.50");
-
-    // Nothing new: nothing read. New rows and an update: only those are read.
-    let rows = c
-        .query("CALL ingest('crm')", &[])
-        .await
-        .expect("second pull");
-    assert_eq!(rows.len(), 1);
-    assert_eq!(rows[0].get::<_, i64>("rows_read"), 0);
-    src.batch_execute(
-        "INSERT INTO crm.contacts VALUES (2501, '13800132501', 'new@x.com', 'register', 1, '2026-02-01 00:00:00+00');
-         UPDATE crm.contacts SET updated_at = '2026-02-02 00:00:00+00' WHERE id = 5;",
-    )
-    .await
-    .expect("changes");
-    let rows = c
-        .query("CALL ingest('crm')", &[])
-        .await
-        .expect("third pull");
-    assert_eq!(rows[0].get::<_, i64>("rows_read"), 2);
-    assert_eq!(rows[0].get::<_, i64>("rows_accepted"), 1);
-    assert_eq!(rows[0].get::<_, i64>("rows_duplicate"), 1);
-    let (read, acc, rej, dup) = run_counts(&c, "crm").await;
-    assert_eq!((read, acc, rej, dup), (2502, 2251, 250, 1));
-
-    // An unreachable database fails the run with a clear error, server stays up.
-    c.batch_execute(
-        "CREATE SOURCE down WITH (kind = 'postgres', connection = 'host=127.0.0.1 port=1 user=x', \
-         table = 'a.b', cursor = 'c', primary_key = ARRAY['id'], channel = 'crm', channel_type = 'offline', \
-         mapping.occurred_at = 'c', mapping.event_type = '''x''')",
-    )
-    .await
-    .expect("create");
-    let e = c
-        .query("CALL ingest('down')", &[])
-        .await
-        .expect_err("fails");
-    assert!(
-        e.to_string().contains("cannot connect") || format!("{e:?}").contains("cannot connect"),
-        "{e:?}"
-    );
-    assert_eq!(scalar_i64(&c, "SELECT 1").await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]

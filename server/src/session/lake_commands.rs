@@ -9,7 +9,7 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use touchlake_ingest::IngestError;
 use touchlake_ingest::mapping::Mapping;
 use touchlake_ingest::run::RunSummary;
-use touchlake_ingest::source::{self, SourceDef, SourceKind};
+use touchlake_ingest::source::{self, SourceDef};
 
 use super::{Executed, Outcome, Result, Session, SessionError, command};
 use crate::extension::LakeCommand;
@@ -50,6 +50,46 @@ pub fn ingest_schema() -> SchemaRef {
         ("seconds", DataType::Float64),
         ("error", DataType::Utf8),
     ])
+}
+
+/// Columns of `CALL identity_run(…)`.
+pub fn identity_schema() -> SchemaRef {
+    fields(&[
+        ("run_id", DataType::Utf8),
+        ("touchpoints", DataType::Int64),
+        ("identifiers", DataType::Int64),
+        ("edges", DataType::Int64),
+        ("persons", DataType::Int64),
+        ("persons_kept", DataType::Int64),
+        ("merges", DataType::Int64),
+        ("splits", DataType::Int64),
+        ("guarded", DataType::Int64),
+        ("skipped_edges", DataType::Int64),
+        ("largest_person", DataType::Int64),
+        ("seconds", DataType::Float64),
+    ])
+}
+
+/// The row of `CALL identity_run(…)`.
+pub fn identity_rows(s: &touchlake_ingest::identity::IdentitySummary) -> Result<RecordBatch> {
+    let i = |v: u64| -> ArrayRef { Arc::new(Int64Array::from(vec![v as i64])) };
+    batch(
+        identity_schema(),
+        vec![
+            Arc::new(StringArray::from(vec![s.run_id.clone()])),
+            i(s.touchpoints),
+            i(s.identifiers),
+            i(s.edges),
+            i(s.persons),
+            i(s.persons_kept),
+            i(s.merges),
+            i(s.splits),
+            i(s.guarded),
+            i(s.skipped_edges),
+            i(s.largest_person),
+            Arc::new(Float64Array::from(vec![s.seconds])),
+        ],
+    )
 }
 
 fn optimize_schema() -> SchemaRef {
@@ -168,14 +208,9 @@ impl Session {
                     show_sources_schema(),
                     vec![
                         Arc::new(StringArray::from_iter_values(defs.iter().map(|d| &d.name))),
-                        Arc::new(StringArray::from_iter_values(defs.iter().map(
-                            |d| match d.kind {
-                                SourceKind::Files => "files",
-                                SourceKind::Http => "http",
-                                SourceKind::Postgres => "postgres",
-                                SourceKind::Copy => "copy",
-                            },
-                        ))),
+                        Arc::new(StringArray::from_iter_values(
+                            defs.iter().map(|d| d.kind.as_str()),
+                        )),
                         Arc::new(StringArray::from_iter_values(
                             defs.iter().map(|d| &d.channel),
                         )),
@@ -292,6 +327,30 @@ impl Session {
             }
         }
         Ok(rows(run_rows(&runs)?))
+    }
+
+    /// `CALL identity_run()`, or with settings for this run:
+    /// `CALL identity_run('max_degree.device_id=3', 'limit.email=1')`.
+    pub(super) async fn call_identity_run(&self, args: Vec<String>) -> Result<Executed> {
+        let mut config = self
+            .engine
+            .config
+            .identity
+            .config()
+            .map_err(|e| SessionError::Data("22023", e))?;
+        for a in &args {
+            let (k, v) = a.split_once('=').ok_or_else(|| {
+                SessionError::Data(
+                    "22023",
+                    format!("identity_run argument '{a}' is not setting=value"),
+                )
+            })?;
+            config
+                .set(k.trim(), v.trim())
+                .map_err(|e| SessionError::Data("22023", e))?;
+        }
+        let summary = touchlake_ingest::identity::run(&self.engine.lake, &config).await?;
+        Ok(rows(identity_rows(&summary)?))
     }
 
     fn resolve_parts(&self, parts: &[String]) -> Result<(String, String)> {

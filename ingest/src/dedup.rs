@@ -1,0 +1,155 @@
+//! Which touchpoints `unified.touchpoints` already holds, for dropping duplicates at ingest.
+//!
+//! A `touchpoint_id` is the first 128 bits (32 hex digits) of a hash of (source, natural
+//! key), so the set of ids of the whole table answers "is this record already in?" for
+//! every source. The set is kept in memory per table and brought up to date from the Delta
+//! log before each use: the data files added since it was last read are read (only their
+//! `touchpoint_id` column), and if a file it had read was removed (OPTIMIZE, DELETE,
+//! VACUUM of a rewritten table) it is built again from all files. A chunk's check and its
+//! commit happen under the set's lock, so two runs in one process never both admit the
+//! same new touchpoint. Memory: about 32 bytes per touchpoint.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, LazyLock};
+
+use datafusion::arrow::array::{Array, AsArray};
+use datafusion::arrow::datatypes::DataType;
+use deltalake::DeltaTable;
+use deltalake::parquet::arrow::ProjectionMask;
+use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use object_store::ObjectStoreExt;
+use tokio::sync::{Mutex, OwnedMutexGuard};
+use touchlake_catalog::Lake;
+
+use crate::error::{IngestError, Result};
+
+/// The ids of one table's touchpoints and the data files they were read from.
+#[derive(Default)]
+pub struct Seen {
+    version: Option<u64>,
+    files: HashSet<String>,
+    ids: HashSet<u128>,
+}
+
+type Registry = Mutex<HashMap<String, Arc<Mutex<Seen>>>>;
+static TABLES: LazyLock<Registry> = LazyLock::new(Default::default);
+
+/// A `touchpoint_id` as a number (`None` if it is not 32 hex digits).
+pub fn id_key(id: &str) -> Option<u128> {
+    if id.len() != 32 {
+        return None;
+    }
+    u128::from_str_radix(id, 16).ok()
+}
+
+/// The id set of `unified.touchpoints` of `lake`, locked and brought up to date.
+pub async fn lock(lake: &Lake) -> Result<OwnedMutexGuard<Seen>> {
+    let key = format!("{}/unified/touchpoints", lake.url());
+    let entry = TABLES.lock().await.entry(key).or_default().clone();
+    let mut seen = entry.lock_owned().await;
+    lake.invalidate("unified", "touchpoints").await;
+    if let Some((t, _)) = lake.table("unified", "touchpoints").await? {
+        seen.refresh(&t).await?;
+    } else {
+        *seen = Seen::default();
+    }
+    Ok(seen)
+}
+
+impl Seen {
+    /// Whether the table holds this id.
+    pub fn contains(&self, id: u128) -> bool {
+        self.ids.contains(&id)
+    }
+
+    /// Record ids just committed in version `version` of `t` (the caller's own commit):
+    /// if no one else committed in between, the new files need not be read again.
+    pub fn committed(&mut self, t: &DeltaTable, ids: impl IntoIterator<Item = u128>) {
+        self.ids.extend(ids);
+        let expected = self.version.map(|v| v + 1);
+        if expected.is_some() && t.version() == expected {
+            for f in active_files(t) {
+                self.files.insert(f);
+            }
+            self.version = t.version();
+        }
+    }
+
+    async fn refresh(&mut self, t: &DeltaTable) -> Result<()> {
+        if self.version.is_some() && self.version == t.version() {
+            return Ok(());
+        }
+        let active: HashSet<String> = active_files(t).collect();
+        if self.files.iter().any(|f| !active.contains(f)) {
+            self.files.clear();
+            self.ids.clear();
+        }
+        let store = t.object_store();
+        for f in &active {
+            if self.files.contains(f) {
+                continue;
+            }
+            let bytes = store
+                .get(&object_store::path::Path::from(f.as_str()))
+                .await?
+                .bytes()
+                .await?;
+            read_ids(bytes, &mut self.ids)?;
+            self.files.insert(f.clone());
+        }
+        self.version = t.version();
+        Ok(())
+    }
+}
+
+fn active_files(t: &DeltaTable) -> impl Iterator<Item = String> + '_ {
+    t.snapshot()
+        .into_iter()
+        .flat_map(|s| s.log_data().into_iter())
+        .map(|add| add.object_store_path().to_string())
+}
+
+/// Add the `touchpoint_id`s of one Parquet data file to `ids`.
+fn read_ids(bytes: bytes::Bytes, ids: &mut HashSet<u128>) -> Result<()> {
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .map_err(|e| IngestError::Read(format!("touchpoints data file: {e}")))?;
+    let Some(col) = builder
+        .parquet_schema()
+        .columns()
+        .iter()
+        .position(|c| c.name() == "touchpoint_id")
+    else {
+        return Ok(());
+    };
+    let mask = ProjectionMask::leaves(builder.parquet_schema(), [col]);
+    let reader = builder
+        .with_projection(mask)
+        .with_batch_size(65536)
+        .build()
+        .map_err(|e| IngestError::Read(format!("touchpoints data file: {e}")))?;
+    for batch in reader {
+        let batch = batch?;
+        let a = datafusion::arrow::compute::cast(batch.column(0), &DataType::Utf8)?;
+        let a = a.as_string::<i32>();
+        for i in 0..a.len() {
+            if a.is_valid(i)
+                && let Some(k) = id_key(a.value(i))
+            {
+                ids.insert(k);
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_128_bit_hex() {
+        assert_eq!(id_key("0000000000000000000000000000000f"), Some(15));
+        assert_eq!(id_key("abc"), None);
+        assert_eq!(id_key("zz000000000000000000000000000000"), None);
+    }
+}

@@ -1,0 +1,487 @@
+//! The identity graph and its resolution into persons, independent of storage.
+//!
+//! Nodes are identifiers `(type, value)`; an edge joins two identifiers seen on the same
+//! touchpoint (or named by a manual include rule), with the first and last time it was
+//! seen. Resolution, in order:
+//!
+//! 1. **Blocklist**: values `id_clean` blocks are not nodes (the caller drops them).
+//! 2. **Degree guard**: an identifier linked to more than `max_degree[its type]` distinct
+//!    identifiers of one strong type (the store's shared tablet linked to 40 member cards)
+//!    stops being a connector: it loses its edges and becomes a person of its own.
+//! 3. **Manual rules**: `include` pairs are joined first, whatever the limits; `exclude`
+//!    pairs are never put in one person.
+//! 4. **Cardinality limits**: a person holds at most `limit[type]` identifiers of a type
+//!    (default: one `member_id`, one `user_id`). Edges are applied in order of
+//!    `(first_seen, last_seen, endpoints)`; an edge whose union would exceed a limit or join
+//!    an excluded pair is not applied and is reported (`cardinality_violation` /
+//!    `excluded`): the earliest edges win.
+//! 5. What is left are the connected components (union-find with union by size and path
+//!    halving, memory linear in nodes + edges).
+//!
+//! The result of a component depends only on its own edges, never on the order the data
+//! arrived in, so an incremental run that recomputes the components touched by new edges
+//! gives the same partition as a full run.
+
+use std::collections::HashMap;
+
+/// Identifier types, highest priority first (the anchor of a person is its identifier of
+/// the highest priority, then the earliest seen, then the smallest value).
+pub const TYPES: [&str; 7] = [
+    "user_id",
+    "member_id",
+    "phone",
+    "email",
+    "openid",
+    "device_id",
+    "anonymous_id",
+];
+
+/// A type's index in [`TYPES`].
+pub fn type_index(name: &str) -> Option<u8> {
+    TYPES.iter().position(|t| *t == name).map(|i| i as u8)
+}
+
+/// Resolution settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Types whose identifiers identify one person (the degree guard counts these).
+    pub strong: [bool; TYPES.len()],
+    /// Per type: the most distinct identifiers of one strong type it may link to before
+    /// the degree guard takes it out (`usize::MAX`: no guard).
+    pub max_degree: [usize; TYPES.len()],
+    /// Per type: the most identifiers of that type in one person (`usize::MAX`: no limit).
+    pub limit: [usize; TYPES.len()],
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        //             user  member phone email openid device anon
+        Config {
+            strong: [true, true, true, true, false, false, false],
+            max_degree: [5, 5, 5, 5, 5, 5, 5],
+            limit: [
+                1,
+                1,
+                usize::MAX,
+                usize::MAX,
+                usize::MAX,
+                usize::MAX,
+                usize::MAX,
+            ],
+        }
+    }
+}
+
+impl Config {
+    /// No guards, no limits: plain connected components.
+    pub fn unguarded() -> Self {
+        Config {
+            strong: [false; TYPES.len()],
+            max_degree: [usize::MAX; TYPES.len()],
+            limit: [usize::MAX; TYPES.len()],
+        }
+    }
+
+    /// Set `max_degree.<type>` or `limit.<type>` (`none` or 0 for no guard/limit), or
+    /// `guards` to `off` (plain connected components) or `default`.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), String> {
+        if key == "guards" {
+            *self = match value.trim() {
+                "off" => Config::unguarded(),
+                "default" => Config::default(),
+                v => return Err(format!("guards must be off or default, not {v}")),
+            };
+            return Ok(());
+        }
+        let (what, ty) = key
+            .split_once('.')
+            .ok_or_else(|| format!("unknown identity setting {key}"))?;
+        let i = type_index(ty).ok_or_else(|| format!("unknown identifier type {ty}"))? as usize;
+        let n = match value.trim() {
+            "none" | "0" => usize::MAX,
+            v => v
+                .parse::<usize>()
+                .map_err(|_| format!("{key} must be a positive integer or none"))?,
+        };
+        match what {
+            "max_degree" => self.max_degree[i] = n,
+            "limit" => self.limit[i] = n,
+            "strong" => self.strong[i] = n != usize::MAX,
+            _ => return Err(format!("unknown identity setting {key}")),
+        }
+        Ok(())
+    }
+}
+
+/// Why an identifier or an edge was set aside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Flag {
+    /// More strong neighbours than its type's `max_degree`.
+    DegreeGuard,
+    /// An edge not applied because a person would exceed a type's limit.
+    CardinalityViolation,
+    /// An edge not applied because of a manual exclude rule.
+    Excluded,
+}
+
+impl Flag {
+    /// The reason text in diagnostics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Flag::DegreeGuard => "degree_guard",
+            Flag::CardinalityViolation => "cardinality_violation",
+            Flag::Excluded => "excluded",
+        }
+    }
+}
+
+/// One identifier.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// Index into [`TYPES`].
+    pub ty: u8,
+    /// Normalized value.
+    pub value: String,
+    /// Earliest touchpoint (µs since the epoch).
+    pub first_seen: i64,
+    /// Latest touchpoint.
+    pub last_seen: i64,
+    /// Touchpoints carrying it.
+    pub touchpoints: i64,
+}
+
+/// An edge between two nodes (`a < b`), seen from `first_seen` to `last_seen`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Edge {
+    /// Smaller node index.
+    pub a: u32,
+    /// Larger node index.
+    pub b: u32,
+    /// First time seen (µs).
+    pub first_seen: i64,
+    /// Last time seen (µs).
+    pub last_seen: i64,
+}
+
+/// Identifiers and the edges between them.
+#[derive(Debug, Default, Clone)]
+pub struct Graph {
+    /// The nodes.
+    pub nodes: Vec<Node>,
+    index: HashMap<(u8, String), u32>,
+    edges: HashMap<(u32, u32), (i64, i64)>,
+}
+
+impl Graph {
+    /// The node of `(ty, value)`, created if new; records one touchpoint at `ts`.
+    pub fn touch(&mut self, ty: u8, value: &str, ts: i64) -> u32 {
+        if let Some(&i) = self.index.get(&(ty, value.to_string())) {
+            let n = &mut self.nodes[i as usize];
+            n.first_seen = n.first_seen.min(ts);
+            n.last_seen = n.last_seen.max(ts);
+            n.touchpoints += 1;
+            return i;
+        }
+        let i = self.nodes.len() as u32;
+        self.nodes.push(Node {
+            ty,
+            value: value.to_string(),
+            first_seen: ts,
+            last_seen: ts,
+            touchpoints: 1,
+        });
+        self.index.insert((ty, value.to_string()), i);
+        i
+    }
+
+    /// The node of `(ty, value)`, if any.
+    pub fn find(&self, ty: u8, value: &str) -> Option<u32> {
+        self.index.get(&(ty, value.to_string())).copied()
+    }
+
+    /// Record that `x` and `y` were seen together at `ts` (self-edges are ignored).
+    pub fn link(&mut self, x: u32, y: u32, ts: i64) {
+        if x == y {
+            return;
+        }
+        let key = (x.min(y), x.max(y));
+        let e = self.edges.entry(key).or_insert((ts, ts));
+        e.0 = e.0.min(ts);
+        e.1 = e.1.max(ts);
+    }
+
+    /// The edges, in application order: `(first_seen, last_seen, a, b)`.
+    pub fn edges(&self) -> Vec<Edge> {
+        let mut v: Vec<Edge> = self
+            .edges
+            .iter()
+            .map(|(&(a, b), &(first_seen, last_seen))| Edge {
+                a,
+                b,
+                first_seen,
+                last_seen,
+            })
+            .collect();
+        v.sort_unstable_by(|x, y| self.edge_order(x).cmp(&self.edge_order(y)));
+        v
+    }
+
+    /// Edges ordered by time, then by their endpoints' (type, value): independent of the
+    /// order nodes were created in.
+    fn edge_order<'a>(&'a self, e: &Edge) -> (i64, i64, (u8, &'a str), (u8, &'a str)) {
+        let key = |i: u32| {
+            let n = &self.nodes[i as usize];
+            (n.ty, n.value.as_str())
+        };
+        let (ka, kb) = (key(e.a), key(e.b));
+        let (lo, hi) = if ka <= kb { (ka, kb) } else { (kb, ka) };
+        (e.first_seen, e.last_seen, lo, hi)
+    }
+}
+
+/// A manual rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    /// `true`: always one person; `false`: never one person.
+    pub include: bool,
+    /// One identifier.
+    pub a: (u8, String),
+    /// The other.
+    pub b: (u8, String),
+}
+
+/// The outcome of a resolution.
+#[derive(Debug, Clone)]
+pub struct Resolution {
+    /// Per node: the representative node of its person.
+    pub component: Vec<u32>,
+    /// Nodes taken out by the degree guard.
+    pub guarded: Vec<u32>,
+    /// Edges not applied, and why.
+    pub skipped: Vec<(Edge, Flag)>,
+    /// Per node: distinct neighbours per type (before guards).
+    pub degree: Vec<[u32; TYPES.len()]>,
+    /// Edges in the graph.
+    pub edges: usize,
+}
+
+struct UnionFind {
+    parent: Vec<u32>,
+    size: Vec<u32>,
+    counts: Vec<[u32; TYPES.len()]>,
+    excludes: HashMap<u32, Vec<u32>>,
+}
+
+impl UnionFind {
+    fn find(&mut self, mut x: u32) -> u32 {
+        while self.parent[x as usize] != x {
+            let p = self.parent[x as usize];
+            self.parent[x as usize] = self.parent[p as usize];
+            x = p;
+        }
+        x
+    }
+
+    fn union(&mut self, ra: u32, rb: u32) {
+        let (big, small) = if self.size[ra as usize] >= self.size[rb as usize] {
+            (ra, rb)
+        } else {
+            (rb, ra)
+        };
+        self.parent[small as usize] = big;
+        self.size[big as usize] += self.size[small as usize];
+        let c = self.counts[small as usize];
+        for (t, n) in c.iter().enumerate() {
+            self.counts[big as usize][t] += n;
+        }
+        if let Some(ex) = self.excludes.remove(&small) {
+            self.excludes.entry(big).or_default().extend(ex);
+        }
+    }
+}
+
+/// Resolve `graph` into persons under `config` and the manual `rules`.
+pub fn resolve(graph: &Graph, config: &Config, rules: &[Rule]) -> Resolution {
+    let n = graph.nodes.len();
+    let edges = graph.edges();
+
+    // Degree per node and type (distinct neighbours; edges are distinct pairs).
+    let mut degree = vec![[0u32; TYPES.len()]; n];
+    for e in &edges {
+        let (ta, tb) = (
+            graph.nodes[e.a as usize].ty as usize,
+            graph.nodes[e.b as usize].ty as usize,
+        );
+        degree[e.a as usize][tb] += 1;
+        degree[e.b as usize][ta] += 1;
+    }
+    let guarded_flag: Vec<bool> = (0..n)
+        .map(|i| {
+            let max = config.max_degree[graph.nodes[i].ty as usize];
+            max != usize::MAX
+                && degree[i]
+                    .iter()
+                    .enumerate()
+                    .any(|(t, &d)| config.strong[t] && d as usize > max)
+        })
+        .collect();
+
+    let mut uf = UnionFind {
+        parent: (0..n as u32).collect(),
+        size: vec![1; n],
+        counts: graph
+            .nodes
+            .iter()
+            .map(|nd| {
+                let mut c = [0u32; TYPES.len()];
+                c[nd.ty as usize] = 1;
+                c
+            })
+            .collect(),
+        excludes: HashMap::new(),
+    };
+
+    // Manual rules: exclusions are remembered per node; inclusions applied first.
+    let mut forced = vec![];
+    for r in rules {
+        let (Some(a), Some(b)) = (graph.find(r.a.0, &r.a.1), graph.find(r.b.0, &r.b.1)) else {
+            continue;
+        };
+        if r.include {
+            forced.push((a, b));
+        } else {
+            uf.excludes.entry(a).or_default().push(b);
+            uf.excludes.entry(b).or_default().push(a);
+        }
+    }
+    for (a, b) in forced {
+        let (ra, rb) = (uf.find(a), uf.find(b));
+        if ra != rb {
+            uf.union(ra, rb);
+        }
+    }
+
+    let mut skipped = vec![];
+    for e in &edges {
+        if guarded_flag[e.a as usize] || guarded_flag[e.b as usize] {
+            continue;
+        }
+        let (ra, rb) = (uf.find(e.a), uf.find(e.b));
+        if ra == rb {
+            continue;
+        }
+        let over = (0..TYPES.len()).any(|t| {
+            config.limit[t] != usize::MAX
+                && (uf.counts[ra as usize][t] + uf.counts[rb as usize][t]) as usize
+                    > config.limit[t]
+        });
+        if over {
+            skipped.push((*e, Flag::CardinalityViolation));
+            continue;
+        }
+        if excluded(&mut uf, ra, rb) {
+            skipped.push((*e, Flag::Excluded));
+            continue;
+        }
+        uf.union(ra, rb);
+    }
+    let component = (0..n as u32).map(|i| uf.find(i)).collect();
+    Resolution {
+        component,
+        guarded: (0..n as u32)
+            .filter(|&i| guarded_flag[i as usize])
+            .collect(),
+        skipped,
+        degree,
+        edges: edges.len(),
+    }
+}
+
+/// Whether joining the persons `ra` and `rb` would put an excluded pair together.
+fn excluded(uf: &mut UnionFind, ra: u32, rb: u32) -> bool {
+    let (small, other) = match (uf.excludes.get(&ra), uf.excludes.get(&rb)) {
+        (None, _) | (_, None) => return false,
+        (Some(x), Some(y)) if x.len() <= y.len() => (x.clone(), rb),
+        (Some(_), Some(y)) => (y.clone(), ra),
+    };
+    small.into_iter().any(|p| uf.find(p) == other)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn graph(rows: &[&[(&str, &str)]]) -> Graph {
+        let mut g = Graph::default();
+        for (t, row) in rows.iter().enumerate() {
+            let ids: Vec<u32> = row
+                .iter()
+                .map(|(ty, v)| g.touch(type_index(ty).unwrap(), v, t as i64))
+                .collect();
+            for i in 0..ids.len() {
+                for j in i + 1..ids.len() {
+                    g.link(ids[i], ids[j], t as i64);
+                }
+            }
+        }
+        g
+    }
+
+    fn same(g: &Graph, r: &Resolution, a: (&str, &str), b: (&str, &str)) -> bool {
+        let x = g.find(type_index(a.0).unwrap(), a.1).unwrap();
+        let y = g.find(type_index(b.0).unwrap(), b.1).unwrap();
+        r.component[x as usize] == r.component[y as usize]
+    }
+
+    #[test]
+    fn shared_device_is_not_a_connector() {
+        let mut rows: Vec<Vec<(&str, &str)>> = vec![];
+        let members: Vec<String> = (0..8).map(|i| format!("M{i}")).collect();
+        for m in &members {
+            rows.push(vec![("device_id", "tablet"), ("member_id", m.as_str())]);
+        }
+        rows.push(vec![("member_id", "M0"), ("phone", "+8613800000000")]);
+        let refs: Vec<&[(&str, &str)]> = rows.iter().map(|r| r.as_slice()).collect();
+        let g = graph(&refs);
+        let r = resolve(&g, &Config::default(), &[]);
+        assert!(!same(&g, &r, ("member_id", "M0"), ("member_id", "M1")));
+        assert!(same(
+            &g,
+            &r,
+            ("member_id", "M0"),
+            ("phone", "+8613800000000")
+        ));
+        assert_eq!(r.guarded.len(), 1);
+        let r = resolve(&g, &Config::unguarded(), &[]);
+        assert!(same(&g, &r, ("member_id", "M0"), ("member_id", "M7")));
+    }
+
+    #[test]
+    fn earliest_edge_wins_a_limit_and_rules_override() {
+        // e-mail shared by two member cards: the earlier link wins.
+        let g = graph(&[
+            &[("email", "a@x.com"), ("member_id", "M1")],
+            &[("email", "a@x.com"), ("member_id", "M2")],
+            &[("member_id", "M2"), ("phone", "+1")],
+        ]);
+        let r = resolve(&g, &Config::default(), &[]);
+        assert!(same(&g, &r, ("email", "a@x.com"), ("member_id", "M1")));
+        assert!(!same(&g, &r, ("email", "a@x.com"), ("member_id", "M2")));
+        assert_eq!(r.skipped.len(), 1);
+        assert_eq!(r.skipped[0].1, Flag::CardinalityViolation);
+        let exclude = Rule {
+            include: false,
+            a: (type_index("email").unwrap(), "a@x.com".into()),
+            b: (type_index("member_id").unwrap(), "M1".into()),
+        };
+        let r = resolve(&g, &Config::default(), std::slice::from_ref(&exclude));
+        assert!(same(&g, &r, ("email", "a@x.com"), ("member_id", "M2")));
+        assert!(!same(&g, &r, ("email", "a@x.com"), ("member_id", "M1")));
+        let include = Rule {
+            include: true,
+            ..exclude
+        };
+        let r = resolve(&g, &Config::default(), &[include]);
+        assert!(same(&g, &r, ("email", "a@x.com"), ("member_id", "M1")));
+    }
+}
