@@ -588,6 +588,7 @@ fn chunk(
         ],
     )
     .map_err(datafusion::error::DataFusionError::from)?;
+    let n_identities = it.len();
     let identities = RecordBatch::try_new(
         tables::identities(),
         vec![
@@ -597,6 +598,7 @@ fn chunk(
             Arc::new(ifirst.finish()),
             Arc::new(ilast.finish()),
             Arc::new(in_.finish()),
+            new_null_array(&DataType::Utf8, n_identities),
         ],
     )
     .map_err(datafusion::error::DataFusionError::from)?;

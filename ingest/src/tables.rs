@@ -51,6 +51,7 @@ pub fn identities() -> SchemaRef {
         Field::new("first_seen", ts(), true),
         Field::new("last_seen", ts(), true),
         Field::new("touchpoints", DataType::Int64, true),
+        text("cluster_id", true),
     ]))
 }
 
@@ -170,6 +171,10 @@ pub fn identity_runs() -> SchemaRef {
         Field::new("skipped_edges", DataType::Int64, false),
         Field::new("largest_person", DataType::Int64, false),
         Field::new("seconds", DataType::Float64, false),
+        text("mode", true),
+        Field::new("touchpoints_version", DataType::Int64, true),
+        Field::new("identities_version", DataType::Int64, true),
+        text("settings", true),
     ]))
 }
 

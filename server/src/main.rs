@@ -162,10 +162,15 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             let engine = Engine::start(cfg).await?;
             let s = touchlake_ingest::identity::run(&engine.lake, &config).await?;
             println!(
-                "identity run {}: {} touchpoints, {} identifiers, {} links → {} persons \
+                "identity run {} ({}): {} touchpoints, {} identifiers, {} links → {} persons \
                  ({} kept, {} merges, {} splits); {} identifiers guarded, {} links skipped; \
                  largest person {} identifiers; {:.2} s",
                 s.run_id,
+                if s.full_reason.is_empty() {
+                    s.mode.clone()
+                } else {
+                    format!("{}: {}", s.mode, s.full_reason)
+                },
                 s.touchpoints,
                 s.identifiers,
                 s.edges,

@@ -395,8 +395,14 @@ impl Session {
         }
         tracing::debug!(sql = %p.sql, "execute prepared");
         let guard = self.begin_statement();
+        // Planned again: the prepared plan holds the table snapshots of its Parse, and a
+        // prepared statement must see the data as of its Execute (as in PostgreSQL).
         let plan = match &p.plan {
-            Some(plan) => Some(plan.clone().replace_params_with_values(&params)?),
+            Some(_) => Some(
+                self.plan(stmt.clone())
+                    .await?
+                    .replace_params_with_values(&params)?,
+            ),
             None => None,
         };
         let fut = self.dispatch(stmt, plan, &guard);

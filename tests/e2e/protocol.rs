@@ -422,3 +422,55 @@ async fn concurrent_sessions_keep_their_own_settings() {
         t.await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn a_prepared_statement_sees_the_data_of_each_execute() {
+    let dir = lake();
+    let srv = Server::start(dir.path());
+    let c = srv.connect().await;
+    let other = srv.connect().await;
+    c.batch_execute("CREATE TABLE t (a int); INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    let count = c
+        .prepare("SELECT count(*) FROM t WHERE a > $1")
+        .await
+        .unwrap();
+    let n: i64 = c.query_one(&count, &[&0i32]).await.unwrap().get(0);
+    assert_eq!(n, 1);
+    // Writes from another connection after the Parse are seen by the next Execute.
+    other
+        .batch_execute("INSERT INTO t VALUES (2), (3)")
+        .await
+        .unwrap();
+    let n: i64 = c.query_one(&count, &[&0i32]).await.unwrap().get(0);
+    assert_eq!(n, 3);
+    other
+        .batch_execute("DELETE FROM t WHERE a < 3")
+        .await
+        .unwrap();
+    let n: i64 = c.query_one(&count, &[&0i32]).await.unwrap().get(0);
+    assert_eq!(n, 1);
+    let n: i64 = c.query_one(&count, &[&3i32]).await.unwrap().get(0);
+    assert_eq!(n, 0);
+
+    // A table rewritten by the identity run.
+    c.batch_execute("CALL identity_run()").await.unwrap();
+    let ids = c
+        .prepare("SELECT count(*) FROM unified.identities WHERE identifier_type <> $1")
+        .await
+        .unwrap();
+    let n: i64 = c.query_one(&ids, &[&"x"]).await.unwrap().get(0);
+    assert_eq!(n, 0);
+    other
+        .batch_execute(
+            "INSERT INTO unified.touchpoints (touchpoint_id, occurred_at, channel, channel_type, \
+             event_type, source, run_id, ingested_at, phone, email) VALUES ('t1', now(), 'web', \
+             'online', 'page_view', 'test', 'r', now(), '+8613800138000', 'a@example.com'); \
+             CALL identity_run()",
+        )
+        .await
+        .unwrap();
+    let n: i64 = c.query_one(&ids, &[&"x"]).await.unwrap().get(0);
+    assert_eq!(n, 2);
+}

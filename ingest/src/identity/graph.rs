@@ -51,6 +51,8 @@ pub struct Config {
     pub max_degree: [usize; TYPES.len()],
     /// Per type: the most identifiers of that type in one person (`usize::MAX`: no limit).
     pub limit: [usize; TYPES.len()],
+    /// Resolve the whole graph even when an incremental run would do (`mode=full`).
+    pub full: bool,
 }
 
 impl Default for Config {
@@ -68,6 +70,7 @@ impl Default for Config {
                 usize::MAX,
                 usize::MAX,
             ],
+            full: false,
         }
     }
 }
@@ -79,6 +82,7 @@ impl Config {
             strong: [false; TYPES.len()],
             max_degree: [usize::MAX; TYPES.len()],
             limit: [usize::MAX; TYPES.len()],
+            full: false,
         }
     }
 
@@ -86,10 +90,20 @@ impl Config {
     /// `guards` to `off` (plain connected components) or `default`.
     pub fn set(&mut self, key: &str, value: &str) -> Result<(), String> {
         if key == "guards" {
+            let full = self.full;
             *self = match value.trim() {
                 "off" => Config::unguarded(),
                 "default" => Config::default(),
                 v => return Err(format!("guards must be off or default, not {v}")),
+            };
+            self.full = full;
+            return Ok(());
+        }
+        if key == "mode" {
+            self.full = match value.trim() {
+                "full" => true,
+                "auto" | "incremental" => false,
+                v => return Err(format!("mode must be full or auto, not {v}")),
             };
             return Ok(());
         }
@@ -110,6 +124,37 @@ impl Config {
             _ => return Err(format!("unknown identity setting {key}")),
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// The settings that decide the partition, as text: an incremental run continues only
+    /// from a run with the same settings.
+    pub fn fingerprint(&self) -> String {
+        let list = |v: &[usize]| {
+            v.iter()
+                .map(|n| {
+                    if *n == usize::MAX {
+                        "-".to_string()
+                    } else {
+                        n.to_string()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let strong: Vec<&str> = TYPES
+            .iter()
+            .zip(self.strong)
+            .filter(|(_, s)| *s)
+            .map(|(t, _)| *t)
+            .collect();
+        format!(
+            "strong={};max_degree={};limit={}",
+            strong.join(","),
+            list(&self.max_degree),
+            list(&self.limit)
+        )
     }
 }
 
@@ -200,14 +245,37 @@ impl Graph {
     }
 
     /// Record that `x` and `y` were seen together at `ts` (self-edges are ignored).
-    pub fn link(&mut self, x: u32, y: u32, ts: i64) {
+    /// Returns whether the edge is new.
+    pub fn link(&mut self, x: u32, y: u32, ts: i64) -> bool {
         if x == y {
-            return;
+            return false;
         }
         let key = (x.min(y), x.max(y));
-        let e = self.edges.entry(key).or_insert((ts, ts));
+        let mut new = false;
+        let e = self.edges.entry(key).or_insert_with(|| {
+            new = true;
+            (ts, ts)
+        });
         e.0 = e.0.min(ts);
         e.1 = e.1.max(ts);
+        new
+    }
+
+    /// The node of `(ty, value)` with the given activity, replacing what was recorded.
+    pub fn set_node(
+        &mut self,
+        ty: u8,
+        value: &str,
+        first_seen: i64,
+        last_seen: i64,
+        n: i64,
+    ) -> u32 {
+        let i = self.touch(ty, value, first_seen);
+        let node = &mut self.nodes[i as usize];
+        node.first_seen = first_seen;
+        node.last_seen = last_seen;
+        node.touchpoints = n;
+        i
     }
 
     /// The edges, in application order: `(first_seen, last_seen, a, b)`.
@@ -263,6 +331,10 @@ pub struct Resolution {
     pub degree: Vec<[u32; TYPES.len()]>,
     /// Edges in the graph.
     pub edges: usize,
+    /// Per node: the representative of its cluster, the identifiers linked through edges
+    /// between unguarded identifiers and include rules, before limits and exclude rules.
+    /// A cluster is resolved on its own: its persons depend on nothing outside it.
+    pub cluster: Vec<u32>,
 }
 
 struct UnionFind {
@@ -302,6 +374,17 @@ impl UnionFind {
 
 /// Resolve `graph` into persons under `config` and the manual `rules`.
 pub fn resolve(graph: &Graph, config: &Config, rules: &[Rule]) -> Resolution {
+    resolve_with(graph, config, rules, &[])
+}
+
+/// [`resolve`], with nodes known to be guarded already (`pre_guarded[i]`; an identifier's
+/// degree only grows as touchpoints arrive, so a guarded one stays guarded).
+pub fn resolve_with(
+    graph: &Graph,
+    config: &Config,
+    rules: &[Rule],
+    pre_guarded: &[bool],
+) -> Resolution {
     let n = graph.nodes.len();
     let edges = graph.edges();
 
@@ -318,11 +401,12 @@ pub fn resolve(graph: &Graph, config: &Config, rules: &[Rule]) -> Resolution {
     let guarded_flag: Vec<bool> = (0..n)
         .map(|i| {
             let max = config.max_degree[graph.nodes[i].ty as usize];
-            max != usize::MAX
-                && degree[i]
-                    .iter()
-                    .enumerate()
-                    .any(|(t, &d)| config.strong[t] && d as usize > max)
+            pre_guarded.get(i).copied().unwrap_or(false)
+                || max != usize::MAX
+                    && degree[i]
+                        .iter()
+                        .enumerate()
+                        .any(|(t, &d)| config.strong[t] && d as usize > max)
         })
         .collect();
 
@@ -352,6 +436,16 @@ pub fn resolve(graph: &Graph, config: &Config, rules: &[Rule]) -> Resolution {
         } else {
             uf.excludes.entry(a).or_default().push(b);
             uf.excludes.entry(b).or_default().push(a);
+        }
+    }
+    // Clusters: every unguarded edge and every include pair.
+    let mut clusters = Clusters((0..n as u32).collect());
+    for &(a, b) in &forced {
+        clusters.union(a, b);
+    }
+    for e in &edges {
+        if !guarded_flag[e.a as usize] && !guarded_flag[e.b as usize] {
+            clusters.union(e.a, e.b);
         }
     }
     for (a, b) in forced {
@@ -394,6 +488,28 @@ pub fn resolve(graph: &Graph, config: &Config, rules: &[Rule]) -> Resolution {
         skipped,
         degree,
         edges: edges.len(),
+        cluster: (0..n as u32).map(|i| clusters.find(i)).collect(),
+    }
+}
+
+/// A plain union-find for clusters.
+struct Clusters(Vec<u32>);
+
+impl Clusters {
+    fn find(&mut self, mut x: u32) -> u32 {
+        while self.0[x as usize] != x {
+            let p = self.0[x as usize];
+            self.0[x as usize] = self.0[p as usize];
+            x = p;
+        }
+        x
+    }
+
+    fn union(&mut self, a: u32, b: u32) {
+        let (ra, rb) = (self.find(a), self.find(b));
+        if ra != rb {
+            self.0[ra.max(rb) as usize] = ra.min(rb);
+        }
     }
 }
 

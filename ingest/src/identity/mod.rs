@@ -3,6 +3,8 @@
 //! components), [`run`] reads the lake, gives persons stable ids and writes the tables.
 
 pub mod graph;
+mod incremental;
+mod read;
 pub mod run;
 
 pub use graph::Config;

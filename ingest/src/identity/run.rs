@@ -3,6 +3,11 @@
 //! `unified.persons`, `unified.identity_merges`, `quality.identity_diagnostics`,
 //! `quality.identity_runs`, and `unified.touchpoints.person_id`.
 //!
+//! **Full or incremental.** A run resolves only the clusters new touchpoints touch when
+//! it can continue from the previous run ([`super::incremental`]), and everything
+//! otherwise (the first run, changed settings or rules, deletes or updates of
+//! touchpoints, or `mode=full`). Both give the same partition.
+//!
 //! **Stable ids.** A new person's id is `p_` and 16 hex digits of a hash of its anchor
 //! identifier (its identifier of the highest priority, then the earliest seen, then the
 //! smallest value). A person found again keeps its id. When persons merge, the one seen
@@ -18,19 +23,20 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, Int64Array, RecordBatch, StringArray, StringBuilder,
-    TimestampMicrosecondArray,
+    ArrayRef, Int64Array, RecordBatch, StringArray, StringBuilder, TimestampMicrosecondArray,
 };
-use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, Int64Type, TimeUnit};
-use datafusion::logical_expr::{ColumnarValue, ScalarUDF, Volatility, create_udf};
-use datafusion::prelude::SessionContext;
+use datafusion::arrow::datatypes::{DataType, TimeUnit};
+use datafusion::execution::FunctionRegistry;
+use datafusion::logical_expr::{ColumnarValue, Expr, ScalarUDF, Volatility, create_udf};
+use datafusion::prelude::{SessionContext, col, lit};
 use deltalake::protocol::SaveMode;
-use futures::StreamExt;
 use sha2::Digest;
 use touchlake_catalog::Lake;
 
-use super::graph::{self, Config, Flag, Graph, Resolution, Rule, TYPES};
+use super::graph::{self, Config, Flag, Graph, Resolution, TYPES};
+use super::read::{
+    Previous, add_row, for_each_row, identity_context, load_previous, load_rules, row_identifiers,
+};
 use crate::error::{IngestError, Result};
 use crate::tables;
 
@@ -45,13 +51,18 @@ pub const GIANT_COMPONENT: usize = 1000;
 pub struct IdentitySummary {
     /// The run's id.
     pub run_id: String,
+    /// `full` or `incremental`.
+    pub mode: String,
+    /// Why a run that could have been incremental was full (empty otherwise).
+    pub full_reason: String,
     /// Touchpoints read.
     pub touchpoints: u64,
-    /// Identifiers (graph nodes).
+    /// Identifiers resolved (graph nodes; in an incremental run, those of the touched
+    /// clusters).
     pub identifiers: u64,
-    /// Distinct identifier pairs seen together (graph edges).
+    /// Distinct identifier pairs seen together (graph edges), of those identifiers.
     pub edges: u64,
-    /// Persons after the run.
+    /// Persons in `unified.persons` after the run.
     pub persons: u64,
     /// Persons that kept an id from the previous run.
     pub persons_kept: u64,
@@ -59,11 +70,11 @@ pub struct IdentitySummary {
     pub merges: u64,
     /// Persons of the previous run now split over several persons.
     pub splits: u64,
-    /// Identifiers taken out by the degree guard.
+    /// Identifiers taken out by the degree guard (of those resolved).
     pub guarded: u64,
     /// Edges not applied (cardinality limits and exclude rules).
     pub skipped_edges: u64,
-    /// Identifiers in the largest person.
+    /// Identifiers in the largest person resolved.
     pub largest_person: u64,
     /// Wall-clock seconds.
     pub seconds: f64,
@@ -74,195 +85,510 @@ pub fn clean(ty: usize, value: &str) -> Option<String> {
     touchlake_functions::normalize::id_clean(Some(TYPES[ty]), Some(value), None)
 }
 
-/// A session with delta-rs's planner (its writes need it) and plain string types.
-fn identity_context() -> Result<SessionContext> {
-    let overrides: HashMap<String, String> = [
-        (
-            "datafusion.execution.parquet.schema_force_view_types",
-            "false",
-        ),
-        (
-            "datafusion.sql_parser.map_string_types_to_utf8view",
-            "false",
-        ),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
-    Ok(
-        deltalake::delta_datafusion::DeltaSessionContext::new_with_session_overrides(&overrides)?
-            .into_inner(),
-    )
+/// The part of the graph a run resolves, and what the previous run knew of it.
+pub(super) struct Work {
+    /// Identifiers and links.
+    pub graph: Graph,
+    /// Touchpoints read.
+    pub touchpoints: u64,
+    /// Per node: guarded before this run (or outside it).
+    pub pre_guarded: Vec<bool>,
+    /// Per node: outside this run (seen on a row, but of an untouched cluster).
+    pub foreign: Vec<bool>,
+    /// Degree of identifiers guarded before this run, carried over.
+    pub stored_degree: HashMap<u32, [u32; TYPES.len()]>,
+    /// The previous mapping (of the part resolved).
+    pub prev: Previous,
+    /// `None` for a full run.
+    pub scope: Option<Scope>,
 }
 
-/// Column `i` of `b` as a plain string array, whatever string type it came as.
-fn text_col(b: &RecordBatch, i: usize) -> Result<StringArray> {
-    Ok(cast(b.column(i), &DataType::Utf8)?
-        .as_string::<i32>()
-        .clone())
+/// What an incremental run resolves again.
+pub(super) struct Scope {
+    /// Persons of the previous run in the touched clusters.
+    pub persons: Vec<String>,
+    /// The touched clusters.
+    pub clusters: Vec<String>,
+    /// New touchpoints with an identifier.
+    pub new_rows: u64,
 }
 
-/// Column `i` of `b` as a 64-bit integer array.
-fn int_col(b: &RecordBatch, i: usize) -> Result<Int64Array> {
-    Ok(cast(b.column(i), &DataType::Int64)?
-        .as_primitive::<Int64Type>()
-        .clone())
-}
-
-/// The identifiers of each row of a batch of identifier columns (in [`COLUMNS`] order),
-/// cleaned.
-fn row_identifiers(batch: &RecordBatch, first_col: usize) -> Result<Vec<Vec<(u8, String)>>> {
-    let mut cols = vec![];
-    for t in 0..TYPES.len() {
-        cols.push(cast(batch.column(first_col + t), &DataType::Utf8)?);
-    }
-    let cols: Vec<&StringArray> = cols.iter().map(|c| c.as_string::<i32>()).collect();
-    let mut out = Vec::with_capacity(batch.num_rows());
-    for i in 0..batch.num_rows() {
-        let mut ids = vec![];
-        for (t, c) in cols.iter().enumerate() {
-            if c.is_valid(i)
-                && let Some(v) = clean(t, c.value(i))
-            {
-                ids.push((t as u8, v));
-            }
-        }
-        out.push(ids);
-    }
-    Ok(out)
-}
-
-/// Build the graph from every touchpoint.
-async fn build_graph(ctx: &SessionContext) -> Result<(Graph, u64)> {
-    let sql = format!(
-        "SELECT CAST(occurred_at AS BIGINT), {} FROM tp",
-        COLUMNS.join(", ")
-    );
-    // occurred_at is µs; CAST of a timestamp to BIGINT gives its raw value.
-    let mut stream = ctx.sql(&sql).await?.execute_stream().await?;
+async fn load_full(lake: &Lake, ctx: &SessionContext) -> Result<Work> {
     let mut g = Graph::default();
-    let mut rows = 0u64;
-    while let Some(batch) = stream.next().await {
-        let batch = batch?;
-        rows += batch.num_rows() as u64;
-        let ts = cast(batch.column(0), &DataType::Int64)?;
-        let ts = ts.as_primitive::<Int64Type>();
-        for (i, ids) in row_identifiers(&batch, 1)?.into_iter().enumerate() {
-            let t = ts.value(i);
-            let nodes: Vec<u32> = ids.iter().map(|(ty, v)| g.touch(*ty, v, t)).collect();
-            for x in 0..nodes.len() {
-                for y in x + 1..nodes.len() {
-                    g.link(nodes[x], nodes[y], t);
-                }
-            }
-        }
-    }
-    Ok((g, rows))
+    let touchpoints = for_each_row(ctx, "", |t, ids| add_row(&mut g, t, &ids, |_, _| {})).await?;
+    let prev = load_previous(lake, ctx).await?;
+    let n = g.nodes.len();
+    Ok(Work {
+        graph: g,
+        touchpoints,
+        pre_guarded: vec![],
+        foreign: vec![false; n],
+        stored_degree: HashMap::new(),
+        prev,
+        scope: None,
+    })
 }
 
-/// Manual rules from `unified.identity_rules` (`rule` = `include`/`exclude`, `a_type`,
-/// `a_value`, `b_type`, `b_value`), if the table exists.
-async fn load_rules(lake: &Lake, ctx: &SessionContext) -> Result<Vec<Rule>> {
-    let Some((_, p)) = lake.table("unified", "identity_rules").await? else {
-        return Ok(vec![]);
+/// `column IN (values)` as a Delta predicate (`false` for no values).
+fn in_list(column: &str, values: impl IntoIterator<Item = String>) -> Expr {
+    let values: Vec<Expr> = values.into_iter().map(lit).collect();
+    if values.is_empty() {
+        lit(false)
+    } else {
+        col(column).in_list(values, false)
+    }
+}
+
+/// Run identity resolution: incremental when it can continue from the previous run,
+/// full otherwise or with `config.full`.
+pub async fn run(lake: &Lake, config: &Config) -> Result<IdentitySummary> {
+    let clock = std::time::Instant::now();
+    let run_id = crate::run::new_run_id();
+    crate::tables::ensure(lake).await?;
+    // No ingest commit of this process lands while touchpoints are rewritten.
+    let _appends = crate::dedup::lock(lake).await?;
+    let ctx = identity_context()?;
+    lake.invalidate("unified", "touchpoints").await;
+    let Some((tp_table, tp)) = lake.table("unified", "touchpoints").await? else {
+        return Err(IngestError::Read(
+            "unified.touchpoints does not exist".into(),
+        ));
     };
-    ctx.register_table("rules", p)?;
+    ctx.register_table("tp", tp)?;
+    let (rules, rules_version) = load_rules(lake, &ctx).await?;
+    let settings = format!(
+        "{};rules={}",
+        config.fingerprint(),
+        rules_version.map_or("-".to_string(), |v| v.to_string())
+    );
+    let full_reason = if config.full {
+        Some("mode=full".to_string())
+    } else {
+        super::incremental::full_reason(lake, &ctx, &tp_table, &settings).await?
+    };
+    let work = match &full_reason {
+        None => super::incremental::load(lake, &ctx).await?,
+        Some(_) => load_full(lake, &ctx).await?,
+    };
+    let mode = if work.scope.is_some() {
+        "incremental"
+    } else {
+        "full"
+    };
+    let res = graph::resolve_with(&work.graph, config, &rules, &work.pre_guarded);
+    // A person id outlives its anchor (a merged person keeps the survivor's id), so a new
+    // person's anchor can hash to the id of a person outside an incremental run: such ids
+    // are taken, and the new person's id is salted.
+    let mut taken = HashSet::new();
+    let (persons, merges, kept, splits) = loop {
+        let out = assign_ids(&work.graph, &res, &work.prev, &work.foreign, &taken);
+        if work.scope.is_none() {
+            break out;
+        }
+        let fresh: Vec<String> = out
+            .0
+            .iter()
+            .map(|p| p.id.clone())
+            .filter(|id| !work.prev.first_seen.contains_key(id) && !taken.contains(id))
+            .collect();
+        let clash = super::incremental::existing_persons(&ctx, fresh).await?;
+        if clash.is_empty() {
+            break out;
+        }
+        taken.extend(clash);
+    };
+    let nothing_new = work.scope.as_ref().is_some_and(|s| s.new_rows == 0);
+
+    // Person per node (u32::MAX: outside this run).
+    let mut person_of_node: Vec<u32> = vec![u32::MAX; work.graph.nodes.len()];
+    for (p, person) in persons.iter().enumerate() {
+        for &m in &person.members {
+            person_of_node[m as usize] = p as u32;
+        }
+    }
+    // A cluster's id: the smallest person id in it.
+    let mut cluster_ids: HashMap<u32, String> = HashMap::new();
+    for person in &persons {
+        let c = res.cluster[person.anchor as usize];
+        let e = cluster_ids.entry(c).or_insert_with(|| person.id.clone());
+        if person.id < *e {
+            *e = person.id.clone();
+        }
+    }
+    let scope = work.scope;
+    let stored_degree = work.stored_degree;
+    let foreign = work.foreign;
+    let lookup = Arc::new(Lookup {
+        graph: work.graph,
+        person_of_node,
+        ids: persons.iter().map(|p| p.id.clone()).collect(),
+        guarded: res.guarded.iter().copied().collect(),
+    });
+    let g = &lookup.graph;
+    let person_of_node = &lookup.person_of_node;
+    ctx.register_udf(person_udf(lookup.clone()));
+    let mut versions = (tp_table.version().map(|v| v as i64), None::<i64>);
+
+    if !nothing_new {
+        // Which rows and identities this run rewrites.
+        let (rows_filter, rows_predicate, new_person_ids) = match &scope {
+            None => (String::new(), None, vec![]),
+            Some(s) => {
+                let pred = if s.persons.is_empty() {
+                    col("person_id").is_null()
+                } else {
+                    col("person_id")
+                        .is_null()
+                        .or(in_list("person_id", s.persons.iter().cloned()))
+                };
+                let filter = if s.persons.is_empty() {
+                    "person_id IS NULL".to_string()
+                } else {
+                    "person_id IS NULL OR person_id IN (SELECT p FROM touched_persons)".to_string()
+                };
+                (
+                    filter,
+                    Some(pred),
+                    persons.iter().map(|p| p.id.clone()).collect(),
+                )
+            }
+        };
+        let replace = |column: &str, old: &[String], new: Vec<String>| -> Option<Expr> {
+            scope.as_ref().map(|_| {
+                let mut all: Vec<String> = old.to_vec();
+                all.extend(new);
+                all.sort();
+                all.dedup();
+                in_list(column, all)
+            })
+        };
+
+        // 1. unified.identities.
+        let kept_nodes: Vec<usize> = (0..g.nodes.len()).filter(|&i| !foreign[i]).collect();
+        let node_cluster = |i: usize| {
+            cluster_ids
+                .get(&res.cluster[i])
+                .map(String::as_str)
+                .unwrap_or_default()
+        };
+        let identities = RecordBatch::try_new(
+            tables::identities(),
+            vec![
+                Arc::new(StringArray::from_iter_values(
+                    kept_nodes.iter().map(|&i| TYPES[g.nodes[i].ty as usize]),
+                )),
+                Arc::new(StringArray::from_iter_values(
+                    kept_nodes.iter().map(|&i| g.nodes[i].value.as_str()),
+                )),
+                Arc::new(StringArray::from_iter_values(
+                    kept_nodes
+                        .iter()
+                        .map(|&i| persons[person_of_node[i] as usize].id.as_str()),
+                )),
+                ts_array(
+                    kept_nodes
+                        .iter()
+                        .map(|&i| Some(g.nodes[i].first_seen))
+                        .collect(),
+                ),
+                ts_array(
+                    kept_nodes
+                        .iter()
+                        .map(|&i| Some(g.nodes[i].last_seen))
+                        .collect(),
+                ),
+                Arc::new(Int64Array::from_iter_values(
+                    kept_nodes.iter().map(|&i| g.nodes[i].touchpoints),
+                )),
+                Arc::new(StringArray::from_iter_values(
+                    kept_nodes.iter().map(|&i| node_cluster(i)),
+                )),
+            ],
+        )?;
+        let cluster_predicate = replace(
+            "cluster_id",
+            scope.as_ref().map(|s| s.clusters.as_slice()).unwrap_or(&[]),
+            cluster_ids.values().cloned().collect(),
+        );
+        versions.1 = Some(
+            write(
+                lake,
+                "unified",
+                "identities",
+                vec![identities],
+                cluster_predicate,
+            )
+            .await?,
+        );
+
+        // 2. unified.persons: activity of the rows this run places, plus anchors.
+        let persons_batches = persons_batches(&ctx, g, &persons, &rows_filter).await?;
+        let person_predicate = replace(
+            "person_id",
+            scope.as_ref().map(|s| s.persons.as_slice()).unwrap_or(&[]),
+            new_person_ids.clone(),
+        );
+        write(
+            lake,
+            "unified",
+            "persons",
+            persons_batches,
+            person_predicate.clone(),
+        )
+        .await?;
+
+        // 3. Diagnostics of the part resolved.
+        let size_of: Vec<usize> = persons.iter().map(|p| p.members.len()).collect();
+        let diagnostics = diagnostics_batch(
+            g,
+            &res,
+            &stored_degree,
+            &persons,
+            person_of_node,
+            &size_of,
+            &run_id,
+        )?;
+        write(
+            lake,
+            "quality",
+            "identity_diagnostics",
+            vec![diagnostics],
+            person_predicate,
+        )
+        .await?;
+
+        // 4. unified.touchpoints.person_id, in one commit.
+        let props = deltalake::kernel::transaction::CommitProperties::default()
+            .with_application_transaction(deltalake::kernel::Transaction::new(
+                format!("touchlake-identity:{run_id}"),
+                1,
+            ));
+        let person_expr = ctx
+            .udf("person_of")?
+            .call(COLUMNS.iter().map(|c| col(*c)).collect());
+        let t = match rows_predicate {
+            None => {
+                let cols: Vec<String> = tables::touchpoints()
+                    .fields()
+                    .iter()
+                    .map(|f| {
+                        if f.name() == "person_id" {
+                            format!("person_of({}) AS person_id", COLUMNS.join(", "))
+                        } else {
+                            f.name().clone()
+                        }
+                    })
+                    .collect();
+                let plan = ctx
+                    .sql(&format!("SELECT {} FROM tp", cols.join(", ")))
+                    .await?
+                    .into_optimized_plan()?;
+                tp_table
+                    .write(vec![])
+                    .with_input_plan(plan)
+                    .with_session_state(Arc::new(ctx.state()))
+                    .with_save_mode(SaveMode::Overwrite)
+                    .with_commit_properties(props)
+                    .await?
+            }
+            Some(pred) => {
+                tp_table
+                    .update()
+                    .with_predicate(pred)
+                    .with_update("person_id", person_expr)
+                    .with_session_state(Arc::new(ctx.state()))
+                    .with_commit_properties(props)
+                    .await?
+                    .0
+            }
+        };
+        versions.0 = t.version().map(|v| v as i64);
+        lake.invalidate("unified", "touchpoints").await;
+
+        // 5. Merges.
+        if !merges.is_empty() {
+            let now = Utc::now().timestamp_micros();
+            let m = merges.len();
+            let via = |f: fn(&graph::Node) -> &str| -> ArrayRef {
+                Arc::new(StringArray::from(
+                    merges
+                        .iter()
+                        .map(|x| x.via.map(|v| f(&g.nodes[v as usize]).to_string()))
+                        .collect::<Vec<_>>(),
+                ))
+            };
+            let batch = RecordBatch::try_new(
+                tables::identity_merges(),
+                vec![
+                    ts_array(vec![Some(now); m]),
+                    Arc::new(StringArray::from_iter_values(
+                        merges.iter().map(|x| x.from.as_str()),
+                    )),
+                    Arc::new(StringArray::from_iter_values(
+                        merges.iter().map(|x| x.into.as_str()),
+                    )),
+                    via(|n| TYPES[n.ty as usize]),
+                    via(|n| n.value.as_str()),
+                    Arc::new(StringArray::from(vec![run_id.clone(); m])),
+                ],
+            )?;
+            crate::run::append(
+                lake,
+                "unified",
+                "identity_merges",
+                vec![batch],
+                &format!("touchlake-identity:{run_id}"),
+                false,
+            )
+            .await?;
+        }
+    } else {
+        lake.invalidate("unified", "identities").await;
+        versions.1 = match lake.table("unified", "identities").await? {
+            Some((t, _)) => t.version().map(|v| v as i64),
+            None => None,
+        };
+    }
+
+    let summary = IdentitySummary {
+        run_id: run_id.clone(),
+        mode: mode.to_string(),
+        full_reason: full_reason.unwrap_or_default(),
+        touchpoints: work.touchpoints,
+        identifiers: foreign.iter().filter(|f| !**f).count() as u64,
+        edges: res.edges as u64,
+        persons: count_persons(lake).await?,
+        persons_kept: kept,
+        merges: merges.len() as u64,
+        splits,
+        guarded: res
+            .guarded
+            .iter()
+            .filter(|&&i| !foreign[i as usize])
+            .count() as u64,
+        skipped_edges: res.skipped.len() as u64,
+        largest_person: persons.iter().map(|p| p.members.len()).max().unwrap_or(0) as u64,
+        seconds: clock.elapsed().as_secs_f64(),
+    };
+    record_run(lake, &summary, versions, &settings).await?;
+    Ok(summary)
+}
+
+/// Rows of `unified.persons` for this run's persons: activity of the rows matching
+/// `rows_filter` (all rows if empty) placed with `person_of`, plus anchors.
+async fn persons_batches(
+    ctx: &SessionContext,
+    g: &Graph,
+    persons: &[Person],
+    rows_filter: &str,
+) -> Result<Vec<RecordBatch>> {
+    let ts_field = |name: &str| {
+        datafusion::arrow::datatypes::Field::new(
+            name,
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            false,
+        )
+    };
+    let anchors = RecordBatch::try_new(
+        Arc::new(datafusion::arrow::datatypes::Schema::new(vec![
+            datafusion::arrow::datatypes::Field::new("person_id", DataType::Utf8, false),
+            datafusion::arrow::datatypes::Field::new("anchor_type", DataType::Utf8, false),
+            datafusion::arrow::datatypes::Field::new("anchor_value", DataType::Utf8, false),
+            datafusion::arrow::datatypes::Field::new("identifiers", DataType::Int64, false),
+            ts_field("id_first_seen"),
+            ts_field("id_last_seen"),
+        ])),
+        vec![
+            Arc::new(StringArray::from_iter_values(
+                persons.iter().map(|p| p.id.as_str()),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                persons
+                    .iter()
+                    .map(|p| TYPES[g.nodes[p.anchor as usize].ty as usize]),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                persons
+                    .iter()
+                    .map(|p| g.nodes[p.anchor as usize].value.as_str()),
+            )),
+            Arc::new(Int64Array::from_iter_values(
+                persons.iter().map(|p| p.members.len() as i64),
+            )),
+            ts_array(
+                persons
+                    .iter()
+                    .map(|p| {
+                        p.members
+                            .iter()
+                            .map(|&m| g.nodes[m as usize].first_seen)
+                            .min()
+                    })
+                    .collect(),
+            ),
+            ts_array(
+                persons
+                    .iter()
+                    .map(|p| {
+                        p.members
+                            .iter()
+                            .map(|&m| g.nodes[m as usize].last_seen)
+                            .max()
+                    })
+                    .collect(),
+            ),
+        ],
+    )?;
+    let _ = ctx.deregister_table("anchors");
+    ctx.register_batch("anchors", anchors)?;
+    let filter = if rows_filter.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {rows_filter}")
+    };
     let out = ctx
-        .sql("SELECT CAST(lower(trim(rule)) AS VARCHAR), CAST(a_type AS VARCHAR), CAST(a_value AS VARCHAR), CAST(b_type AS VARCHAR), CAST(b_value AS VARCHAR) FROM rules")
+        .sql(&format!(
+            "SELECT a.person_id, coalesce(s.first_seen, a.id_first_seen) AS first_seen, \
+             coalesce(s.last_seen, a.id_last_seen) AS last_seen, coalesce(s.touchpoints, 0) AS touchpoints, \
+             coalesce(s.channels, 0) AS channels, coalesce(s.orders, 0) AS orders, \
+             coalesce(s.revenue, CAST(0 AS DECIMAL(18,2))) AS revenue, a.identifiers, \
+             a.anchor_type, a.anchor_value \
+             FROM anchors a LEFT JOIN (SELECT person_of({ids}) AS person_id, min(occurred_at) AS first_seen, \
+             max(occurred_at) AS last_seen, count(*) AS touchpoints, \
+             count(DISTINCT channel) AS channels, \
+             count(*) FILTER (WHERE event_type = 'purchase') AS orders, \
+             CAST(sum(revenue) AS DECIMAL(18,2)) AS revenue FROM tp {filter} \
+             GROUP BY 1) s ON s.person_id = a.person_id",
+            ids = COLUMNS.join(", ")
+        ))
         .await?
         .collect()
         .await?;
-    let mut rules = vec![];
-    for b in out {
-        let c: Vec<StringArray> = (0..5).map(|i| text_col(&b, i)).collect::<Result<_>>()?;
-        for i in 0..b.num_rows() {
-            let include = match c[0].value(i) {
-                "include" => true,
-                "exclude" => false,
-                other => {
-                    return Err(IngestError::Definition(format!(
-                        "unified.identity_rules: rule '{other}' is not include or exclude"
-                    )));
-                }
-            };
-            let side = |t: &StringArray, v: &StringArray| -> Result<(u8, String)> {
-                let ty = graph::type_index(t.value(i)).ok_or_else(|| {
-                    IngestError::Definition(format!(
-                        "unified.identity_rules: unknown identifier type '{}'",
-                        t.value(i)
-                    ))
-                })?;
-                Ok((ty, clean(ty as usize, v.value(i)).unwrap_or_default()))
-            };
-            rules.push(Rule {
-                include,
-                a: side(&c[1], &c[2])?,
-                b: side(&c[3], &c[4])?,
-            });
-        }
+    let schema = tables::persons();
+    if out.is_empty() {
+        return Ok(vec![RecordBatch::new_empty(schema)]);
     }
-    Ok(rules)
+    out.iter()
+        .map(|b| crate::run::conform_to(b, &schema))
+        .collect()
 }
 
-/// The previous run's mapping: identifier → person, and person → (anchor, first_seen).
-struct Previous {
-    person_of: HashMap<(u8, String), String>,
-    anchor: HashMap<String, (u8, String)>,
-    first_seen: HashMap<String, i64>,
-}
-
-async fn load_previous(lake: &Lake, ctx: &SessionContext) -> Result<Previous> {
-    let mut prev = Previous {
-        person_of: HashMap::new(),
-        anchor: HashMap::new(),
-        first_seen: HashMap::new(),
+async fn count_persons(lake: &Lake) -> Result<u64> {
+    lake.invalidate("unified", "persons").await;
+    let Some((_, p)) = lake.table("unified", "persons").await? else {
+        return Ok(0);
     };
-    if let Some((_, p)) = lake.table("unified", "identities").await? {
-        ctx.register_table("prev_identities", p)?;
-        let mut s = ctx
-            .sql("SELECT CAST(identifier_type AS VARCHAR), CAST(identifier_value AS VARCHAR), CAST(person_id AS VARCHAR) FROM prev_identities")
-            .await?
-            .execute_stream()
-            .await?;
-        while let Some(b) = s.next().await {
-            let b = b?;
-            let (t, v, p) = (text_col(&b, 0)?, text_col(&b, 1)?, text_col(&b, 2)?);
-            for i in 0..b.num_rows() {
-                if let Some(ty) = graph::type_index(t.value(i)) {
-                    prev.person_of
-                        .insert((ty, v.value(i).to_string()), p.value(i).to_string());
-                }
-            }
-        }
-    }
-    if let Some((_, p)) = lake.table("unified", "persons").await? {
-        let has_anchor = p.schema().field_with_name("anchor_type").is_ok();
-        ctx.register_table("prev_persons", p)?;
-        let sql = if has_anchor {
-            "SELECT CAST(person_id AS VARCHAR), CAST(first_seen AS BIGINT), CAST(anchor_type AS VARCHAR), CAST(anchor_value AS VARCHAR) FROM prev_persons"
-        } else {
-            "SELECT CAST(person_id AS VARCHAR), CAST(first_seen AS BIGINT), CAST(NULL AS VARCHAR), CAST(NULL AS VARCHAR) FROM prev_persons"
-        };
-        let mut s = ctx.sql(sql).await?.execute_stream().await?;
-        while let Some(b) = s.next().await {
-            let b = b?;
-            let (id, fs) = (text_col(&b, 0)?, int_col(&b, 1)?);
-            let (at, av) = (text_col(&b, 2)?, text_col(&b, 3)?);
-            for i in 0..b.num_rows() {
-                if fs.is_valid(i) {
-                    prev.first_seen.insert(id.value(i).to_string(), fs.value(i));
-                }
-                if at.is_valid(i)
-                    && av.is_valid(i)
-                    && let Some(ty) = graph::type_index(at.value(i))
-                {
-                    prev.anchor
-                        .insert(id.value(i).to_string(), (ty, av.value(i).to_string()));
-                }
-            }
-        }
-    }
-    Ok(prev)
+    let ctx = SessionContext::new();
+    ctx.register_table("persons", p)?;
+    let b = ctx
+        .sql("SELECT count(*) FROM persons")
+        .await?
+        .collect()
+        .await?;
+    Ok(b.first()
+        .map(|b| super::read::int_col(b, 0))
+        .transpose()?
+        .map_or(0, |c| c.value(0) as u64))
 }
 
 /// A person of this run.
@@ -280,10 +606,20 @@ struct Merge {
 }
 
 /// Group nodes into persons and give each its id.
-fn assign_ids(g: &Graph, res: &Resolution, prev: &Previous) -> (Vec<Person>, Vec<Merge>, u64, u64) {
+/// Nodes marked `foreign` are outside this run and belong to no person of it; a new
+/// person never gets an id in `taken` (ids of persons outside this run).
+fn assign_ids(
+    g: &Graph,
+    res: &Resolution,
+    prev: &Previous,
+    foreign: &[bool],
+    taken: &HashSet<String>,
+) -> (Vec<Person>, Vec<Merge>, u64, u64) {
     let mut groups: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
     for (i, &root) in res.component.iter().enumerate() {
-        groups.entry(root).or_default().push(i as u32);
+        if !foreign.get(i).copied().unwrap_or(false) {
+            groups.entry(root).or_default().push(i as u32);
+        }
     }
     let rank = |i: u32| {
         let n = &g.nodes[i as usize];
@@ -314,6 +650,7 @@ fn assign_ids(g: &Graph, res: &Resolution, prev: &Previous) -> (Vec<Person>, Vec
 
     let mut used: HashSet<String> = prev.first_seen.keys().cloned().collect();
     used.extend(prev.person_of.values().cloned());
+    used.extend(taken.iter().cloned());
     let mut persons = vec![];
     let mut merges = vec![];
     let mut kept = 0u64;
@@ -385,244 +722,6 @@ fn new_id(ty: &str, value: &str, salt: &str) -> String {
 fn ts_array(v: Vec<Option<i64>>) -> ArrayRef {
     Arc::new(TimestampMicrosecondArray::from(v).with_timezone("UTC"))
 }
-
-/// Run identity resolution over the whole lake.
-pub async fn run(lake: &Lake, config: &Config) -> Result<IdentitySummary> {
-    let clock = std::time::Instant::now();
-    let run_id = crate::run::new_run_id();
-    crate::tables::ensure(lake).await?;
-    // No ingest commit of this process lands while touchpoints are rewritten.
-    let _appends = crate::dedup::lock(lake).await?;
-    let ctx = identity_context()?;
-    lake.invalidate("unified", "touchpoints").await;
-    let Some((tp_table, tp)) = lake.table("unified", "touchpoints").await? else {
-        return Err(IngestError::Read(
-            "unified.touchpoints does not exist".into(),
-        ));
-    };
-    ctx.register_table("tp", tp)?;
-    let (g, touchpoints) = build_graph(&ctx).await?;
-    let rules = load_rules(lake, &ctx).await?;
-    let res = graph::resolve(&g, config, &rules);
-    let prev = load_previous(lake, &ctx).await?;
-    let (persons, merges, kept, splits) = assign_ids(&g, &res, &prev);
-
-    // Person id per node.
-    let mut person_of_node: Vec<u32> = vec![0; g.nodes.len()];
-    for (p, person) in persons.iter().enumerate() {
-        for &m in &person.members {
-            person_of_node[m as usize] = p as u32;
-        }
-    }
-    let lookup = Arc::new(Lookup {
-        graph: g,
-        person_of_node,
-        ids: persons.iter().map(|p| p.id.clone()).collect(),
-        guarded: res.guarded.iter().copied().collect(),
-    });
-    let g = &lookup.graph;
-    let person_of_node = &lookup.person_of_node;
-
-    // 1. unified.touchpoints with person_id current (one overwrite commit).
-    ctx.register_udf(person_udf(lookup.clone()));
-    let cols: Vec<String> = tables::touchpoints()
-        .fields()
-        .iter()
-        .map(|f| {
-            if f.name() == "person_id" {
-                format!("person_of({}) AS person_id", COLUMNS.join(", "))
-            } else {
-                f.name().clone()
-            }
-        })
-        .collect();
-    let plan = ctx
-        .sql(&format!("SELECT {} FROM tp", cols.join(", ")))
-        .await?
-        .into_optimized_plan()?;
-    let props =
-        deltalake::kernel::transaction::CommitProperties::default().with_application_transaction(
-            deltalake::kernel::Transaction::new(format!("touchlake-identity:{run_id}"), 1),
-        );
-    tp_table
-        .write(vec![])
-        .with_input_plan(plan)
-        .with_session_state(Arc::new(ctx.state()))
-        .with_save_mode(SaveMode::Overwrite)
-        .with_commit_properties(props)
-        .await?;
-    lake.invalidate("unified", "touchpoints").await;
-
-    // 2. unified.identities.
-    let n = g.nodes.len();
-    let identities = RecordBatch::try_new(
-        tables::identities(),
-        vec![
-            Arc::new(StringArray::from_iter_values(
-                g.nodes.iter().map(|x| TYPES[x.ty as usize]),
-            )),
-            Arc::new(StringArray::from_iter_values(
-                g.nodes.iter().map(|x| x.value.as_str()),
-            )),
-            Arc::new(StringArray::from_iter_values(
-                (0..n).map(|i| persons[person_of_node[i] as usize].id.as_str()),
-            )),
-            ts_array(g.nodes.iter().map(|x| Some(x.first_seen)).collect()),
-            ts_array(g.nodes.iter().map(|x| Some(x.last_seen)).collect()),
-            Arc::new(Int64Array::from_iter_values(
-                g.nodes.iter().map(|x| x.touchpoints),
-            )),
-        ],
-    )?;
-    overwrite(lake, "unified", "identities", identities).await?;
-
-    // 3. unified.persons: activity from the rewritten touchpoints, plus anchors.
-    let anchors = RecordBatch::try_new(
-        Arc::new(datafusion::arrow::datatypes::Schema::new(vec![
-            datafusion::arrow::datatypes::Field::new("person_id", DataType::Utf8, false),
-            datafusion::arrow::datatypes::Field::new("anchor_type", DataType::Utf8, false),
-            datafusion::arrow::datatypes::Field::new("anchor_value", DataType::Utf8, false),
-            datafusion::arrow::datatypes::Field::new("identifiers", DataType::Int64, false),
-            datafusion::arrow::datatypes::Field::new(
-                "id_first_seen",
-                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-                false,
-            ),
-            datafusion::arrow::datatypes::Field::new(
-                "id_last_seen",
-                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-                false,
-            ),
-        ])),
-        vec![
-            Arc::new(StringArray::from_iter_values(
-                persons.iter().map(|p| p.id.as_str()),
-            )),
-            Arc::new(StringArray::from_iter_values(
-                persons
-                    .iter()
-                    .map(|p| TYPES[g.nodes[p.anchor as usize].ty as usize]),
-            )),
-            Arc::new(StringArray::from_iter_values(
-                persons
-                    .iter()
-                    .map(|p| g.nodes[p.anchor as usize].value.as_str()),
-            )),
-            Arc::new(Int64Array::from_iter_values(
-                persons.iter().map(|p| p.members.len() as i64),
-            )),
-            ts_array(
-                persons
-                    .iter()
-                    .map(|p| {
-                        p.members
-                            .iter()
-                            .map(|&m| g.nodes[m as usize].first_seen)
-                            .min()
-                    })
-                    .collect(),
-            ),
-            ts_array(
-                persons
-                    .iter()
-                    .map(|p| {
-                        p.members
-                            .iter()
-                            .map(|&m| g.nodes[m as usize].last_seen)
-                            .max()
-                    })
-                    .collect(),
-            ),
-        ],
-    )?;
-    let pctx = identity_context()?;
-    pctx.register_batch("anchors", anchors)?;
-    if let Some((_, tp)) = lake.table("unified", "touchpoints").await? {
-        pctx.register_table("tp", tp)?;
-    }
-    let persons_out = pctx
-        .sql(
-            "SELECT a.person_id, coalesce(s.first_seen, a.id_first_seen) AS first_seen, \
-             coalesce(s.last_seen, a.id_last_seen) AS last_seen, coalesce(s.touchpoints, 0) AS touchpoints, \
-             coalesce(s.channels, 0) AS channels, coalesce(s.orders, 0) AS orders, \
-             coalesce(s.revenue, CAST(0 AS DECIMAL(18,2))) AS revenue, a.identifiers, \
-             a.anchor_type, a.anchor_value \
-             FROM anchors a LEFT JOIN (SELECT person_id, min(occurred_at) AS first_seen, \
-             max(occurred_at) AS last_seen, count(*) AS touchpoints, \
-             count(DISTINCT channel) AS channels, \
-             count(*) FILTER (WHERE event_type = 'purchase') AS orders, \
-             CAST(sum(revenue) AS DECIMAL(18,2)) AS revenue FROM tp \
-             WHERE person_id IS NOT NULL GROUP BY person_id) s ON s.person_id = a.person_id",
-        )
-        .await?
-        .collect()
-        .await?;
-    let persons_schema = tables::persons();
-    let persons_batches: Vec<RecordBatch> = persons_out
-        .iter()
-        .map(|b| crate::run::conform_to(b, &persons_schema))
-        .collect::<Result<_>>()?;
-    overwrite_many(lake, "unified", "persons", persons_batches).await?;
-
-    // 4. Merges (appended) and diagnostics (replaced).
-    let now = Utc::now().timestamp_micros();
-    if !merges.is_empty() {
-        let m = merges.len();
-        let via = |f: fn(&graph::Node) -> &str| -> ArrayRef {
-            Arc::new(StringArray::from(
-                merges
-                    .iter()
-                    .map(|x| x.via.map(|v| f(&g.nodes[v as usize]).to_string()))
-                    .collect::<Vec<_>>(),
-            ))
-        };
-        let batch = RecordBatch::try_new(
-            tables::identity_merges(),
-            vec![
-                ts_array(vec![Some(now); m]),
-                Arc::new(StringArray::from_iter_values(
-                    merges.iter().map(|x| x.from.as_str()),
-                )),
-                Arc::new(StringArray::from_iter_values(
-                    merges.iter().map(|x| x.into.as_str()),
-                )),
-                via(|n| TYPES[n.ty as usize]),
-                via(|n| n.value.as_str()),
-                Arc::new(StringArray::from(vec![run_id.clone(); m])),
-            ],
-        )?;
-        crate::run::append(
-            lake,
-            "unified",
-            "identity_merges",
-            vec![batch],
-            &format!("touchlake-identity:{run_id}"),
-            false,
-        )
-        .await?;
-    }
-    let size_of: Vec<usize> = persons.iter().map(|p| p.members.len()).collect();
-    let diagnostics = diagnostics_batch(g, &res, &persons, person_of_node, &size_of, &run_id)?;
-    overwrite(lake, "quality", "identity_diagnostics", diagnostics).await?;
-
-    let summary = IdentitySummary {
-        run_id: run_id.clone(),
-        touchpoints,
-        identifiers: n as u64,
-        edges: res.edges as u64,
-        persons: persons.len() as u64,
-        persons_kept: kept,
-        merges: merges.len() as u64,
-        splits,
-        guarded: res.guarded.len() as u64,
-        skipped_edges: res.skipped.len() as u64,
-        largest_person: size_of.iter().copied().max().unwrap_or(0) as u64,
-        seconds: clock.elapsed().as_secs_f64(),
-    };
-    record_run(lake, &summary).await?;
-    Ok(summary)
-}
-
 /// What `person_of(…)` needs to place a touchpoint.
 struct Lookup {
     graph: Graph,
@@ -636,6 +735,10 @@ impl Lookup {
         let nodes: Vec<u32> = ids
             .iter()
             .filter_map(|(t, v)| self.graph.find(*t, v))
+            .collect();
+        let nodes: Vec<u32> = nodes
+            .into_iter()
+            .filter(|n| self.person_of_node[*n as usize] != u32::MAX)
             .collect();
         let node = nodes
             .iter()
@@ -675,6 +778,7 @@ fn person_udf(lookup: Arc<Lookup>) -> ScalarUDF {
 fn diagnostics_batch(
     g: &Graph,
     res: &Resolution,
+    stored_degree: &HashMap<u32, [u32; TYPES.len()]>,
     persons: &[Person],
     person_of_node: &[u32],
     size_of: &[usize],
@@ -682,8 +786,10 @@ fn diagnostics_batch(
 ) -> Result<RecordBatch> {
     // (node, reason, detail)
     let mut rows: Vec<(u32, &'static str, String)> = vec![];
-    for &i in &res.guarded {
-        let d = &res.degree[i as usize];
+    let degree = |i: u32| stored_degree.get(&i).unwrap_or(&res.degree[i as usize]);
+    let inside = |i: u32| person_of_node[i as usize] != u32::MAX;
+    for &i in res.guarded.iter().filter(|&&i| inside(i)) {
+        let d = degree(i);
         let detail = TYPES
             .iter()
             .zip(d)
@@ -693,7 +799,7 @@ fn diagnostics_batch(
             .join(", ");
         rows.push((i, Flag::DegreeGuard.as_str(), format!("linked to {detail}")));
     }
-    for (e, flag) in &res.skipped {
+    for (e, flag) in res.skipped.iter().filter(|(e, _)| inside(e.a)) {
         let other = &g.nodes[e.b as usize];
         rows.push((
             e.a,
@@ -719,7 +825,7 @@ fn diagnostics_batch(
     }
     let n = rows.len();
     let degree_json = |i: u32| {
-        let d = &res.degree[i as usize];
+        let d = degree(i);
         let m: serde_json::Map<String, serde_json::Value> = TYPES
             .iter()
             .zip(d)
@@ -755,30 +861,37 @@ fn diagnostics_batch(
     )?)
 }
 
-async fn overwrite(lake: &Lake, schema: &str, table: &str, batch: RecordBatch) -> Result<()> {
-    overwrite_many(lake, schema, table, vec![batch]).await
-}
-
-async fn overwrite_many(
+/// Replace the rows of `schema.table` matching `replace` (all rows if `None`) with
+/// `batches`, in one commit; returns the table's new version.
+async fn write(
     lake: &Lake,
     schema: &str,
     table: &str,
     batches: Vec<RecordBatch>,
-) -> Result<()> {
+    replace: Option<Expr>,
+) -> Result<i64> {
     lake.invalidate(schema, table).await;
     let t = match lake.table(schema, table).await? {
         Some((t, _)) => t,
         None => lake.table_builder(schema, table)?.build()?,
     };
-    t.write(batches)
-        .with_save_mode(SaveMode::Overwrite)
-        .with_schema_mode(deltalake::operations::write::SchemaMode::Overwrite)
-        .await?;
+    let w = t.write(batches).with_save_mode(SaveMode::Overwrite);
+    let w = match replace {
+        // Older lakes get the new columns with the first full run.
+        None => w.with_schema_mode(deltalake::operations::write::SchemaMode::Overwrite),
+        Some(p) => w.with_replace_where(p),
+    };
+    let t = w.await?;
     lake.invalidate(schema, table).await;
-    Ok(())
+    Ok(t.version().map_or(0, |v| v as i64))
 }
 
-async fn record_run(lake: &Lake, s: &IdentitySummary) -> Result<()> {
+async fn record_run(
+    lake: &Lake,
+    s: &IdentitySummary,
+    (touchpoints_version, identities_version): (Option<i64>, Option<i64>),
+    settings: &str,
+) -> Result<()> {
     let i = |v: u64| -> ArrayRef { Arc::new(Int64Array::from(vec![v as i64])) };
     let batch = RecordBatch::try_new(
         tables::identity_runs(),
@@ -798,6 +911,10 @@ async fn record_run(lake: &Lake, s: &IdentitySummary) -> Result<()> {
             Arc::new(datafusion::arrow::array::Float64Array::from(vec![
                 s.seconds,
             ])),
+            Arc::new(StringArray::from(vec![s.mode.clone()])),
+            Arc::new(Int64Array::from(vec![touchpoints_version])),
+            Arc::new(Int64Array::from(vec![identities_version])),
+            Arc::new(StringArray::from(vec![settings.to_string()])),
         ],
     )?;
     crate::run::append(
@@ -806,7 +923,7 @@ async fn record_run(lake: &Lake, s: &IdentitySummary) -> Result<()> {
         "identity_runs",
         vec![batch],
         &format!("touchlake-identity-run:{}", s.run_id),
-        false,
+        true,
     )
     .await?;
     Ok(())

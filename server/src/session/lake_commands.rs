@@ -56,6 +56,7 @@ pub fn ingest_schema() -> SchemaRef {
 pub fn identity_schema() -> SchemaRef {
     fields(&[
         ("run_id", DataType::Utf8),
+        ("mode", DataType::Utf8),
         ("touchpoints", DataType::Int64),
         ("identifiers", DataType::Int64),
         ("edges", DataType::Int64),
@@ -77,6 +78,7 @@ pub fn identity_rows(s: &touchlake_ingest::identity::IdentitySummary) -> Result<
         identity_schema(),
         vec![
             Arc::new(StringArray::from(vec![s.run_id.clone()])),
+            Arc::new(StringArray::from(vec![s.mode.clone()])),
             i(s.touchpoints),
             i(s.identifiers),
             i(s.edges),

@@ -1,0 +1,379 @@
+//! Incremental identity runs: resolve only the clusters new touchpoints touch.
+//!
+//! New touchpoints are those whose `person_id` is still NULL (every touchpoint with a
+//! usable identifier gets one). Their identifiers, looked up in `unified.identities`, name
+//! the clusters they touch (`cluster_id`: identifiers joined by edges between unguarded
+//! identifiers and include rules, before limits and exclude rules). Those clusters are
+//! rebuilt from their own touchpoints plus the new ones and resolved again; every other
+//! cluster keeps its persons, because a cluster's resolution depends only on its own edges.
+//!
+//! An identifier's degree only grows as touchpoints arrive, so an identifier the degree
+//! guard took out stays out: its degree is carried over from
+//! `quality.identity_diagnostics` and increased by its new links.
+//!
+//! A run continues incrementally only from a finished run with the same settings and
+//! rules, when `unified.identities` is as that run left it and `unified.touchpoints` has
+//! only had appends (and compaction) since; otherwise it resolves everything.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::prelude::SessionContext;
+use deltalake::DeltaTable;
+use futures::TryStreamExt;
+use touchlake_catalog::Lake;
+
+use super::graph::{self, Graph, TYPES};
+use super::read::{Previous, add_row, for_each_row, int_col, text_col};
+use super::run::{Scope, Work};
+use crate::error::Result;
+
+/// Why this run must resolve everything, or `None` when it can continue from the last
+/// run. `settings` is this run's settings fingerprint.
+pub(super) async fn full_reason(
+    lake: &Lake,
+    ctx: &SessionContext,
+    touchpoints: &DeltaTable,
+    settings: &str,
+) -> Result<Option<String>> {
+    lake.invalidate("quality", "identity_runs").await;
+    let Some((_, runs)) = lake.table("quality", "identity_runs").await? else {
+        return Ok(Some("no previous run".into()));
+    };
+    if runs.schema().field_with_name("identities_version").is_err() {
+        return Ok(Some("the previous run recorded no versions".into()));
+    }
+    ctx.register_table("previous_runs", runs)?;
+    let last = ctx
+        .sql(
+            "SELECT CAST(touchpoints_version AS BIGINT), CAST(identities_version AS BIGINT), \
+             CAST(settings AS VARCHAR) FROM previous_runs ORDER BY finished_at DESC LIMIT 1",
+        )
+        .await?
+        .collect()
+        .await?;
+    let Some(b) = last.iter().find(|b| b.num_rows() > 0) else {
+        return Ok(Some("no previous run".into()));
+    };
+    let (tv, iv, s) = (int_col(b, 0)?, int_col(b, 1)?, text_col(b, 2)?);
+    if tv.is_null(0) || iv.is_null(0) || s.is_null(0) {
+        return Ok(Some(
+            "the previous run was a full run of an older version".into(),
+        ));
+    }
+    if s.value(0) != settings {
+        return Ok(Some(
+            "settings or rules changed since the previous run".into(),
+        ));
+    }
+    lake.invalidate("unified", "identities").await;
+    let identities_version = match lake.table("unified", "identities").await? {
+        Some((t, _)) => t.version().map(|v| v as i64),
+        None => None,
+    };
+    if identities_version != Some(iv.value(0)) {
+        return Ok(Some(
+            "unified.identities changed since the previous run".into(),
+        ));
+    }
+    let (now, then) = (touchpoints.version().unwrap_or(0) as i64, tv.value(0));
+    if now < then {
+        return Ok(Some(
+            "unified.touchpoints is older than the previous run".into(),
+        ));
+    }
+    if now > then {
+        let commits: Vec<_> = touchpoints
+            .history(Some((now - then) as usize))
+            .try_collect()
+            .await?;
+        for c in commits {
+            let op = c.operation.clone().unwrap_or_default();
+            let append = op == "WRITE"
+                && c.operation_parameters
+                    .as_ref()
+                    .and_then(|p| p.get("mode"))
+                    .is_some_and(|m| {
+                        m.as_str() == Some("Append") || m.to_string().contains("Append")
+                    });
+            let harmless = matches!(op.as_str(), "OPTIMIZE" | "VACUUM START" | "VACUUM END");
+            if !append && !harmless {
+                return Ok(Some(format!(
+                    "unified.touchpoints had a {op} since the previous run"
+                )));
+            }
+        }
+    }
+    Ok(None)
+}
+
+fn one_column(name: &str, values: impl IntoIterator<Item = String>) -> Result<RecordBatch> {
+    let schema = Arc::new(Schema::new(vec![Field::new(name, DataType::Utf8, false)]));
+    Ok(RecordBatch::try_new(
+        schema,
+        vec![Arc::new(StringArray::from_iter_values(values))],
+    )?)
+}
+
+/// One identifier of a touched cluster as the previous run wrote it.
+struct Stored {
+    ty: u8,
+    value: String,
+    person: String,
+    first_seen: i64,
+    last_seen: i64,
+    touchpoints: i64,
+}
+
+/// The new touchpoints and the clusters they touch, as a graph to resolve. Registers
+/// `touched_persons (p)` in `ctx` for the writes.
+pub(super) async fn load(lake: &Lake, ctx: &SessionContext) -> Result<Work> {
+    let mut new_rows: Vec<(i64, Vec<(u8, String)>)> = vec![];
+    let mut read = for_each_row(ctx, "person_id IS NULL", |t, ids| {
+        if !ids.is_empty() {
+            new_rows.push((t, ids));
+        }
+    })
+    .await?;
+    let keys: HashSet<(u8, String)> = new_rows
+        .iter()
+        .flat_map(|(_, ids)| ids.iter().cloned())
+        .collect();
+    let key_schema = Arc::new(Schema::new(vec![
+        Field::new("t", DataType::Utf8, false),
+        Field::new("v", DataType::Utf8, false),
+    ]));
+    ctx.register_batch(
+        "new_ids",
+        RecordBatch::try_new(
+            key_schema,
+            vec![
+                Arc::new(StringArray::from_iter_values(
+                    keys.iter().map(|(t, _)| TYPES[*t as usize]),
+                )),
+                Arc::new(StringArray::from_iter_values(
+                    keys.iter().map(|(_, v)| v.as_str()),
+                )),
+            ],
+        )?,
+    )?;
+    let Some((_, identities)) = lake.table("unified", "identities").await? else {
+        return Err(crate::error::IngestError::Read(
+            "unified.identities disappeared during the identity run".into(),
+        ));
+    };
+    ctx.register_table("prev_identities", identities)?;
+
+    // The touched clusters, their identifiers and persons.
+    let mut clusters = BTreeSet::new();
+    for b in ctx
+        .sql(
+            "SELECT DISTINCT CAST(i.cluster_id AS VARCHAR) FROM prev_identities i \
+             JOIN new_ids n ON i.identifier_type = n.t AND i.identifier_value = n.v \
+             WHERE i.cluster_id IS NOT NULL",
+        )
+        .await?
+        .collect()
+        .await?
+    {
+        let c = text_col(&b, 0)?;
+        clusters.extend((0..b.num_rows()).map(|i| c.value(i).to_string()));
+    }
+    ctx.register_batch(
+        "touched_clusters",
+        one_column("c", clusters.iter().cloned())?,
+    )?;
+    let mut stored = vec![];
+    for b in ctx
+        .sql(
+            "SELECT CAST(identifier_type AS VARCHAR), CAST(identifier_value AS VARCHAR), \
+             CAST(person_id AS VARCHAR), CAST(first_seen AS BIGINT), CAST(last_seen AS BIGINT), \
+             CAST(touchpoints AS BIGINT) FROM prev_identities \
+             WHERE cluster_id IN (SELECT c FROM touched_clusters)",
+        )
+        .await?
+        .collect()
+        .await?
+    {
+        let (t, v, p) = (text_col(&b, 0)?, text_col(&b, 1)?, text_col(&b, 2)?);
+        let (f, l, n) = (int_col(&b, 3)?, int_col(&b, 4)?, int_col(&b, 5)?);
+        for i in 0..b.num_rows() {
+            if let Some(ty) = graph::type_index(t.value(i)) {
+                stored.push(Stored {
+                    ty,
+                    value: v.value(i).to_string(),
+                    person: p.value(i).to_string(),
+                    first_seen: f.value(i),
+                    last_seen: l.value(i),
+                    touchpoints: n.value(i),
+                });
+            }
+        }
+    }
+    let persons: BTreeSet<String> = stored.iter().map(|s| s.person.clone()).collect();
+    ctx.register_batch("touched_persons", one_column("p", persons.iter().cloned())?)?;
+
+    // Identifiers the degree guard had taken out, with their degree.
+    let mut guarded: HashMap<(u8, String), [u32; TYPES.len()]> = HashMap::new();
+    if let Some((_, diag)) = lake.table("quality", "identity_diagnostics").await? {
+        ctx.register_table("prev_diagnostics", diag)?;
+        for b in ctx
+            .sql(
+                "SELECT CAST(identifier_type AS VARCHAR), CAST(identifier_value AS VARCHAR), \
+                 CAST(degree AS VARCHAR) FROM prev_diagnostics WHERE reason = 'degree_guard' \
+                 AND person_id IN (SELECT p FROM touched_persons)",
+            )
+            .await?
+            .collect()
+            .await?
+        {
+            let (t, v, d) = (text_col(&b, 0)?, text_col(&b, 1)?, text_col(&b, 2)?);
+            for i in 0..b.num_rows() {
+                if let Some(ty) = graph::type_index(t.value(i)) {
+                    guarded.insert((ty, v.value(i).to_string()), parse_degree(d.value(i)));
+                }
+            }
+        }
+    }
+
+    // The previous mapping of the touched part.
+    let mut prev = Previous {
+        person_of: stored
+            .iter()
+            .map(|s| ((s.ty, s.value.clone()), s.person.clone()))
+            .collect(),
+        anchor: HashMap::new(),
+        first_seen: HashMap::new(),
+    };
+    if let Some((_, p)) = lake.table("unified", "persons").await? {
+        ctx.register_table("prev_persons", p)?;
+        for b in ctx
+            .sql(
+                "SELECT CAST(person_id AS VARCHAR), CAST(first_seen AS BIGINT), \
+                 CAST(anchor_type AS VARCHAR), CAST(anchor_value AS VARCHAR) FROM prev_persons \
+                 WHERE person_id IN (SELECT p FROM touched_persons)",
+            )
+            .await?
+            .collect()
+            .await?
+        {
+            let (id, fs) = (text_col(&b, 0)?, int_col(&b, 1)?);
+            let (at, av) = (text_col(&b, 2)?, text_col(&b, 3)?);
+            for i in 0..b.num_rows() {
+                if fs.is_valid(i) {
+                    prev.first_seen.insert(id.value(i).to_string(), fs.value(i));
+                }
+                if at.is_valid(i)
+                    && av.is_valid(i)
+                    && let Some(ty) = graph::type_index(at.value(i))
+                {
+                    prev.anchor
+                        .insert(id.value(i).to_string(), (ty, av.value(i).to_string()));
+                }
+            }
+        }
+    }
+
+    // The graph: the touched persons' touchpoints, the stored identifiers, the new rows.
+    let mut g = Graph::default();
+    if !persons.is_empty() {
+        read += for_each_row(
+            ctx,
+            "person_id IN (SELECT p FROM touched_persons)",
+            |t, ids| add_row(&mut g, t, &ids, |_, _| {}),
+        )
+        .await?;
+    }
+    let mut known = HashSet::new();
+    let mut degree: HashMap<u32, [u32; TYPES.len()]> = HashMap::new();
+    for s in &stored {
+        let key = (s.ty, s.value.clone());
+        let node = match (guarded.get(&key), g.find(s.ty, &s.value)) {
+            // A guarded identifier's rows are spread over other persons: keep its totals.
+            (Some(d), _) => {
+                let i = g.set_node(s.ty, &s.value, s.first_seen, s.last_seen, s.touchpoints);
+                degree.insert(i, *d);
+                i
+            }
+            (None, Some(i)) => i,
+            (None, None) => g.set_node(s.ty, &s.value, s.first_seen, s.last_seen, s.touchpoints),
+        };
+        known.insert(node);
+    }
+    // Identifiers met on those rows that belong to untouched clusters (guarded ones of
+    // other persons): kept out of this run's resolution and writes.
+    let before_new = g.nodes.len();
+    let foreign: Vec<bool> = (0..before_new as u32)
+        .map(|i| !known.contains(&i))
+        .collect();
+    let mut new_edges = vec![];
+    for (t, ids) in &new_rows {
+        add_row(&mut g, *t, ids, |a, b| new_edges.push((a, b)));
+    }
+    for (a, b) in new_edges {
+        for (x, y) in [(a, b), (b, a)] {
+            let ty = g.nodes[y as usize].ty as usize;
+            if let Some(d) = degree.get_mut(&x) {
+                d[ty] += 1;
+            }
+        }
+    }
+    let n = g.nodes.len();
+    let mut foreign = foreign;
+    foreign.resize(n, false);
+    let pre_guarded = (0..n)
+        .map(|i| foreign[i] || degree.contains_key(&(i as u32)))
+        .collect();
+    Ok(Work {
+        graph: g,
+        touchpoints: read,
+        pre_guarded,
+        foreign,
+        stored_degree: degree,
+        prev,
+        scope: Some(Scope {
+            persons: persons.into_iter().collect(),
+            clusters: clusters.into_iter().collect(),
+            new_rows: new_rows.len() as u64,
+        }),
+    })
+}
+
+/// Which of `ids` are ids of persons in `unified.persons` (registered by [`load`] as
+/// `prev_persons`).
+pub(super) async fn existing_persons(
+    ctx: &SessionContext,
+    ids: Vec<String>,
+) -> Result<Vec<String>> {
+    if ids.is_empty() || !ctx.table_exist("prev_persons")? {
+        return Ok(vec![]);
+    }
+    let _ = ctx.deregister_table("candidate_ids");
+    ctx.register_batch("candidate_ids", one_column("c", ids)?)?;
+    let mut out = vec![];
+    for b in ctx
+        .sql("SELECT CAST(person_id AS VARCHAR) FROM prev_persons WHERE person_id IN (SELECT c FROM candidate_ids)")
+        .await?
+        .collect()
+        .await?
+    {
+        let c = text_col(&b, 0)?;
+        out.extend((0..b.num_rows()).map(|i| c.value(i).to_string()));
+    }
+    Ok(out)
+}
+
+/// A degree as `quality.identity_diagnostics` writes it (`{"member_id":12,…}`).
+fn parse_degree(s: &str) -> [u32; TYPES.len()] {
+    let mut d = [0u32; TYPES.len()];
+    if let Ok(serde_json::Value::Object(m)) = serde_json::from_str::<serde_json::Value>(s) {
+        for (k, v) in m {
+            if let (Some(t), Some(n)) = (graph::type_index(&k), v.as_u64()) {
+                d[t as usize] = n as u32;
+            }
+        }
+    }
+    d
+}
