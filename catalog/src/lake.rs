@@ -423,7 +423,7 @@ impl Lake {
                 }
             }
             if c.table.version() != before {
-                c.provider = c.table.table_provider().await?;
+                c.provider = crate::scan::Checked::wrap(c.table.table_provider().await?);
             }
             c.checked = Instant::now();
             return Ok(Some((c.table.clone(), c.provider.clone())));
@@ -444,7 +444,7 @@ impl Lake {
             return Ok(None);
         }
         let t = self.table_builder(schema, table)?.load().await?;
-        let provider = t.table_provider().await?;
+        let provider = crate::scan::Checked::wrap(t.table_provider().await?);
         cache.insert(
             (schema.to_string(), table.to_string()),
             CachedTable {
@@ -503,7 +503,7 @@ impl Lake {
             .with_version(version as _)
             .load()
             .await?;
-        Ok(Some(t.table_provider().await?))
+        Ok(Some(crate::scan::Checked::wrap(t.table_provider().await?)))
     }
 
     /// Open `schema.table` as it was at `ts` (time travel). Not cached.
@@ -521,7 +521,7 @@ impl Lake {
             .with_timestamp(ts)
             .load()
             .await?;
-        Ok(Some(t.table_provider().await?))
+        Ok(Some(crate::scan::Checked::wrap(t.table_provider().await?)))
     }
 
     /// Update the cached listing after a DDL statement of ours.

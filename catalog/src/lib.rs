@@ -13,6 +13,7 @@ pub mod meta;
 pub mod pg_functions;
 pub mod pg_overlay;
 pub mod provider;
+pub mod scan;
 pub mod types;
 
 pub use error::{CatalogError, Result};

@@ -74,6 +74,7 @@ fn reads_system_catalog(stmt: &Statement) -> bool {
 /// Apply every rewrite to a parsed statement.
 pub fn rewrite(stmt: &mut Statement) {
     let _ = visit_expressions_mut(stmt, |e| {
+        resolve_person(e);
         like_escape(e);
         array_subquery(e);
         missing_catalog_column(e);
@@ -81,6 +82,48 @@ pub fn rewrite(stmt: &mut Statement) {
         aggregate_scalar_subquery(e);
         ControlFlow::<()>::Continue(())
     });
+}
+
+/// `resolve_person(type, value [, region])`: the person of an identifier as of the latest
+/// identity run, as a scalar subquery over `unified.identities`. The value is normalized
+/// as ingest does (`phone_e164` with `region`, default `CN`; `email_canonical`; `id_clean`),
+/// so `resolve_person('phone', '138 0013 8000')` finds `+8613800138000`. NULL when the
+/// identifier is unknown or blocked. A rewrite rather than a function because it reads
+/// the lake; it stays one.
+fn resolve_person(e: &mut Expr) {
+    let Expr::Function(f) = e else { return };
+    if !f.name.to_string().eq_ignore_ascii_case("resolve_person") {
+        return;
+    }
+    let FunctionArguments::List(list) = &f.args else {
+        return;
+    };
+    let args: Vec<String> = list
+        .args
+        .iter()
+        .filter_map(|a| match a {
+            FunctionArg::Unnamed(FunctionArgExpr::Expr(x)) => Some(x.to_string()),
+            _ => None,
+        })
+        .collect();
+    if args.len() != list.args.len() || !(2..=3).contains(&args.len()) {
+        return; // planned as is: DataFusion reports the unknown signature
+    }
+    let (t, v) = (&args[0], &args[1]);
+    let region = args.get(2).cloned().unwrap_or_else(|| "'CN'".to_string());
+    let sql = format!(
+        "(SELECT max(person_id) FROM unified.identities WHERE identifier_type = ({t}) \
+         AND identifier_value = coalesce(id_clean(({t}), CASE ({t}) WHEN 'phone' THEN phone_e164(({v}), ({region})) \
+         WHEN 'email' THEN email_canonical(({v})) ELSE CAST(({v}) AS VARCHAR) END), ''))"
+    );
+    // coalesce(…, ''): no identifier is empty. Without it a constant NULL folds to a
+    // `NULL` filter that delta-rs's scan accepts as exact and then does not apply.
+    if let Ok(x) = Parser::new(&PostgreSqlDialect {})
+        .try_with_sql(&sql)
+        .and_then(|mut p| p.parse_expr())
+    {
+        *e = x;
+    }
 }
 
 /// `x LIKE p ESCAPE '/'` → `x LIKE pg_like_escape(p, '/')` (SQLAlchemy's inspector sends

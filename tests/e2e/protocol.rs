@@ -474,3 +474,31 @@ async fn a_prepared_statement_sees_the_data_of_each_execute() {
     let n: i64 = c.query_one(&ids, &[&"x"]).await.unwrap().get(0);
     assert_eq!(n, 2);
 }
+
+#[tokio::test]
+async fn a_filter_folded_to_null_keeps_no_rows() {
+    let dir = lake();
+    let srv = Server::start(dir.path());
+    let c = srv.connect().await;
+    c.batch_execute(
+        "CREATE TABLE ids (t text, v text); INSERT INTO ids VALUES ('phone', '+8613800138000'), ('email', 'a@b.c')",
+    )
+    .await
+    .unwrap();
+    // `v = NULL` is never true: PostgreSQL returns no rows (delta-rs's scan, trusted with
+    // the folded NULL filter, returned them).
+    for sql in [
+        "SELECT count(*) FROM ids WHERE t = 'phone' AND v = NULL",
+        "SELECT count(*) FROM ids WHERE v = NULL",
+        "SELECT count(*) FROM ids WHERE t = 'phone' AND NULL",
+    ] {
+        let n: i64 = c.query_one(sql, &[]).await.unwrap().get(0);
+        assert_eq!(n, 0, "{sql}");
+    }
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM ids WHERE t = 'phone'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+}
