@@ -1,8 +1,10 @@
 //! The demo lake: a deterministic, multi-channel sample of customer touchpoints that
 //! scales from thousands to millions of persons (`touchlake demo --persons N`).
 //!
-//! The same seed and person count always give the same rows. Until ingest and identity
-//! resolution land, the generator writes the unified tables directly.
+//! The same seed and person count always give the same rows. For speed at millions of
+//! persons the generator writes the unified tables directly (with its own persons as the
+//! first mapping); `touchlake demo` then ingests three channels from raw files
+//! ([`crate::demo_landing`]) and runs identity resolution over all of it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

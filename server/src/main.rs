@@ -231,13 +231,20 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
                         r.source, r.rows_read, r.rows_accepted, r.rows_rejected, r.rows_duplicate
                     );
                 }
+                // Identity resolution over all of it: the ingested channels' touchpoints
+                // join the generated persons, whose ids carry over.
+                let id =
+                    touchlake_ingest::identity::run(&engine.lake, &cfg.identity.config()?).await?;
                 eprintln!(
-                    "demo lake written to {} in {:.1}s: {} touchpoints, {} persons, {} identities",
+                    "identity run: {} identifiers → {} persons ({} kept their id), {} guarded",
+                    id.identifiers, id.persons, id.persons_kept, id.guarded
+                );
+                eprintln!(
+                    "demo lake written to {} in {:.1}s: {} touchpoints of {} generated persons",
                     engine.lake.url(),
                     started.elapsed().as_secs_f64(),
                     summary.touchpoints,
                     summary.persons,
-                    summary.identities
                 );
                 engine.lake.refresh_listing().await?;
             }
