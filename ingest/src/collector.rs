@@ -145,7 +145,12 @@ pub fn default_mapping() -> Vec<(&'static str, &'static str)> {
              WHEN 'page' THEN 'page_view' WHEN 'screen' THEN 'screen_view' ELSE type END",
         ),
         ("user_id", "id_clean('user_id', user_id)"),
-        ("anonymous_id", "id_clean('anonymous_id', anonymous_id)"),
+        // An alias names the earlier id in previousId: it becomes the row's anonymous_id, so
+        // the identity run links it to userId.
+        (
+            "anonymous_id",
+            "id_clean('anonymous_id', CASE WHEN type = 'alias' THEN coalesce(anonymous_id, previous_id) ELSE anonymous_id END)",
+        ),
         ("email", "email_canonical(traits_email)"),
         ("phone", "phone_e164(traits_phone)"),
         ("campaign", "context_campaign_name"),

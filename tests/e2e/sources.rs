@@ -286,6 +286,8 @@ async fn http_collector_segment_api() {
         ("/v1/page", r#"{"messageId":"p1","anonymousId":"anon-1","name":"Home","properties":{"url":"https://shop/"}}"#.to_string()),
         ("/v1/screen", r#"{"messageId":"s1","anonymousId":"anon-1","name":"Cart"}"#.to_string()),
         ("/v1/alias", r#"{"messageId":"al1","userId":"u1","previousId":"anon-1"}"#.to_string()),
+        ("/v1/page", r#"{"messageId":"p2","anonymousId":"anon-2","name":"Home"}"#.to_string()),
+        ("/v1/alias", r#"{"messageId":"al2","userId":"u1","previousId":"anon-2"}"#.to_string()),
         ("/v1/track", r#"{"messageId":"skew","userId":"u9","event":"Login","timestamp":"2020-01-01T00:00:00Z","sentAt":"2020-01-01T00:00:05Z"}"#.to_string()),
     ] {
         let (s, b) = post(&http, path, Some(KEY), &body).await;
@@ -328,7 +330,7 @@ async fn http_collector_segment_api() {
     for t in tasks {
         expect_read += t.await.expect("client task");
     }
-    let distinct = 6 + 50 * 10 * 10; // t1 once, i1, p1, s1, al1, skew + the batches
+    let distinct = 8 + 50 * 10 * 10; // t1 once, i1, p1, s1, al1, p2, al2, skew + the batches
     let got = wait_for(
         &c,
         "SELECT count(*) FROM unified.touchpoints WHERE source = 'web_events'",
@@ -372,6 +374,21 @@ async fn http_collector_segment_api() {
     assert_eq!(r.get::<_, String>(0), "li@example.com");
     assert_eq!(r.get::<_, String>(1), "+8613800138000");
     assert_eq!(r.get::<_, String>(2), "anon-1");
+    // identify and alias link the ids: after an identity run the anonymous pages and the
+    // user's orders are one person.
+    c.batch_execute("CALL identity_run()")
+        .await
+        .expect("identity run");
+    let persons: i64 = c
+        .query_one(
+            "SELECT count(DISTINCT person_id) FROM unified.touchpoints WHERE source = 'web_events' \
+             AND (user_id = 'u1' OR anonymous_id IN ('anon-1', 'anon-2'))",
+            &[],
+        )
+        .await
+        .expect("persons")
+        .get(0);
+    assert_eq!(persons, 1);
     let types = c
         .query(
             "SELECT DISTINCT event_type FROM unified.touchpoints WHERE source = 'web_events' ORDER BY 1",
