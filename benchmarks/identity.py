@@ -99,8 +99,9 @@ def edges(persons):
 
 class Server:
     def __init__(self, binary, lake):
+        self.log = open(os.path.join(tempfile.gettempdir(), "touchlake-identity-bench.log"), "a")
         self.proc = subprocess.Popen([binary, "serve", "--lake", lake, "--listen", "127.0.0.1:0"],
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                                     stdout=subprocess.PIPE, stderr=self.log, text=True)
         for line in self.proc.stdout:
             if line.startswith("touchlake listening on "):
                 self.url = f"postgresql://touchlake@{line.split()[3]}/touchlake"
@@ -160,14 +161,16 @@ def main():
     ap.add_argument("--persons", type=int, default=1_000_000)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--binary", default=os.path.expanduser("~/.cache/touchlake-target/release/touchlake"))
+    ap.add_argument("--increment", type=float, default=0.01, help="touchpoints added before each incremental run, as a share of persons")
     ap.add_argument("--no-networkx", action="store_true")
     ap.add_argument("--networkx-runs", type=int, default=1, help="networkx is slow and large: 1 run by default")
     ap.add_argument("--write", action="store_true")
     a = ap.parse_args()
     n = a.persons
-    extra = max(1, n // 100)
+    extra = max(2, int(n * a.increment))
     full, incr = [], []
     with tempfile.TemporaryDirectory() as work:
+        print(f"server log: {tempfile.gettempdir()}/touchlake-identity-bench.log", flush=True)
         lake = os.path.join(work, "lake")
         os.makedirs(lake)
         srv = Server(a.binary, lake)

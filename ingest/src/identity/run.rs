@@ -129,14 +129,38 @@ async fn load_full(lake: &Lake, ctx: &SessionContext) -> Result<Work> {
     })
 }
 
-/// `column IN (values)` as a Delta predicate (`false` for no values).
-fn in_list(column: &str, values: impl IntoIterator<Item = String>) -> Expr {
-    let values: Vec<Expr> = values.into_iter().map(lit).collect();
-    if values.is_empty() {
-        lit(false)
-    } else {
-        col(column).in_list(values, false)
+/// `column IN (values)` as a Delta predicate: a membership function registered in `ctx`
+/// as `name` (`false` for no values). An `IN` list of thousands of literals overflows the
+/// stack where delta-rs walks the predicate.
+fn member_of(
+    ctx: &SessionContext,
+    name: &str,
+    column: &str,
+    values: impl IntoIterator<Item = String>,
+) -> Expr {
+    let set: Arc<HashSet<String>> = Arc::new(values.into_iter().collect());
+    if set.is_empty() {
+        return lit(false);
     }
+    let udf = create_udf(
+        name,
+        vec![DataType::Utf8],
+        DataType::Boolean,
+        Volatility::Immutable,
+        Arc::new(move |args: &[ColumnarValue]| {
+            let arrays = ColumnarValue::values_to_arrays(args)?;
+            let a = datafusion::arrow::compute::cast(&arrays[0], &DataType::Utf8)?;
+            let a = datafusion::arrow::array::AsArray::as_string::<i32>(&a);
+            let out: datafusion::arrow::array::BooleanArray = a
+                .iter()
+                .map(|v| Some(v.is_some_and(|v| set.contains(v))))
+                .collect();
+            Ok(ColumnarValue::Array(Arc::new(out)))
+        }),
+    );
+    let call = udf.call(vec![col(column)]);
+    ctx.register_udf(udf);
+    call
 }
 
 /// Run identity resolution: incremental when it can continue from the previous run,
@@ -237,9 +261,12 @@ pub async fn run(lake: &Lake, config: &Config) -> Result<IdentitySummary> {
                 let pred = if s.persons.is_empty() {
                     col("person_id").is_null()
                 } else {
-                    col("person_id")
-                        .is_null()
-                        .or(in_list("person_id", s.persons.iter().cloned()))
+                    col("person_id").is_null().or(member_of(
+                        &ctx,
+                        "touchlake_touched_person",
+                        "person_id",
+                        s.persons.iter().cloned(),
+                    ))
                 };
                 let filter = if s.persons.is_empty() {
                     "person_id IS NULL".to_string()
@@ -257,9 +284,7 @@ pub async fn run(lake: &Lake, config: &Config) -> Result<IdentitySummary> {
             scope.as_ref().map(|_| {
                 let mut all: Vec<String> = old.to_vec();
                 all.extend(new);
-                all.sort();
-                all.dedup();
-                in_list(column, all)
+                member_of(&ctx, &format!("touchlake_replaced_{column}"), column, all)
             })
         };
 
@@ -312,6 +337,7 @@ pub async fn run(lake: &Lake, config: &Config) -> Result<IdentitySummary> {
         );
         versions.1 = Some(
             write(
+                &ctx,
                 lake,
                 "unified",
                 "identities",
@@ -329,6 +355,7 @@ pub async fn run(lake: &Lake, config: &Config) -> Result<IdentitySummary> {
             new_person_ids.clone(),
         );
         write(
+            &ctx,
             lake,
             "unified",
             "persons",
@@ -349,6 +376,7 @@ pub async fn run(lake: &Lake, config: &Config) -> Result<IdentitySummary> {
             &run_id,
         )?;
         write(
+            &ctx,
             lake,
             "quality",
             "identity_diagnostics",
@@ -864,6 +892,7 @@ fn diagnostics_batch(
 /// Replace the rows of `schema.table` matching `replace` (all rows if `None`) with
 /// `batches`, in one commit; returns the table's new version.
 async fn write(
+    ctx: &SessionContext,
     lake: &Lake,
     schema: &str,
     table: &str,
@@ -879,7 +908,10 @@ async fn write(
     let w = match replace {
         // Older lakes get the new columns with the first full run.
         None => w.with_schema_mode(deltalake::operations::write::SchemaMode::Overwrite),
-        Some(p) => w.with_replace_where(p),
+        // The predicate calls this run's functions: the write plans in its session.
+        Some(p) => w
+            .with_replace_where(p)
+            .with_session_state(Arc::new(ctx.state())),
     };
     let t = w.await?;
     lake.invalidate(schema, table).await;
