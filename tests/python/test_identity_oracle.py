@@ -244,3 +244,28 @@ def test_increments_equal_all_at_once(server):
     assert kept_ids > 0
     print(f"identity increments: {compared} data sets, 3 increments each, equal to all at once; "
           f"{kept_ids} person ids carried across increments")
+
+
+def test_incremental_run_touching_many_persons(server):
+    """An increment that touches 15,000 persons at once (the replace predicates once held
+    them as IN lists, which overflowed the stack in delta-rs and killed the server)."""
+    n = 15_000
+    base = [(f"b{i}", BASE + dt.timedelta(seconds=i), {"phone": f"+86139{i:08d}", "anonymous_id": f"a{i}"})
+            for i in range(n)]
+    more = [(f"m{i}", BASE + dt.timedelta(days=1, seconds=i), {"phone": f"+86139{i:08d}", "device_id": f"d{i}"})
+            for i in range(n)]
+    with psycopg.connect(server.url, autocommit=True) as conn:
+        conn.execute("CALL identity_run()")
+        append(conn, base)
+        conn.execute("CALL identity_run()")
+        before = mapping(conn)
+        append(conn, more)
+        row = conn.execute("CALL identity_run()").fetchone()
+        assert row[1] == "incremental"
+        after = mapping(conn)
+    assert len(after) == 3 * n
+    # Every person kept its id and gained its device.
+    for i in range(0, n, 997):
+        p = before[(TYPES.index("phone"), f"+86139{i:08d}")]
+        assert after[(TYPES.index("device_id"), f"d{i}")] == p
+    assert len(set(after.values())) == n
