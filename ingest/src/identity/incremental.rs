@@ -259,20 +259,7 @@ pub(super) async fn load(lake: &Lake, ctx: &SessionContext) -> Result<Work> {
             .collect()
             .await?
         {
-            let (id, fs) = (text_col(&b, 0)?, int_col(&b, 1)?);
-            let (at, av) = (text_col(&b, 2)?, text_col(&b, 3)?);
-            for i in 0..b.num_rows() {
-                if fs.is_valid(i) {
-                    prev.first_seen.insert(id.value(i).to_string(), fs.value(i));
-                }
-                if at.is_valid(i)
-                    && av.is_valid(i)
-                    && let Some(ty) = graph::type_index(at.value(i))
-                {
-                    prev.anchor
-                        .insert(id.value(i).to_string(), (ty, av.value(i).to_string()));
-                }
-            }
+            prev.add_persons(&b)?;
         }
     }
 

@@ -217,22 +217,30 @@ pub(super) async fn load_previous(lake: &Lake, ctx: &SessionContext) -> Result<P
         };
         let mut s = ctx.sql(sql).await?.execute_stream().await?;
         while let Some(b) = s.next().await {
-            let b = b?;
-            let (id, fs) = (text_col(&b, 0)?, int_col(&b, 1)?);
-            let (at, av) = (text_col(&b, 2)?, text_col(&b, 3)?);
-            for i in 0..b.num_rows() {
-                if fs.is_valid(i) {
-                    prev.first_seen.insert(id.value(i).to_string(), fs.value(i));
-                }
-                if at.is_valid(i)
-                    && av.is_valid(i)
-                    && let Some(ty) = graph::type_index(at.value(i))
-                {
-                    prev.anchor
-                        .insert(id.value(i).to_string(), (ty, av.value(i).to_string()));
-                }
-            }
+            prev.add_persons(&b?)?;
         }
     }
     Ok(prev)
+}
+
+impl Previous {
+    /// Record persons from a batch of (person_id, first_seen µs, anchor_type,
+    /// anchor_value).
+    pub(super) fn add_persons(&mut self, b: &RecordBatch) -> Result<()> {
+        let (id, fs) = (text_col(b, 0)?, int_col(b, 1)?);
+        let (at, av) = (text_col(b, 2)?, text_col(b, 3)?);
+        for i in 0..b.num_rows() {
+            if fs.is_valid(i) {
+                self.first_seen.insert(id.value(i).to_string(), fs.value(i));
+            }
+            if at.is_valid(i)
+                && av.is_valid(i)
+                && let Some(ty) = graph::type_index(at.value(i))
+            {
+                self.anchor
+                    .insert(id.value(i).to_string(), (ty, av.value(i).to_string()));
+            }
+        }
+        Ok(())
+    }
 }
