@@ -11,6 +11,7 @@ use datafusion::logical_expr::{
     Volatility,
 };
 use regex::Regex;
+use rlibphonenumber::{PhoneNumber, PhoneNumberFormat, Region};
 use sha2::Digest;
 use unicode_normalization::UnicodeNormalization;
 
@@ -88,20 +89,12 @@ pub fn functions() -> Vec<ScalarUDF> {
     ]
 }
 
-/// Full-width digits and plus sign to ASCII (libphonenumber accepts them).
-fn ascii_digits(s: &str) -> String {
-    s.chars()
-        .map(|c| match c {
-            '０'..='９' => char::from_u32(c as u32 - '０' as u32 + '0' as u32).unwrap_or(c),
-            '＋' => '+',
-            other => other,
-        })
-        .collect()
-}
-
 /// `phone_e164(raw, default_region, policy)`: the number in E.164 (`+8613800138000`),
 /// or NULL if it does not parse, or (policy `valid`, the default) is not a valid number,
 /// or (policy `possible`) does not have a possible length; `lenient` accepts any parse.
+/// Parsing and validation are libphonenumber's (the `rlibphonenumber` port, metadata
+/// 9.0.42): a number written with `+<country code>` or an international prefix ignores
+/// the default region, a national prefix is removed, full-width digits are read.
 pub fn phone_e164(
     raw: Option<&str>,
     region: Option<&str>,
@@ -119,7 +112,7 @@ pub fn phone_e164(
     };
     let Some(raw) = raw else { return Ok(None) };
     let country = match region.map(str::trim).filter(|r| !r.is_empty()) {
-        Some(r) => match r.to_ascii_uppercase().parse::<phonenumber::country::Id>() {
+        Some(r) => match r.to_ascii_uppercase().parse::<Region>() {
             Ok(id) => Some(id),
             Err(_) => {
                 return Err(invalid(
@@ -130,46 +123,18 @@ pub fn phone_e164(
         },
         None => None,
     };
-    let text = ascii_digits(raw.trim());
-    if text.is_empty() || text.len() > 250 {
-        return Ok(None);
-    }
-    // A number written with `+<country code>` does not depend on the default region; the
-    // phonenumber crate would apply that region's national prefix to it (a `+86 1…`
-    // number parsed with region US lost its leading 1), so the region is left out.
-    let country = if text.trim_start().starts_with('+') {
-        None
-    } else {
-        country
-    };
-    let Ok(number) = phonenumber::parse(country, &text) else {
+    let Ok(number) = PhoneNumber::parse(raw, country) else {
         return Ok(None);
     };
     let keep = match policy.as_str() {
         "valid" => number.is_valid(),
-        "possible" => is_possible(&number),
+        "possible" => number.is_possible_with_reason().is_ok(),
         _ => true,
     };
     if !keep {
         return Ok(None);
     }
-    Ok(Some(
-        number.format().mode(phonenumber::Mode::E164).to_string(),
-    ))
-}
-
-/// Does the national number have a length that numbers of its country can have?
-fn is_possible(number: &phonenumber::PhoneNumber) -> bool {
-    let national = number.national();
-    let digits = national.value().to_string().len() + national.zeros() as usize;
-    let Some(metas) = phonenumber::metadata::DATABASE.by_code(&number.code().value()) else {
-        return false;
-    };
-    metas.iter().any(|m| {
-        let g = m.descriptors().general();
-        g.possible_length().contains(&(digits as u16))
-            || g.possible_local_length().contains(&(digits as u16))
-    })
+    Ok(Some(number.format_as(PhoneNumberFormat::E164).into_owned()))
 }
 
 /// Domains email-validator refuses as special-use (RFC 6761 and IANA).

@@ -20,6 +20,7 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::compute::{cast, concat_batches, filter_record_batch};
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, TimeUnit};
+use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
 use deltalake::kernel::Transaction;
 use deltalake::kernel::transaction::CommitProperties;
@@ -459,15 +460,33 @@ async fn ingest_files(
         }
     }
     let total = todo.len() as u64;
-    for (done, f) in todo.into_iter().enumerate() {
-        let bytes = f.store.get(&f.location).await?.bytes().await?;
-        let hash = hex::encode(sha2::Sha256::digest(&bytes));
-        if ledger
-            .get(&f.display)
-            .is_some_and(|e| e.iter().any(|(_, _, h)| *h == hash))
-        {
+    // Read and parse the next file on another core while this one is mapped and committed
+    // (a channel of one parsed file bounds the memory).
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Parsed>>(1);
+    let reader = {
+        let def = def.clone();
+        let ledger = ledger.clone();
+        tokio::spawn(async move {
+            for f in todo {
+                let parsed = read_file(&def, &ledger, f).await;
+                let failed = parsed.is_err();
+                if tx.send(parsed).await.is_err() || failed {
+                    break;
+                }
+            }
+        })
+    };
+    let mut done = 0u64;
+    while let Some(parsed) = rx.recv().await {
+        let Parsed {
+            file: f,
+            hash,
+            chunks,
+        } = parsed?;
+        let Some(chunks) = chunks else {
+            done += 1;
             continue; // touched, not changed
-        }
+        };
         summary.files_ingested += 1;
         let rows = ingest_file(
             lake,
@@ -475,14 +494,14 @@ async fn ingest_files(
             &mapping,
             &ctx,
             &f,
-            &bytes,
+            chunks,
             &hash,
             summary,
             &|read| {
                 progress(&Progress {
                     file: f.display.clone(),
                     rows_read: read,
-                    files_done: done as u64,
+                    files_done: done,
                     files_total: total,
                 })
             },
@@ -506,14 +525,60 @@ async fn ingest_files(
         )?;
         let app_id = format!("touchlake-ingest:{}:{}:{hash}:file", def.name, f.display);
         append(lake, "quality", "ingest_files", vec![entry], &app_id, false).await?;
+        done += 1;
         progress(&Progress {
             file: f.display.clone(),
             rows_read: summary.rows_read,
-            files_done: done as u64 + 1,
+            files_done: done,
             files_total: total,
         });
     }
+    reader
+        .await
+        .map_err(|e| IngestError::Read(format!("file reader failed: {e}")))?;
     Ok(())
+}
+
+/// A file read and parsed: `chunks` is None when its content was ingested before.
+struct Parsed {
+    file: FileRef,
+    hash: String,
+    chunks: Option<Vec<read::Chunk>>,
+}
+
+/// Read `f`, hash it, and (unless the ledger has that content) parse it into chunks on a
+/// blocking thread.
+async fn read_file(def: &SourceDef, ledger: &Ledger, f: FileRef) -> Result<Parsed> {
+    let bytes = f.store.get(&f.location).await?.bytes().await?;
+    let hash = hex::encode(sha2::Sha256::digest(&bytes));
+    if ledger
+        .get(&f.display)
+        .is_some_and(|e| e.iter().any(|(_, _, h)| *h == hash))
+    {
+        return Ok(Parsed {
+            file: f,
+            hash,
+            chunks: None,
+        });
+    }
+    let def = def.clone();
+    let display = f.display.clone();
+    let chunks = tokio::task::spawn_blocking(move || -> Result<Vec<read::Chunk>> {
+        match def.format.kind.as_str() {
+            "parquet" => read::parquet(&bytes, &display, def.batch_rows()),
+            _ => {
+                let text = read::decode(&bytes, &def.format.encoding)?;
+                read::parse(&text, &display, &def.format, def.batch_rows())
+            }
+        }
+    })
+    .await
+    .map_err(|e| IngestError::Read(format!("parser failed: {e}")))??;
+    Ok(Parsed {
+        file: f,
+        hash,
+        chunks: Some(chunks),
+    })
 }
 
 fn text(s: &str) -> ArrayRef {
@@ -529,7 +594,7 @@ fn utc() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
 }
 
-/// Ingest one file's chunks; returns the records read.
+/// Ingest one file's parsed chunks; returns the records read.
 #[allow(clippy::too_many_arguments)]
 async fn ingest_file(
     lake: &Lake,
@@ -537,18 +602,11 @@ async fn ingest_file(
     mapping: &Mapping,
     ctx: &SessionContext,
     f: &FileRef,
-    bytes: &[u8],
+    chunks: Vec<read::Chunk>,
     hash: &str,
     summary: &mut RunSummary,
     progress: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<u64> {
-    let chunks = match def.format.kind.as_str() {
-        "parquet" => read::parquet(bytes, &f.display, def.batch_rows())?,
-        _ => {
-            let text = read::decode(bytes, &def.format.encoding)?;
-            read::parse(&text, &f.display, &def.format, def.batch_rows())?
-        }
-    };
     let mut rows = 0u64;
     for chunk in chunks {
         let batch_id = format!("{}:{}:{hash}:{}", def.name, f.display, chunk.index);
@@ -647,7 +705,7 @@ pub async fn ingest_chunk(
         for t in ["src", "stage1", "stage2"] {
             ctx.deregister_table(t)?;
         }
-        ctx.register_batch("src", landed.clone())?;
+        ctx.register_table("src", Arc::new(partitioned(&landed)?))?;
         let s1 = ctx
             .sql(&mapping.stage1_sql(&landed.schema()))
             .await
@@ -659,13 +717,17 @@ pub async fn ingest_chunk(
             .await
             .map_err(map_err)?;
         ctx.register_table("stage2", s2.into_view())?;
-        let out = ctx
+        // Partition by partition, in order: the mapped rows keep the records' order.
+        let out: Vec<RecordBatch> = ctx
             .sql(&mapping.stage3_sql())
             .await
             .map_err(map_err)?
-            .collect()
+            .collect_partitioned()
             .await
-            .map_err(map_err)?;
+            .map_err(map_err)?
+            .into_iter()
+            .flatten()
+            .collect();
         let schema = match out.first() {
             Some(b) => b.schema(),
             None => return Err(IngestError::Read("mapping produced no batches".into())),
@@ -709,11 +771,22 @@ pub async fn ingest_chunk(
         }
     }
 
-    // 3. Commit raw and rejected, each once per batch id.
-    if rows > 0 {
-        let raw_batch = raw_landing(&landed, &def.name, run_id)?;
-        append(lake, "raw", def.raw_table(), vec![raw_batch], &app_id, true).await?;
-    }
+    // 3. Commit raw (concurrently with the touchpoints' commit below: delta-rs encodes
+    //    each write on tasks of its own, so the two use both cores) and rejected, each
+    //    once per batch id.
+    let raw_batch = if rows > 0 {
+        Some(raw_landing(&landed, &def.name, run_id)?)
+    } else {
+        None
+    };
+    let raw_commit = async {
+        match raw_batch {
+            Some(b) => append(lake, "raw", def.raw_table(), vec![b], &app_id, true)
+                .await
+                .map(|_| ()),
+            None => Ok(()),
+        }
+    };
     if !rejected.is_empty() {
         let n = rejected.len();
         let batch = RecordBatch::try_new(
@@ -732,35 +805,42 @@ pub async fn ingest_chunk(
 
     // 4. Under the lock of the table's id set: drop the records already in (or earlier in
     //    this chunk), commit the rest.
-    let mut accepted_count = 0u64;
-    let mut stats = Default::default();
-    if let (Some(m), false) = (&mapped, valid.is_empty()) {
-        let mut seen = crate::dedup::lock(lake).await?;
-        valid.sort_unstable();
-        let ids = cast(
-            m.column_by_name("touchpoint_id").ok_or_else(missing)?,
-            &DataType::Utf8,
-        )?;
-        let ids = ids.as_string::<i32>();
-        let mut keep = vec![false; m.num_rows()];
-        let mut new_ids = HashSet::with_capacity(valid.len());
-        for &(_, i) in &valid {
-            keep[i] = match crate::dedup::id_key(ids.value(i)) {
-                Some(k) => !seen.contains(k) && new_ids.insert(k),
-                None => true,
-            };
-        }
-        let b = filter_record_batch(m, &BooleanArray::from(keep))?;
-        if b.num_rows() > 0 {
-            accepted_count = b.num_rows() as u64;
-            stats = crate::checks::batch_stats(&b)?;
-            let b = conform(&b, &tables::touchpoints(), run_id)?;
-            if let Some(t) = append(lake, "unified", "touchpoints", vec![b], &app_id, false).await?
-            {
-                seen.committed(&t, new_ids);
+    let touchpoints_commit = async {
+        let mut accepted_count = 0u64;
+        let mut stats = Default::default();
+        if let (Some(m), false) = (&mapped, valid.is_empty()) {
+            let mut seen = crate::dedup::lock(lake).await?;
+            valid.sort_unstable();
+            let ids = cast(
+                m.column_by_name("touchpoint_id").ok_or_else(missing)?,
+                &DataType::Utf8,
+            )?;
+            let ids = ids.as_string::<i32>();
+            let mut keep = vec![false; m.num_rows()];
+            let mut new_ids = HashSet::with_capacity(valid.len());
+            for &(_, i) in &valid {
+                keep[i] = match crate::dedup::id_key(ids.value(i)) {
+                    Some(k) => !seen.contains(k) && new_ids.insert(k),
+                    None => true,
+                };
+            }
+            let b = filter_record_batch(m, &BooleanArray::from(keep))?;
+            if b.num_rows() > 0 {
+                accepted_count = b.num_rows() as u64;
+                stats = crate::checks::batch_stats(&b)?;
+                let b = conform(&b, &tables::touchpoints(), run_id)?;
+                if let Some(t) =
+                    append(lake, "unified", "touchpoints", vec![b], &app_id, false).await?
+                {
+                    seen.committed(&t, new_ids);
+                }
             }
         }
-    }
+        Ok::<_, IngestError>((accepted_count, stats))
+    };
+    let (raw, touchpoints) = tokio::join!(raw_commit, touchpoints_commit);
+    raw?;
+    let (accepted_count, stats) = touchpoints?;
     let (identifiers_present, latest_occurred_us) = stats;
     Ok(ChunkCounts {
         identifiers_present,
@@ -770,6 +850,19 @@ pub async fn ingest_chunk(
         rejected: rejected.len() as u64,
         duplicate: valid.len() as u64 - accepted_count,
     })
+}
+
+/// The landed chunk as a table of one partition per core, so that the mapping (phone and
+/// time parsing above all) runs on every core.
+fn partitioned(landed: &RecordBatch) -> Result<MemTable> {
+    let parts = std::thread::available_parallelism().map_or(1, usize::from);
+    let n = landed.num_rows();
+    let per = n.div_ceil(parts).max(1);
+    let slices = (0..n)
+        .step_by(per)
+        .map(|start| vec![landed.slice(start, per.min(n - start))])
+        .collect();
+    Ok(MemTable::try_new(landed.schema(), slices)?)
 }
 
 fn with_missing_columns(batch: RecordBatch, mapping: &Mapping) -> Result<RecordBatch> {
