@@ -5,7 +5,12 @@
 
 pub mod args;
 pub mod error;
+pub mod events;
+pub mod funnel;
 pub mod normalize;
+pub mod retention;
+pub mod sequence;
+pub mod sessions;
 pub mod time;
 
 use datafusion::execution::FunctionRegistry;
@@ -16,6 +21,15 @@ pub use error::FunctionError;
 pub fn register_all(registry: &mut dyn FunctionRegistry) -> datafusion::error::Result<()> {
     for udf in normalize::functions().into_iter().chain(time::functions()) {
         registry.register_udf(std::sync::Arc::new(udf))?;
+    }
+    let aggregates = [funnel::window_funnel(), retention::retention()]
+        .into_iter()
+        .chain(sequence::functions());
+    for udaf in aggregates {
+        registry.register_udaf(std::sync::Arc::new(udaf))?;
+    }
+    for udwf in sessions::functions() {
+        registry.register_udwf(std::sync::Arc::new(udwf))?;
     }
     Ok(())
 }

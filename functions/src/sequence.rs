@@ -1,0 +1,559 @@
+//! Sequences (functions.md §E): `sequence_match(pattern, ts, cond1, …, condN [, options])`
+//! and `sequence_count(…)` with ClickHouse's pattern syntax: `(?N)` an event meeting
+//! condition N, `.` any one event, `.*` any events, `(?t op secs)` a time condition with op
+//! in `<= < >= > ==`. Rows meeting no condition are not events. The pattern may match
+//! anywhere; `sequence_count` counts matches that do not overlap.
+//!
+//! Differences from ClickHouse, undone by the option `compat=clickhouse`: events at the same
+//! time are ordered by the conditions they meet (ClickHouse leaves their order to its sort);
+//! a time condition after `.*` is measured from the last event matched before it
+//! (ClickHouse measures from the first event `.*` skipped); `sequence_match` of a group
+//! without events is NULL (ClickHouse: 0). A NULL condition counts as false.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, ListArray};
+use datafusion::arrow::datatypes::{DataType, FieldRef, Int64Type, UInt32Type};
+use datafusion::error::Result;
+use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
+use datafusion::logical_expr::{
+    Accumulator, AggregateUDF, AggregateUDFImpl, Signature, Volatility,
+};
+use datafusion::scalar::ScalarValue;
+
+use crate::error::invalid;
+use crate::events;
+
+/// ClickHouse's bound on pattern steps before giving up.
+const MAX_ITERATIONS: usize = 1_000_000;
+
+/// The functions of this module.
+pub fn functions() -> Vec<AggregateUDF> {
+    [Output::Match, Output::Count]
+        .into_iter()
+        .map(|output| {
+            AggregateUDF::from(Sequence {
+                output,
+                signature: Signature::user_defined(Volatility::Immutable),
+            })
+        })
+        .collect()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Output {
+    Match,
+    Count,
+}
+
+impl Output {
+    fn name(self) -> &'static str {
+        match self {
+            Output::Match => "sequence_match",
+            Output::Count => "sequence_count",
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Sequence {
+    output: Output,
+    signature: Signature,
+}
+
+/// One step of a compiled pattern.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Action {
+    Event(usize),
+    Any,
+    Star,
+    Time(TimeOp, i64),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum TimeOp {
+    Le,
+    Lt,
+    Ge,
+    Gt,
+    Eq,
+}
+
+/// A compiled pattern.
+#[derive(Debug, Clone)]
+struct Pattern {
+    actions: Vec<Action>,
+    has_time: bool,
+    /// Conditions the pattern names (a group meeting none of them cannot match).
+    needed: u32,
+}
+
+/// Parse `pattern` for `conditions` conditions; time values are seconds, scaled by
+/// `unit_us` microseconds (or used as they are for integer times: `per_second` = 1).
+fn parse(name: &'static str, pattern: &str, conditions: usize, per_second: i64) -> Result<Pattern> {
+    let mut actions = vec![Action::Star];
+    let mut has_time = false;
+    let mut needed = 0u32;
+    let b = pattern.as_bytes();
+    let mut i = 0;
+    let err =
+        |at: usize, m: &str| invalid(name, format!("pattern '{pattern}': {m} at position {at}"));
+    let number = |i: &mut usize| -> Option<i64> {
+        let start = *i;
+        while *i < b.len() && b[*i].is_ascii_digit() {
+            *i += 1;
+        }
+        pattern.get(start..*i)?.parse().ok()
+    };
+    while i < b.len() {
+        if b[i..].starts_with(b"(?") {
+            i += 2;
+            if b.get(i) == Some(&b't') {
+                i += 1;
+                let ops: [(&[u8], TimeOp); 5] = [
+                    (b"<=", TimeOp::Le),
+                    (b"<", TimeOp::Lt),
+                    (b">=", TimeOp::Ge),
+                    (b">", TimeOp::Gt),
+                    (b"==", TimeOp::Eq),
+                ];
+                let Some((len, op)) = ops
+                    .iter()
+                    .find(|(s, _)| b[i..].starts_with(s))
+                    .map(|(s, op)| (s.len(), *op))
+                else {
+                    return Err(err(i, "unknown time condition"));
+                };
+                i += len;
+                let secs = number(&mut i).ok_or_else(|| err(i, "expected a number"))?;
+                if !matches!(
+                    actions.last(),
+                    Some(Action::Event(_) | Action::Any | Action::Star)
+                ) {
+                    return Err(err(i, "a time condition must follow an event"));
+                }
+                has_time = true;
+                actions.push(Action::Time(op, secs.saturating_mul(per_second)));
+            } else {
+                let n = number(&mut i).ok_or_else(|| err(i, "expected a condition number"))?;
+                if n < 1 || n as usize > conditions {
+                    return Err(err(
+                        i,
+                        &format!("condition {n} does not exist (1 to {conditions})"),
+                    ));
+                }
+                actions.push(Action::Event(n as usize - 1));
+                needed |= 1 << (n - 1);
+            }
+            if b.get(i) != Some(&b')') {
+                return Err(err(i, "expected ')'"));
+            }
+            i += 1;
+        } else if b[i..].starts_with(b".*") {
+            actions.push(Action::Star);
+            i += 2;
+        } else if b[i] == b'.' {
+            actions.push(Action::Any);
+            i += 1;
+        } else {
+            return Err(err(i, "unexpected character"));
+        }
+    }
+    Ok(Pattern {
+        actions,
+        has_time,
+        needed,
+    })
+}
+
+/// The argument layout: (conditions, has options).
+fn shape(name: &'static str, types: &[DataType]) -> Result<(usize, bool)> {
+    events::condition_layout(name, "(pattern, ts, cond1 [, …, condN] [, options])", types)
+}
+
+impl AggregateUDFImpl for Sequence {
+    fn name(&self) -> &str {
+        self.output.name()
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn coerce_types(&self, types: &[DataType]) -> Result<Vec<DataType>> {
+        let name = self.output.name();
+        let (n, has_options) = shape(name, types)?;
+        if !events::is_text(&types[0]) {
+            return Err(invalid(name, "the pattern must be text"));
+        }
+        if !events::is_time_type(&types[1]) {
+            return Err(invalid(
+                name,
+                format!("ts must be a timestamp, date or integer, not {}", types[1]),
+            ));
+        }
+        let mut out = types.to_vec();
+        out[0] = DataType::Utf8;
+        events::coerce_conditions(name, &mut out, 2..2 + n)?;
+        if has_options {
+            let last = out.len() - 1;
+            out[last] = DataType::Utf8;
+        }
+        Ok(out)
+    }
+    fn return_type(&self, _: &[DataType]) -> Result<DataType> {
+        Ok(match self.output {
+            Output::Match => DataType::Boolean,
+            Output::Count => DataType::UInt64,
+        })
+    }
+    fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
+        Ok(vec![
+            events::list_state(args.name, "ts", DataType::Int64),
+            events::list_state(args.name, "mask", DataType::UInt32),
+        ])
+    }
+    fn accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
+        let name = self.output.name();
+        let types: Vec<DataType> = args
+            .expr_fields
+            .iter()
+            .map(|f| f.data_type().clone())
+            .collect();
+        let (n, has_options) = shape(name, &types)?;
+        let pattern = events::literal(&args.exprs[0])
+            .ok_or_else(|| invalid(name, "the pattern must be a constant"))?;
+        let pattern = events::text_literal(name, "the pattern", pattern)?;
+        let per_second = if types[1].is_integer() { 1 } else { 1_000_000 };
+        let pattern = parse(name, &pattern, n, per_second)?;
+        let mut clickhouse = false;
+        if has_options {
+            let v = events::literal(&args.exprs[types.len() - 1])
+                .ok_or_else(|| invalid(name, "options must be a constant"))?;
+            for t in events::mode_tokens(name, v)? {
+                match t.as_str() {
+                    "compat=clickhouse" | "clickhouse" => clickhouse = true,
+                    other => {
+                        return Err(invalid(
+                            name,
+                            format!("unknown option '{other}' (compat=clickhouse)"),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(Box::new(SequenceAccumulator {
+            name,
+            output: self.output,
+            conditions: n,
+            pattern,
+            clickhouse,
+            events: vec![],
+        }))
+    }
+}
+
+#[derive(Debug)]
+struct SequenceAccumulator {
+    name: &'static str,
+    output: Output,
+    conditions: usize,
+    pattern: Pattern,
+    clickhouse: bool,
+    /// (time, conditions met) of rows meeting at least one condition.
+    events: Vec<(i64, u32)>,
+}
+
+impl Accumulator for SequenceAccumulator {
+    fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
+        let ts = events::times(self.name, &values[1])?;
+        let conds = events::conditions(self.name, &values[2..2 + self.conditions])?;
+        for (row, t) in ts.iter().enumerate() {
+            let Some(t) = *t else { continue };
+            let mut mask = 0u32;
+            for (i, c) in conds.iter().enumerate() {
+                if c[row] == Some(true) {
+                    mask |= 1 << i;
+                }
+            }
+            if mask != 0 {
+                self.events.push((t, mask));
+            }
+        }
+        Ok(())
+    }
+
+    fn state(&mut self) -> Result<Vec<ScalarValue>> {
+        let ts = self.events.iter().map(|e| Some(e.0));
+        let mask = self.events.iter().map(|e| Some(e.1));
+        Ok(vec![
+            ScalarValue::List(Arc::new(ListArray::from_iter_primitive::<Int64Type, _, _>(
+                [Some(ts)],
+            ))),
+            ScalarValue::List(Arc::new(
+                ListArray::from_iter_primitive::<UInt32Type, _, _>([Some(mask)]),
+            )),
+        ])
+    }
+
+    fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
+        let (ts, mask) = (states[0].as_list::<i32>(), states[1].as_list::<i32>());
+        for row in 0..ts.len() {
+            if ts.is_null(row) {
+                continue;
+            }
+            let (t, m) = (ts.value(row), mask.value(row));
+            let (t, m) = (
+                t.as_primitive::<Int64Type>(),
+                m.as_primitive::<UInt32Type>(),
+            );
+            for i in 0..t.len() {
+                self.events.push((t.value(i), m.value(i)));
+            }
+        }
+        Ok(())
+    }
+
+    fn evaluate(&mut self) -> Result<ScalarValue> {
+        let empty = self.events.is_empty();
+        let met = self.events.iter().fold(0, |a, e| a | e.1);
+        let possible = met & self.pattern.needed == self.pattern.needed;
+        self.events.sort_unstable();
+        let m = Matcher {
+            name: self.name,
+            pattern: &self.pattern,
+            events: &self.events,
+            clickhouse: self.clickhouse,
+        };
+        Ok(match self.output {
+            Output::Match => {
+                if empty && !self.clickhouse {
+                    ScalarValue::Boolean(None)
+                } else if !possible {
+                    ScalarValue::Boolean(Some(false))
+                } else if !self.pattern.has_time {
+                    ScalarValue::Boolean(Some(m.dfa_matches()))
+                } else {
+                    let mut at = 0;
+                    ScalarValue::Boolean(Some(m.matches(&mut at)?))
+                }
+            }
+            Output::Count => {
+                let mut n = 0u64;
+                if possible {
+                    let mut at = 0;
+                    while at < self.events.len() && m.matches(&mut at)? {
+                        n += 1;
+                    }
+                }
+                ScalarValue::UInt64(Some(n))
+            }
+        })
+    }
+
+    fn size(&self) -> usize {
+        std::mem::size_of_val(self) + self.events.capacity() * 16
+    }
+}
+
+struct Matcher<'a> {
+    name: &'static str,
+    pattern: &'a Pattern,
+    events: &'a [(i64, u32)],
+    clickhouse: bool,
+}
+
+impl Matcher<'_> {
+    /// Without time conditions, a match is decided in one pass over the events by a set of
+    /// live pattern positions (ClickHouse's DFA; linear, where backtracking over `.*`
+    /// can take exponential time). Same answer as [`Self::matches`].
+    fn dfa_matches(&self) -> bool {
+        // States between the pattern's event steps: (loops on any event, step out).
+        let mut states: Vec<(bool, Option<Action>)> = vec![(false, None)];
+        for a in &self.pattern.actions {
+            match a {
+                Action::Star => states.last_mut().expect("one state").0 = true,
+                Action::Event(_) | Action::Any => {
+                    states.last_mut().expect("one state").1 = Some(*a);
+                    states.push((false, None));
+                }
+                Action::Time(..) => {}
+            }
+        }
+        let last = states.len() - 1;
+        let mut live = vec![false; states.len()];
+        let mut next = vec![false; states.len()];
+        live[0] = true;
+        for &(_, mask) in self.events {
+            if live[last] {
+                break;
+            }
+            next.iter_mut().for_each(|x| *x = false);
+            let mut any = false;
+            for (i, (star, step)) in states.iter().enumerate() {
+                if !live[i] {
+                    continue;
+                }
+                let advance = match step {
+                    Some(Action::Any) => true,
+                    Some(Action::Event(c)) => mask & (1 << c) != 0,
+                    _ => false,
+                };
+                if advance {
+                    next[i + 1] = true;
+                    any = true;
+                }
+                if *star {
+                    next[i] = true;
+                    any = true;
+                }
+            }
+            std::mem::swap(&mut live, &mut next);
+            if !any {
+                break;
+            }
+        }
+        live[last]
+    }
+
+    /// ClickHouse's backtracking match from event `*at`; on return `*at` is past the match
+    /// (or one past where it started, so repeated calls always advance).
+    fn matches(&self, at: &mut usize) -> Result<bool> {
+        let actions = &self.pattern.actions;
+        let ev = self.events;
+        let begin = *at;
+        let mut a = 0usize;
+        let mut e = *at;
+        let mut base = *at;
+        let mut stack: Vec<(usize, usize, usize)> = vec![];
+        let backtrack = |a: &mut usize, e: &mut usize, base: &mut usize, stack: &mut Vec<_>| {
+            while let Some((sa, se, sb)) = stack.pop() {
+                *a = sa;
+                *e = se + 1;
+                *base = sb;
+                if *e < ev.len() {
+                    return true;
+                }
+            }
+            false
+        };
+        let mut steps = 0usize;
+        while a < actions.len() && e < ev.len() {
+            match actions[a] {
+                Action::Event(c) => {
+                    if ev[e].1 & (1 << c) != 0 {
+                        base = e;
+                        a += 1;
+                        e += 1;
+                    } else if !backtrack(&mut a, &mut e, &mut base, &mut stack) {
+                        break;
+                    }
+                }
+                Action::Any => {
+                    base = e;
+                    a += 1;
+                    e += 1;
+                }
+                Action::Star => {
+                    stack.push((a, e, base));
+                    if self.clickhouse {
+                        base = e;
+                    }
+                    a += 1;
+                }
+                Action::Time(op, d) => {
+                    // The anchor: ClickHouse's `base`; by default the last matched event
+                    // (the one before `e`), which `.*` does not move.
+                    let anchor = ev[base].0;
+                    let t = ev[e].0;
+                    let ok = match op {
+                        TimeOp::Le => t <= anchor.saturating_add(d),
+                        TimeOp::Lt => t < anchor.saturating_add(d),
+                        TimeOp::Ge => t >= anchor.saturating_add(d),
+                        TimeOp::Gt => t > anchor.saturating_add(d),
+                        TimeOp::Eq => t == anchor.saturating_add(d),
+                    };
+                    if ok {
+                        stack.push((a, e, base));
+                        if self.clickhouse {
+                            base = e;
+                        }
+                        a += 1;
+                    } else if matches!(op, TimeOp::Le | TimeOp::Lt) {
+                        if !backtrack(&mut a, &mut e, &mut base, &mut stack) {
+                            break;
+                        }
+                    } else {
+                        e += 1;
+                        if e == ev.len() && !backtrack(&mut a, &mut e, &mut base, &mut stack) {
+                            break;
+                        }
+                    }
+                }
+            }
+            steps += 1;
+            if steps > MAX_ITERATIONS {
+                return Err(invalid(
+                    self.name,
+                    format!("the pattern needs more than {MAX_ITERATIONS} steps on this group"),
+                ));
+            }
+        }
+        // Actions that match nothing at the end.
+        while a < actions.len()
+            && matches!(
+                actions[a],
+                Action::Star
+                    | Action::Time(TimeOp::Le | TimeOp::Lt, _)
+                    | Action::Time(TimeOp::Ge, 0)
+            )
+        {
+            a += 1;
+        }
+        *at = if e == begin { e + 1 } else { e };
+        Ok(a == actions.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(pattern: &str, events: &[(i64, u32)], clickhouse: bool) -> (bool, u64) {
+        let p = parse("sequence_match", pattern, 3, 1).unwrap();
+        let m = Matcher {
+            name: "sequence_match",
+            pattern: &p,
+            events,
+            clickhouse,
+        };
+        let mut at = 0;
+        let matched = m.matches(&mut at).unwrap();
+        if !p.has_time {
+            assert_eq!(m.dfa_matches(), matched, "{pattern}");
+        }
+        let mut at = 0;
+        let mut n = 0;
+        while at < events.len() && m.matches(&mut at).unwrap() {
+            n += 1;
+        }
+        (matched, n)
+    }
+
+    #[test]
+    fn patterns() {
+        // A=1, B=2, C=4
+        let ev = [(1, 1), (2, 4), (3, 2), (10, 1), (11, 2)];
+        assert_eq!(run("(?1)(?2)", &ev, true), (true, 1));
+        assert_eq!(run("(?1).*(?2)", &ev, true), (true, 2));
+        assert_eq!(run("(?1)(?t<=1)(?2)", &ev, true), (true, 1));
+        assert_eq!(run("(?1).(?2)", &ev, true), (true, 1));
+        assert_eq!(run("(?3)", &ev, true), (true, 1));
+        // After `.*` the anchor differs: ClickHouse measures from C@2, we from A@1.
+        assert!(run("(?1).*(?t<=1)(?2)", &ev, true).0);
+        assert!(run("(?1).*(?t>=2)(?2)", &[(1, 1), (2, 4), (3, 2)], false).0);
+        assert!(!run("(?1).*(?t>=2)(?2)", &[(1, 1), (2, 4), (3, 2)], true).0);
+        assert!(parse("x", "(?4)", 3, 1).is_err());
+        assert!(parse("x", "(?1", 3, 1).is_err());
+        assert!(parse("x", "(?t<=1)(?1)", 3, 1).is_ok());
+        assert!(parse("x", "a", 3, 1).is_err());
+    }
+}
