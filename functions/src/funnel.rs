@@ -10,19 +10,18 @@
 //! miss a chain whose first step is followed by a second first step at the same time as
 //! the next step).
 
-use std::sync::Arc;
-
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, ListArray};
-use datafusion::arrow::datatypes::{DataType, FieldRef, Int64Type, UInt32Type, UInt64Type};
+use datafusion::arrow::array::ArrayRef;
+use datafusion::arrow::datatypes::{DataType, FieldRef};
 use datafusion::error::Result;
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::{
-    Accumulator, AggregateUDF, AggregateUDFImpl, Signature, Volatility,
+    Accumulator, AggregateUDF, AggregateUDFImpl, GroupsAccumulator, Signature, Volatility,
 };
 use datafusion::scalar::ScalarValue;
 
 use crate::error::invalid;
 use crate::events;
+use crate::groups::{self, Event, EventGroups, Keep};
 
 const NAME: &str = "window_funnel";
 
@@ -126,6 +125,39 @@ impl AggregateUDFImpl for WindowFunnel {
         ])
     }
     fn accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
+        let config = Config::from_args(&args)?;
+        Ok(Box::new(FunnelAccumulator {
+            config,
+            events: vec![],
+            next_uid: 1,
+        }))
+    }
+    fn groups_accumulator_supported(&self, _: AccumulatorArgs) -> bool {
+        true
+    }
+    fn create_groups_accumulator(
+        &self,
+        args: AccumulatorArgs,
+    ) -> Result<Box<dyn GroupsAccumulator>> {
+        let c = Config::from_args(&args)?;
+        Ok(Box::new(EventGroups::new(
+            NAME,
+            c.keep(),
+            Box::new(move |events| Ok(ScalarValue::UInt8(Some(c.level(events))))),
+        )))
+    }
+}
+
+/// A call's constant arguments.
+#[derive(Debug, Clone, Copy)]
+struct Config {
+    window: i64,
+    steps: usize,
+    mode: Mode,
+}
+
+impl Config {
+    fn from_args(args: &AccumulatorArgs) -> Result<Self> {
         let types: Vec<DataType> = args
             .expr_fields
             .iter()
@@ -142,47 +174,40 @@ impl AggregateUDFImpl for WindowFunnel {
         } else {
             Mode::default()
         };
-        Ok(Box::new(FunnelAccumulator {
+        Ok(Config {
             window,
             steps,
             mode,
-            events: vec![],
-            next_uid: 1,
-        }))
+        })
+    }
+
+    fn keep(&self) -> Keep {
+        Keep {
+            conditions: self.steps,
+            drop_null_rows: self.mode.clickhouse,
+            keep_unmatched: self.mode.order,
+        }
+    }
+
+    fn level(&self, events: &[Event]) -> u8 {
+        level(events, self.steps, self.window, self.mode)
     }
 }
 
-/// The events of one group: (time, bitmask of the conditions that hold, arrival id).
+/// The events of one group (no GROUP BY, or a window).
 #[derive(Debug)]
 struct FunnelAccumulator {
-    window: i64,
-    steps: usize,
-    mode: Mode,
-    events: Vec<(i64, u32, u64)>,
+    config: Config,
+    events: Vec<Event>,
     next_uid: u64,
 }
 
 impl Accumulator for FunnelAccumulator {
     fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
-        let ts = events::times(NAME, &values[1])?;
-        let conds = events::conditions(NAME, &values[2..2 + self.steps])?;
-        for (row, t) in ts.iter().enumerate() {
+        for e in groups::batch_events(NAME, values, self.config.keep())? {
             let uid = self.next_uid;
             self.next_uid += 1;
-            let Some(t) = *t else { continue };
-            let mut mask = 0u32;
-            let mut null = false;
-            for (i, c) in conds.iter().enumerate() {
-                match c[row] {
-                    Some(true) => mask |= 1 << i,
-                    Some(false) => {}
-                    None => null = true,
-                }
-            }
-            if null && self.mode.clickhouse {
-                continue;
-            }
-            if mask != 0 || self.mode.order {
+            if let Some((t, mask)) = e {
                 self.events.push((t, mask, uid));
             }
         }
@@ -190,60 +215,21 @@ impl Accumulator for FunnelAccumulator {
     }
 
     fn state(&mut self) -> Result<Vec<ScalarValue>> {
-        let ts: Vec<i64> = self.events.iter().map(|e| e.0).collect();
-        let mask: Vec<u32> = self.events.iter().map(|e| e.1).collect();
-        let uid: Vec<u64> = self.events.iter().map(|e| e.2).collect();
-        Ok(vec![
-            ScalarValue::List(Arc::new(ListArray::from_iter_primitive::<Int64Type, _, _>(
-                [Some(ts.into_iter().map(Some))],
-            ))),
-            ScalarValue::List(Arc::new(
-                ListArray::from_iter_primitive::<UInt32Type, _, _>([Some(
-                    mask.into_iter().map(Some),
-                )]),
-            )),
-            ScalarValue::List(Arc::new(
-                ListArray::from_iter_primitive::<UInt64Type, _, _>([Some(
-                    uid.into_iter().map(Some),
-                )]),
-            )),
-        ])
+        groups::state_lists(std::iter::once(&self.events))
+            .iter()
+            .map(|a| ScalarValue::try_from_array(a, 0))
+            .collect()
     }
 
     fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
-        let (ts, mask, uid) = (
-            states[0].as_list::<i32>(),
-            states[1].as_list::<i32>(),
-            states[2].as_list::<i32>(),
-        );
-        for row in 0..ts.len() {
-            if ts.is_null(row) {
-                continue;
-            }
-            let (t, m, u) = (ts.value(row), mask.value(row), uid.value(row));
-            let (t, m, u) = (
-                t.as_primitive::<Int64Type>(),
-                m.as_primitive::<UInt32Type>(),
-                u.as_primitive::<UInt64Type>(),
-            );
-            // Ids of the other state come after ours (as ClickHouse merges them).
-            let offset = self.next_uid;
-            for i in 0..t.len() {
-                let id = u.value(i) + offset;
-                self.next_uid = self.next_uid.max(id + 1);
-                self.events.push((t.value(i), m.value(i), id));
-            }
+        for row in 0..states[0].len() {
+            groups::merge_state_row(states, row, &mut self.events, &mut self.next_uid);
         }
         Ok(())
     }
 
     fn evaluate(&mut self) -> Result<ScalarValue> {
-        Ok(ScalarValue::UInt8(Some(level(
-            &self.events,
-            self.steps,
-            self.window,
-            self.mode,
-        ))))
+        Ok(ScalarValue::UInt8(Some(self.config.level(&self.events))))
     }
 
     fn size(&self) -> usize {
@@ -252,7 +238,7 @@ impl Accumulator for FunnelAccumulator {
 }
 
 /// The funnel level of one group's events.
-fn level(rows: &[(i64, u32, u64)], steps: usize, window: i64, mode: Mode) -> u8 {
+fn level(rows: &[Event], steps: usize, window: i64, mode: Mode) -> u8 {
     // One event per (row, condition that holds); rows matching none only in strict_order.
     let mut evs: Vec<(i64, usize, u64)> = vec![];
     for &(t, mask, uid) in rows {

@@ -7,6 +7,7 @@ pub mod args;
 pub mod error;
 pub mod events;
 pub mod funnel;
+pub mod groups;
 pub mod normalize;
 pub mod retention;
 pub mod sequence;

@@ -10,19 +10,18 @@
 //! (ClickHouse measures from the first event `.*` skipped); `sequence_match` of a group
 //! without events is NULL (ClickHouse: 0). A NULL condition counts as false.
 
-use std::sync::Arc;
-
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, ListArray};
-use datafusion::arrow::datatypes::{DataType, FieldRef, Int64Type, UInt32Type};
+use datafusion::arrow::array::ArrayRef;
+use datafusion::arrow::datatypes::{DataType, FieldRef};
 use datafusion::error::Result;
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::{
-    Accumulator, AggregateUDF, AggregateUDFImpl, Signature, Volatility,
+    Accumulator, AggregateUDF, AggregateUDFImpl, GroupsAccumulator, Signature, Volatility,
 };
 use datafusion::scalar::ScalarValue;
 
 use crate::error::invalid;
 use crate::events;
+use crate::groups::{self, Event, EventGroups, Keep};
 
 /// ClickHouse's bound on pattern steps before giving up.
 const MAX_ITERATIONS: usize = 1_000_000;
@@ -209,10 +208,45 @@ impl AggregateUDFImpl for Sequence {
         Ok(vec![
             events::list_state(args.name, "ts", DataType::Int64),
             events::list_state(args.name, "mask", DataType::UInt32),
+            events::list_state(args.name, "uid", DataType::UInt64),
         ])
     }
     fn accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
-        let name = self.output.name();
+        Ok(Box::new(SequenceAccumulator {
+            config: Config::from_args(self.output, &args)?,
+            events: vec![],
+            next_uid: 1,
+        }))
+    }
+    fn groups_accumulator_supported(&self, _: AccumulatorArgs) -> bool {
+        true
+    }
+    fn create_groups_accumulator(
+        &self,
+        args: AccumulatorArgs,
+    ) -> Result<Box<dyn GroupsAccumulator>> {
+        let c = Config::from_args(self.output, &args)?;
+        Ok(Box::new(EventGroups::new(
+            c.name,
+            c.keep(),
+            Box::new(move |events| c.evaluate(events)),
+        )))
+    }
+}
+
+/// A call's constant arguments.
+#[derive(Debug, Clone)]
+struct Config {
+    name: &'static str,
+    output: Output,
+    conditions: usize,
+    pattern: Pattern,
+    clickhouse: bool,
+}
+
+impl Config {
+    fn from_args(output: Output, args: &AccumulatorArgs) -> Result<Self> {
+        let name = output.name();
         let types: Vec<DataType> = args
             .expr_fields
             .iter()
@@ -240,87 +274,35 @@ impl AggregateUDFImpl for Sequence {
                 }
             }
         }
-        Ok(Box::new(SequenceAccumulator {
+        Ok(Config {
             name,
-            output: self.output,
+            output,
             conditions: n,
             pattern,
             clickhouse,
-            events: vec![],
-        }))
+        })
     }
-}
 
-#[derive(Debug)]
-struct SequenceAccumulator {
-    name: &'static str,
-    output: Output,
-    conditions: usize,
-    pattern: Pattern,
-    clickhouse: bool,
-    /// (time, conditions met) of rows meeting at least one condition.
-    events: Vec<(i64, u32)>,
-}
-
-impl Accumulator for SequenceAccumulator {
-    fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
-        let ts = events::times(self.name, &values[1])?;
-        let conds = events::conditions(self.name, &values[2..2 + self.conditions])?;
-        for (row, t) in ts.iter().enumerate() {
-            let Some(t) = *t else { continue };
-            let mut mask = 0u32;
-            for (i, c) in conds.iter().enumerate() {
-                if c[row] == Some(true) {
-                    mask |= 1 << i;
-                }
-            }
-            if mask != 0 {
-                self.events.push((t, mask));
-            }
+    /// Rows meeting no condition are not events.
+    fn keep(&self) -> Keep {
+        Keep {
+            conditions: self.conditions,
+            drop_null_rows: false,
+            keep_unmatched: false,
         }
-        Ok(())
     }
 
-    fn state(&mut self) -> Result<Vec<ScalarValue>> {
-        let ts = self.events.iter().map(|e| Some(e.0));
-        let mask = self.events.iter().map(|e| Some(e.1));
-        Ok(vec![
-            ScalarValue::List(Arc::new(ListArray::from_iter_primitive::<Int64Type, _, _>(
-                [Some(ts)],
-            ))),
-            ScalarValue::List(Arc::new(
-                ListArray::from_iter_primitive::<UInt32Type, _, _>([Some(mask)]),
-            )),
-        ])
-    }
-
-    fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
-        let (ts, mask) = (states[0].as_list::<i32>(), states[1].as_list::<i32>());
-        for row in 0..ts.len() {
-            if ts.is_null(row) {
-                continue;
-            }
-            let (t, m) = (ts.value(row), mask.value(row));
-            let (t, m) = (
-                t.as_primitive::<Int64Type>(),
-                m.as_primitive::<UInt32Type>(),
-            );
-            for i in 0..t.len() {
-                self.events.push((t.value(i), m.value(i)));
-            }
-        }
-        Ok(())
-    }
-
-    fn evaluate(&mut self) -> Result<ScalarValue> {
-        let empty = self.events.is_empty();
-        let met = self.events.iter().fold(0, |a, e| a | e.1);
+    /// The result over one group's events (sorted here by time, then conditions).
+    fn evaluate(&self, buffer: &mut [Event]) -> Result<ScalarValue> {
+        let mut events: Vec<(i64, u32)> = buffer.iter().map(|e| (e.0, e.1)).collect();
+        let empty = events.is_empty();
+        let met = events.iter().fold(0, |a, e| a | e.1);
         let possible = met & self.pattern.needed == self.pattern.needed;
-        self.events.sort_unstable();
+        events.sort_unstable();
         let m = Matcher {
             name: self.name,
             pattern: &self.pattern,
-            events: &self.events,
+            events: &events,
             clickhouse: self.clickhouse,
         };
         Ok(match self.output {
@@ -340,7 +322,7 @@ impl Accumulator for SequenceAccumulator {
                 let mut n = 0u64;
                 if possible {
                     let mut at = 0;
-                    while at < self.events.len() && m.matches(&mut at)? {
+                    while at < events.len() && m.matches(&mut at)? {
                         n += 1;
                     }
                 }
@@ -348,9 +330,48 @@ impl Accumulator for SequenceAccumulator {
             }
         })
     }
+}
+
+/// The events of one group (no GROUP BY, or a window).
+#[derive(Debug)]
+struct SequenceAccumulator {
+    config: Config,
+    events: Vec<Event>,
+    next_uid: u64,
+}
+
+impl Accumulator for SequenceAccumulator {
+    fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
+        for e in groups::batch_events(self.config.name, values, self.config.keep())? {
+            let uid = self.next_uid;
+            self.next_uid += 1;
+            if let Some((t, mask)) = e {
+                self.events.push((t, mask, uid));
+            }
+        }
+        Ok(())
+    }
+
+    fn state(&mut self) -> Result<Vec<ScalarValue>> {
+        groups::state_lists(std::iter::once(&self.events))
+            .iter()
+            .map(|a| ScalarValue::try_from_array(a, 0))
+            .collect()
+    }
+
+    fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
+        for row in 0..states[0].len() {
+            groups::merge_state_row(states, row, &mut self.events, &mut self.next_uid);
+        }
+        Ok(())
+    }
+
+    fn evaluate(&mut self) -> Result<ScalarValue> {
+        self.config.evaluate(&mut self.events)
+    }
 
     fn size(&self) -> usize {
-        std::mem::size_of_val(self) + self.events.capacity() * 16
+        std::mem::size_of_val(self) + self.events.capacity() * 24
     }
 }
 
