@@ -1,11 +1,9 @@
 //! Every SQL example in the README and docs/functions.md runs against the demo lake.
 
-use std::path::Path;
-
 use touchlake_tests::Server;
 
 fn sql_blocks(file: &str) -> Vec<String> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(file);
+    let path = touchlake_tests::repo_root().join(file);
     let text = std::fs::read_to_string(&path).expect("read docs");
     let mut blocks = vec![];
     let mut current: Option<String> = None;

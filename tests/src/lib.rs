@@ -19,6 +19,16 @@ pub fn binary() -> PathBuf {
         .expect("target dir")
 }
 
+/// The repository's root folder. `cargo test` sets `CARGO_MANIFEST_DIR` when it runs the
+/// test, which is right even when the binary was built from a clone at another path (CI
+/// shares one target folder between clones); the compile-time value is the fallback.
+pub fn repo_root() -> PathBuf {
+    let tests = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    tests.parent().map(Path::to_path_buf).unwrap_or(tests)
+}
+
 /// A running server process; killed on drop.
 pub struct Server {
     child: Child,
