@@ -9,6 +9,7 @@ pub mod events;
 pub mod funnel;
 pub mod groups;
 pub mod normalize;
+pub mod paths;
 pub mod retention;
 pub mod sequence;
 pub mod sessions;
@@ -25,7 +26,8 @@ pub fn register_all(registry: &mut dyn FunctionRegistry) -> datafusion::error::R
     }
     let aggregates = [funnel::window_funnel(), retention::retention()]
         .into_iter()
-        .chain(sequence::functions());
+        .chain(sequence::functions())
+        .chain(paths::functions());
     for udaf in aggregates {
         registry.register_udaf(std::sync::Arc::new(udaf))?;
     }

@@ -10,6 +10,7 @@ outside the window:
 
 Each test prints how many groups it compared."""
 import itertools
+import json
 import random
 
 import chdb
@@ -308,3 +309,73 @@ def test_window_functions_match_duckdb(journeys):
     assert got == ref
     print(f"window functions: {len(cases) + 1} functions x {len(rows)} rows compared with DuckDB "
           "(max_duration with a Python loop)")
+
+
+def ch_paths(path, gap, collapse=True, start=None, end=None, limit=5):
+    """The paths SQL in ClickHouse (arraySort/arraySplit/arrayFilter/indexOf/arraySlice, as
+    PostHog's paths query builds them): per person, sessions split at `gap`, repeats
+    collapsed, sliced from `start` to `end`, cut to `limit`, as Sankey edges."""
+    s1 = "arrayFilter((x, i) -> i = 1 OR x.2 != s0[i - 1].2, s0, arrayEnumerate(s0))" if collapse else "s0"
+    s2 = (f"if(indexOf(arrayMap(x -> x.2, s1), '{start}') = 0, [], "
+          f"arraySlice(s1, indexOf(arrayMap(x -> x.2, s1), '{start}')))") if start else "s1"
+    s3 = (f"if(indexOf(arrayMap(x -> x.2, s2), '{end}') = 0, s2, "
+          f"arraySlice(s2, 1, indexOf(arrayMap(x -> x.2, s2), '{end}')))") if end else "s2"
+    return f"""
+      WITH per AS (
+        SELECT pid, arraySort(groupArray((toInt64(assumeNotNull(ts)), assumeNotNull(ev)))) AS a,
+               arraySplit((x, d) -> d >= {gap}, a, arrayDifference(arrayMap(x -> x.1, a))) AS sess
+        FROM file('{path}') GROUP BY pid),
+      paths AS (SELECT arrayJoin(sess) AS s0, {s1} AS s1, {s2} AS s2, {s3} AS s3,
+                       arraySlice(s3, 1, {limit}) AS p FROM per)
+      SELECT e.1, e.2, e.3, count() FROM (
+        SELECT arrayJoin(arrayConcat(
+          arrayMap(i -> (toInt32(i), p[i].2, p[i + 1].2), arraySlice(arrayEnumerate(p), 1, length(p) - 1)),
+          if(length(p) > 0, [(toInt32(length(p)), p[length(p)].2, '$drop')], []))) AS e FROM paths)
+      GROUP BY e.1, e.2, e.3 ORDER BY 1, 2, 3"""
+
+
+def test_paths_match_clickhouse(journeys):
+    conn, load = journeys
+    path = load("paths", generate(6))
+    variants = [
+        (dict(gap=300, limit=4), "session_gap=300, step_limit=4"),
+        # Timestamps and an interval gap: the same as seconds.
+        (dict(gap=1200, start="B", end="D"), "session_gap=20 minutes, start_point=B, end_point=D"),
+        (dict(gap=300, collapse=False, limit=3), "session_gap=300, collapse_repeats=false, step_limit=3"),
+        (dict(gap=1800, end="C", limit=6), "end_point=C, step_limit=6"),
+    ]
+    edges = 0
+    for ch_args, opts in variants:
+        ch = chdb.query(ch_paths(path, **ch_args), "CSV").bytes().decode()
+        ref = sorted(tuple(x.strip('"') for x in line.split(",")) for line in ch.splitlines())
+        with conn.cursor() as cur:
+            cur.execute(f"""SELECT e['step'], e['source'], e['target'], count(*) FROM (
+                SELECT unnest(path_edges(ev, {"to_timestamp(ts)" if "minutes" in opts else "ts"}, '{opts}')) AS e
+                FROM public.j_paths GROUP BY pid) p
+                GROUP BY 1, 2, 3""")
+            got = sorted(tuple(str(v) for v in r) for r in cur.fetchall())
+        assert got == ref, (opts, [r for r in got if r not in ref][:5], [r for r in ref if r not in got][:5])
+        edges += len(ref)
+    # path_sequence: the same sessions, flattened, and their number.
+    for gap in [300, 1800]:
+        ch = chdb.query(f"""SELECT pid, arrayStringConcat(arrayFlatten(ps), ','), length(ps) FROM (
+            SELECT pid, arrayMap(s0 -> arrayMap(x -> x.2, arrayFilter((x, i) -> i = 1 OR x.2 != s0[i - 1].2,
+                   s0, arrayEnumerate(s0))), sess) AS ps FROM (
+              SELECT pid, arraySort(groupArray((toInt64(assumeNotNull(ts)), assumeNotNull(ev)))) AS a,
+                     arraySplit((x, d) -> d >= {gap}, a, arrayDifference(arrayMap(x -> x.1, a))) AS sess
+              FROM file('{path}') GROUP BY pid)) ORDER BY pid""", "CSV").bytes().decode()
+        ref = {int(l.split(",")[0]): (l.split('"')[1], int(l.rsplit(",", 1)[1])) for l in ch.splitlines()}
+        with conn.cursor() as cur:
+            cur.execute(f"""SELECT pid, array_to_string(flatten(s), ','), CAST(array_length(s, 1) AS bigint) FROM (
+                SELECT pid, path_sequence(ev, ts, 'session_gap={gap}') AS s FROM public.j_paths GROUP BY pid) p""")
+            got = {r[0]: (r[1], r[2]) for r in cur.fetchall()}
+        assert got == ref
+        # Sent whole, the ragged list of sessions is JSON text (PostgreSQL arrays are
+        # rectangular).
+        pid = next(iter(ref))
+        with conn.cursor() as cur:
+            cur.execute(f"SELECT path_sequence(ev, ts, 'session_gap={gap}') FROM public.j_paths WHERE pid = {pid}")
+            sessions = json.loads(cur.fetchone()[0])
+        assert ",".join(itertools.chain(*sessions)) == ref[pid][0] and len(sessions) == ref[pid][1]
+    print(f"path_edges: {edges} Sankey edges in {len(variants)} option sets, path_sequence: "
+          f"{len(ref)} persons x 2 gaps, compared with ClickHouse's array SQL")

@@ -71,7 +71,7 @@ fn format_options<C: ClientInfo>(client: &C, session: &Session) -> Arc<FormatOpt
 fn to_response(ex: Outcome, format: &Format, opts: Arc<FormatOptions>) -> PgWireResult<Response> {
     Ok(match ex {
         Outcome::Rows(stream) => {
-            let schema = stream.schema();
+            let schema = super::shape::wire_schema(&stream.schema());
             let fields: Arc<Vec<FieldInfo>> = Arc::new(arrow_schema_to_pg_fields(
                 schema.as_ref(),
                 format,
@@ -85,7 +85,12 @@ fn to_response(ex: Outcome, format: &Format, opts: Arc<FormatOptions>) -> PgWire
                             + Send
                             + Sync,
                     > = match batch {
-                        Ok(b) => encode_recordbatch(f.clone(), b),
+                        Ok(b) => match super::shape::wire_batch(b) {
+                            Ok(b) => encode_recordbatch(f.clone(), b),
+                            Err(e) => Box::new(std::iter::once(Err(to_pgwire(
+                                SessionError::DataFusion(e.into()),
+                            )))),
+                        },
                         Err(e) => {
                             Box::new(std::iter::once(Err(to_pgwire(SessionError::DataFusion(e)))))
                         }
@@ -398,7 +403,7 @@ impl QueryParser for PreparedParser {
         stmt: &Prepared,
         format: Option<&Format>,
     ) -> PgWireResult<Vec<FieldInfo>> {
-        let schema = crate::session::result_schema(stmt);
+        let schema = super::shape::wire_schema(&crate::session::result_schema(stmt));
         arrow_schema_to_pg_fields(
             schema.as_ref(),
             format.unwrap_or(&Format::UnifiedText),

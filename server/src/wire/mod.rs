@@ -4,6 +4,7 @@
 //! plan queries or touch Delta.
 
 mod handler;
+mod shape;
 mod sqlstate;
 mod startup;
 
