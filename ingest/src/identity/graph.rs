@@ -24,6 +24,8 @@
 
 use std::collections::HashMap;
 
+use rustc_hash::FxHashMap;
+
 /// Identifier types, highest priority first (the anchor of a person is its identifier of
 /// the highest priority, then the earliest seen, then the smallest value).
 pub const TYPES: [&str; 7] = [
@@ -213,14 +215,15 @@ pub struct Edge {
 pub struct Graph {
     /// The nodes.
     pub nodes: Vec<Node>,
-    index: HashMap<(u8, String), u32>,
-    edges: HashMap<(u32, u32), (i64, i64)>,
+    /// Per identifier type: value → node (looked up by `&str`, without allocating).
+    index: [FxHashMap<Box<str>, u32>; TYPES.len()],
+    edges: FxHashMap<(u32, u32), (i64, i64)>,
 }
 
 impl Graph {
     /// The node of `(ty, value)`, created if new; records one touchpoint at `ts`.
     pub fn touch(&mut self, ty: u8, value: &str, ts: i64) -> u32 {
-        if let Some(&i) = self.index.get(&(ty, value.to_string())) {
+        if let Some(&i) = self.index[usize::from(ty)].get(value) {
             let n = &mut self.nodes[i as usize];
             n.first_seen = n.first_seen.min(ts);
             n.last_seen = n.last_seen.max(ts);
@@ -235,13 +238,13 @@ impl Graph {
             last_seen: ts,
             touchpoints: 1,
         });
-        self.index.insert((ty, value.to_string()), i);
+        self.index[usize::from(ty)].insert(value.into(), i);
         i
     }
 
     /// The node of `(ty, value)`, if any.
     pub fn find(&self, ty: u8, value: &str) -> Option<u32> {
-        self.index.get(&(ty, value.to_string())).copied()
+        self.index.get(usize::from(ty))?.get(value).copied()
     }
 
     /// Record that `x` and `y` were seen together at `ts` (self-edges are ignored).
@@ -278,32 +281,37 @@ impl Graph {
         i
     }
 
-    /// The edges, in application order: `(first_seen, last_seen, a, b)`.
+    /// The edges, in application order: by time, then by their endpoints' (type, value),
+    /// independent of the order nodes were created in.
     pub fn edges(&self) -> Vec<Edge> {
-        let mut v: Vec<Edge> = self
+        // Each node's rank in (type, value) order, so that the sort compares integers.
+        let mut order: Vec<u32> = (0..self.nodes.len() as u32).collect();
+        order.sort_unstable_by(|&x, &y| {
+            let (nx, ny) = (&self.nodes[x as usize], &self.nodes[y as usize]);
+            (nx.ty, nx.value.as_str()).cmp(&(ny.ty, ny.value.as_str()))
+        });
+        let mut rank = vec![0u32; self.nodes.len()];
+        for (r, &i) in order.iter().enumerate() {
+            rank[i as usize] = r as u32;
+        }
+        let mut v: Vec<((i64, i64, u32, u32), Edge)> = self
             .edges
             .iter()
-            .map(|(&(a, b), &(first_seen, last_seen))| Edge {
-                a,
-                b,
-                first_seen,
-                last_seen,
+            .map(|(&(a, b), &(first_seen, last_seen))| {
+                let (ra, rb) = (rank[a as usize], rank[b as usize]);
+                (
+                    (first_seen, last_seen, ra.min(rb), ra.max(rb)),
+                    Edge {
+                        a,
+                        b,
+                        first_seen,
+                        last_seen,
+                    },
+                )
             })
             .collect();
-        v.sort_unstable_by(|x, y| self.edge_order(x).cmp(&self.edge_order(y)));
-        v
-    }
-
-    /// Edges ordered by time, then by their endpoints' (type, value): independent of the
-    /// order nodes were created in.
-    fn edge_order<'a>(&'a self, e: &Edge) -> (i64, i64, (u8, &'a str), (u8, &'a str)) {
-        let key = |i: u32| {
-            let n = &self.nodes[i as usize];
-            (n.ty, n.value.as_str())
-        };
-        let (ka, kb) = (key(e.a), key(e.b));
-        let (lo, hi) = if ka <= kb { (ka, kb) } else { (kb, ka) };
-        (e.first_seen, e.last_seen, lo, hi)
+        v.sort_unstable_by_key(|(k, _)| *k);
+        v.into_iter().map(|(_, e)| e).collect()
     }
 }
 
