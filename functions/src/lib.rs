@@ -8,6 +8,7 @@ pub mod error;
 pub mod events;
 pub mod funnel;
 pub mod groups;
+pub mod metrics;
 pub mod normalize;
 pub mod paths;
 pub mod retention;
@@ -27,7 +28,8 @@ pub fn register_all(registry: &mut dyn FunctionRegistry) -> datafusion::error::R
     let aggregates = [funnel::window_funnel(), retention::retention()]
         .into_iter()
         .chain(sequence::functions())
-        .chain(paths::functions());
+        .chain(paths::functions())
+        .chain(metrics::functions());
     for udaf in aggregates {
         registry.register_udaf(std::sync::Arc::new(udaf))?;
     }

@@ -379,3 +379,32 @@ def test_paths_match_clickhouse(journeys):
         assert ",".join(itertools.chain(*sessions)) == ref[pid][0] and len(sessions) == ref[pid][1]
     print(f"path_edges: {edges} Sankey edges in {len(variants)} option sets, path_sequence: "
           f"{len(ref)} persons x 2 gaps, compared with ClickHouse's array SQL")
+
+
+def test_metrics_match_duckdb(journeys):
+    conn, _ = journeys
+    rng = random.Random(7)
+    rows = [(g, rng.choice([None] + list(range(11))), rng.choice([None, 1, 1, 2, 3, 7])) for g in range(40)
+            for _ in range(rng.randint(0, 30))]
+    with conn.cursor() as cur:
+        cur.execute("CREATE TABLE public.m (g bigint, score bigint, n bigint)")
+        with cur.copy("COPY public.m (g, score, n) FROM STDIN") as cp:
+            for r in rows:
+                cp.write_row(r)
+        cur.execute("SELECT g, nps(score), bounce_rate(n) FROM public.m GROUP BY g")
+        got = {r[0]: (r[1], r[2]) for r in cur.fetchall()}
+    duck = duckdb.connect()
+    duck.execute("CREATE TABLE m (g BIGINT, score BIGINT, n BIGINT)")
+    duck.executemany("INSERT INTO m VALUES (?, ?, ?)", rows)
+    ref = {r[0]: (r[1], r[2]) for r in duck.execute(
+        """SELECT g, 100.0 * (count(*) FILTER (WHERE score >= 9) - count(*) FILTER (WHERE score <= 6))
+                  / nullif(count(score), 0),
+                  count(*) FILTER (WHERE n = 1) / nullif(count(n), 0)
+           FROM m GROUP BY g""").fetchall()}
+    assert got.keys() == ref.keys()
+    for g in ref:
+        for a, b in zip(got[g], ref[g]):
+            assert (a is None and b is None) or abs(a - float(b)) < 1e-9, (g, got[g], ref[g])
+    with pytest.raises(psycopg.errors.InvalidParameterValue):
+        conn.execute("SELECT nps(s) FROM (VALUES (3), (11)) AS v(s)")
+    print(f"nps, bounce_rate: {len(ref)} groups compared with DuckDB")
