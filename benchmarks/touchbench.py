@@ -124,7 +124,9 @@ def paths_sql(agg):
 
 
 QUERIES["Q4 top 20 paths before purchase"] = {
-    "touchlake": paths_sql("string_agg(o.channel, '>' ORDER BY o.rn)"),
+    "touchlake": """SELECT array_to_string(p, '>') AS path, count(*) AS persons FROM (
+        SELECT paths_to(channel, occurred_at, event_type = 'purchase', 3, touchpoint_id) AS p
+        FROM T GROUP BY person_id) x WHERE cardinality(p) > 0 GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 20""",
     "chdb": """SELECT path, count() AS persons FROM (
         SELECT arraySort(x -> (x.1, x.2), groupArray((occurred_at, touchpoint_id, channel, event_type))) AS a,
                arrayFirstIndex(x -> x.4 = 'purchase', a) AS i,

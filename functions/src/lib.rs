@@ -29,6 +29,7 @@ pub fn register_all(registry: &mut dyn FunctionRegistry) -> datafusion::error::R
         .into_iter()
         .chain(sequence::functions())
         .chain(paths::functions())
+        .chain(paths::around_functions())
         .chain(metrics::functions());
     for udaf in aggregates {
         registry.register_udaf(std::sync::Arc::new(udaf))?;

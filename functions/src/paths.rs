@@ -586,6 +586,335 @@ impl Accumulator for PathAccumulator {
     }
 }
 
+/// `paths_to(item, ts, target, n [, tiebreak])` / `paths_from(…)`: the items of the `n`
+/// rows before (or after) the first row where `target` holds, in order; NULL when no row
+/// meets `target`. Rows are ordered by time, then `tiebreak` (e.g. `touchpoint_id`), then
+/// item; rows with a NULL item are skipped.
+pub fn around_functions() -> Vec<AggregateUDF> {
+    [true, false]
+        .into_iter()
+        .map(|before| {
+            AggregateUDF::from(Around {
+                before,
+                signature: Signature::user_defined(Volatility::Immutable),
+            })
+        })
+        .collect()
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Around {
+    before: bool,
+    signature: Signature,
+}
+
+impl Around {
+    fn name(&self) -> &'static str {
+        if self.before {
+            "paths_to"
+        } else {
+            "paths_from"
+        }
+    }
+}
+
+/// A row: (time, tiebreak as sortable text, target met, item).
+type AroundRow = (i64, String, bool, Option<String>);
+
+/// A tiebreak value as text that sorts like the value (integers offset and zero-padded).
+fn sortable(a: &ArrayRef) -> Result<Vec<String>> {
+    if a.data_type().is_integer() {
+        let i = cast(a, &DataType::Int64)?;
+        return Ok(i
+            .as_primitive::<Int64Type>()
+            .iter()
+            .map(|v| {
+                v.map_or(String::new(), |v| {
+                    format!("{:020}", i128::from(v) + (1i128 << 63))
+                })
+            })
+            .collect());
+    }
+    let t = cast(a, &DataType::Utf8)?;
+    Ok(t.as_string::<i32>()
+        .iter()
+        .map(|v| v.unwrap_or("").to_string())
+        .collect())
+}
+
+impl AggregateUDFImpl for Around {
+    fn name(&self) -> &str {
+        Around::name(self)
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn coerce_types(&self, types: &[DataType]) -> Result<Vec<DataType>> {
+        let name = Around::name(self);
+        let usage = "takes (item, ts, target boolean, n integer [, tiebreak])";
+        if !(4..=5).contains(&types.len())
+            || !events::is_time_type(&types[1])
+            || !matches!(types[2], DataType::Boolean | DataType::Null)
+            || !types[3].is_integer()
+        {
+            return Err(invalid(name, usage));
+        }
+        let mut out = types.to_vec();
+        out[0] = DataType::Utf8;
+        out[2] = DataType::Boolean;
+        Ok(out)
+    }
+    fn return_type(&self, _: &[DataType]) -> Result<DataType> {
+        Ok(DataType::List(Arc::new(Field::new_list_field(
+            DataType::Utf8,
+            true,
+        ))))
+    }
+    fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
+        Ok(vec![
+            events::list_state(args.name, "ts", DataType::Int64),
+            events::list_state(args.name, "tiebreak", DataType::Utf8),
+            events::list_state(args.name, "target", DataType::Boolean),
+            events::list_state(args.name, "item", DataType::Utf8),
+        ])
+    }
+    fn accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
+        Ok(Box::new(AroundAccumulator(self.groups(&args)?)))
+    }
+    fn groups_accumulator_supported(&self, _: AccumulatorArgs) -> bool {
+        true
+    }
+    fn create_groups_accumulator(
+        &self,
+        args: AccumulatorArgs,
+    ) -> Result<Box<dyn GroupsAccumulator>> {
+        Ok(Box::new(self.groups(&args)?))
+    }
+}
+
+impl Around {
+    fn groups(&self, args: &AccumulatorArgs) -> Result<AroundGroups> {
+        let name = Around::name(self);
+        let n =
+            events::literal(&args.exprs[3]).ok_or_else(|| invalid(name, "n must be a constant"))?;
+        Ok(AroundGroups {
+            name,
+            before: self.before,
+            n: positive(name, "n", n)?,
+            rows: vec![],
+        })
+    }
+}
+
+#[derive(Debug)]
+struct AroundGroups {
+    name: &'static str,
+    before: bool,
+    n: usize,
+    rows: Vec<Vec<AroundRow>>,
+}
+
+impl AroundGroups {
+    fn grow(&mut self, n: usize) {
+        if self.rows.len() < n {
+            self.rows.resize_with(n, Vec::new);
+        }
+    }
+
+    fn add(&mut self, values: &[ArrayRef], group: impl Fn(usize) -> Option<usize>) -> Result<()> {
+        let items = cast(&values[0], &DataType::Utf8)?;
+        let items = items.as_string::<i32>();
+        let ts = events::times(self.name, &values[1])?;
+        let target = events::conditions(self.name, &values[2..3])?.remove(0);
+        let tiebreak = match values.get(4) {
+            Some(a) => sortable(a)?,
+            None => vec![String::new(); ts.len()],
+        };
+        for (row, t) in ts.into_iter().enumerate() {
+            let (Some(t), Some(g)) = (t, group(row)) else {
+                continue;
+            };
+            let item = items.is_valid(row).then(|| items.value(row).to_string());
+            self.rows[g].push((t, tiebreak[row].clone(), target[row] == Some(true), item));
+        }
+        Ok(())
+    }
+
+    /// One group's answer.
+    fn around(&self, rows: &mut [AroundRow]) -> Option<Vec<String>> {
+        rows.sort_unstable_by(|a, b| (a.0, &a.1, &a.3).cmp(&(b.0, &b.1, &b.3)));
+        let at = rows.iter().position(|r| r.2)?;
+        let items =
+            |r: &[AroundRow]| -> Vec<String> { r.iter().filter_map(|x| x.3.clone()).collect() };
+        Some(if self.before {
+            let all = items(&rows[..at]);
+            all[all.len().saturating_sub(self.n)..].to_vec()
+        } else {
+            items(&rows[at + 1..]).into_iter().take(self.n).collect()
+        })
+    }
+
+    fn finish(&self, groups: &mut [Vec<AroundRow>]) -> ArrayRef {
+        let mut b = ListBuilder::new(StringBuilder::new());
+        for g in groups.iter_mut() {
+            match self.around(g) {
+                Some(items) => {
+                    for i in items {
+                        b.values().append_value(i);
+                    }
+                    b.append(true);
+                }
+                None => b.append(false),
+            }
+        }
+        Arc::new(b.finish())
+    }
+
+    fn state_of(groups: &[Vec<AroundRow>]) -> Vec<ArrayRef> {
+        let ts = ListArray::from_iter_primitive::<Int64Type, _, _>(
+            groups.iter().map(|g| Some(g.iter().map(|r| Some(r.0)))),
+        );
+        let mut tie = ListBuilder::new(StringBuilder::new());
+        let mut target = ListBuilder::new(datafusion::arrow::array::BooleanBuilder::new());
+        let mut item = ListBuilder::new(StringBuilder::new());
+        for g in groups {
+            for r in g {
+                tie.values().append_value(&r.1);
+                target.values().append_value(r.2);
+                item.values().append_option(r.3.as_deref());
+            }
+            tie.append(true);
+            target.append(true);
+            item.append(true);
+        }
+        vec![
+            Arc::new(ts),
+            Arc::new(tie.finish()),
+            Arc::new(target.finish()),
+            Arc::new(item.finish()),
+        ]
+    }
+
+    fn merge_row(&mut self, states: &[ArrayRef], row: usize, g: usize) {
+        let l = |k: usize| states[k].as_list::<i32>();
+        if l(0).is_null(row) {
+            return;
+        }
+        let (t, tie, target, item) = (
+            l(0).value(row),
+            l(1).value(row),
+            l(2).value(row),
+            l(3).value(row),
+        );
+        let (t, tie, target, item) = (
+            t.as_primitive::<Int64Type>(),
+            tie.as_string::<i32>(),
+            target.as_boolean(),
+            item.as_string::<i32>(),
+        );
+        for k in 0..t.len() {
+            self.rows[g].push((
+                t.value(k),
+                tie.value(k).to_string(),
+                target.value(k),
+                item.is_valid(k).then(|| item.value(k).to_string()),
+            ));
+        }
+    }
+}
+
+impl GroupsAccumulator for AroundGroups {
+    fn update_batch(
+        &mut self,
+        values: &[ArrayRef],
+        group_indices: &[usize],
+        opt_filter: Option<&BooleanArray>,
+        total_num_groups: usize,
+    ) -> Result<()> {
+        self.grow(total_num_groups);
+        self.add(values, |row| {
+            let filtered = opt_filter.is_some_and(|f| !f.is_valid(row) || !f.value(row));
+            (!filtered).then(|| group_indices[row])
+        })
+    }
+    fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
+        let mut groups = emit_to.take_needed(&mut self.rows);
+        Ok(self.finish(&mut groups))
+    }
+    fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
+        let groups = emit_to.take_needed(&mut self.rows);
+        Ok(Self::state_of(&groups))
+    }
+    fn merge_batch(
+        &mut self,
+        values: &[ArrayRef],
+        group_indices: &[usize],
+        total_num_groups: usize,
+    ) -> Result<()> {
+        self.grow(total_num_groups);
+        for (row, &g) in group_indices.iter().enumerate() {
+            self.merge_row(values, row, g);
+        }
+        Ok(())
+    }
+    fn convert_to_state(
+        &self,
+        values: &[ArrayRef],
+        opt_filter: Option<&BooleanArray>,
+    ) -> Result<Vec<ArrayRef>> {
+        let mut one = AroundGroups {
+            name: self.name,
+            before: self.before,
+            n: self.n,
+            rows: vec![],
+        };
+        one.grow(values[0].len());
+        one.add(values, |row| {
+            let filtered = opt_filter.is_some_and(|f| !f.is_valid(row) || !f.value(row));
+            (!filtered).then_some(row)
+        })?;
+        Ok(Self::state_of(&one.rows))
+    }
+    fn size(&self) -> usize {
+        self.rows.iter().map(|g| g.capacity() * 64).sum()
+    }
+}
+
+/// One group (no GROUP BY, or a window).
+#[derive(Debug)]
+struct AroundAccumulator(AroundGroups);
+
+impl Accumulator for AroundAccumulator {
+    fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
+        self.0.grow(1);
+        self.0.add(values, |_| Some(0))
+    }
+    fn state(&mut self) -> Result<Vec<ScalarValue>> {
+        self.0.grow(1);
+        AroundGroups::state_of(&self.0.rows[..1])
+            .iter()
+            .map(|a| ScalarValue::try_from_array(a, 0))
+            .collect()
+    }
+    fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
+        self.0.grow(1);
+        for row in 0..states[0].len() {
+            self.0.merge_row(states, row, 0);
+        }
+        Ok(())
+    }
+    fn evaluate(&mut self) -> Result<ScalarValue> {
+        self.0.grow(1);
+        let mut rows = std::mem::take(&mut self.0.rows[0]);
+        let out = self.0.finish(std::slice::from_mut(&mut rows));
+        self.0.rows[0] = rows;
+        ScalarValue::try_from_array(&out, 0)
+    }
+    fn size(&self) -> usize {
+        std::mem::size_of_val(self) + self.0.size()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

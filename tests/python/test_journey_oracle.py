@@ -408,3 +408,34 @@ def test_metrics_match_duckdb(journeys):
     with pytest.raises(psycopg.errors.InvalidParameterValue):
         conn.execute("SELECT nps(s) FROM (VALUES (3), (11)) AS v(s)")
     print(f"nps, bounce_rate: {len(ref)} groups compared with DuckDB")
+
+
+def test_paths_to_and_from_match_a_reference(journeys):
+    conn, load = journeys
+    rows = generate(8)
+    rows = [(p, i, t, None if i % 5 == 0 else e) for p, i, t, e in rows]   # some NULL items
+    load("around", [(p, i, t, e or "") for p, i, t, e in rows])
+    with conn.cursor() as cur:
+        cur.execute("CREATE TABLE public.around AS SELECT pid, id, ts, CASE WHEN id % 5 = 0 THEN NULL ELSE ev END AS ev "
+                    "FROM public.j_around")
+    by_pid = {}
+    for p, i, t, e in rows:
+        by_pid.setdefault(p, []).append((t, i, e))
+    compared = 0
+    for fn, n in [("paths_to", 3), ("paths_from", 2), ("paths_to", 1)]:
+        with conn.cursor() as cur:
+            cur.execute(f"SELECT pid, {fn}(ev, ts, ev = 'C', {n}, id) FROM public.around GROUP BY pid")
+            got = dict(cur.fetchall())
+        for p, evs in by_pid.items():
+            evs.sort()
+            at = next((k for k, (_, _, e) in enumerate(evs) if e == "C"), None)
+            if at is None:
+                ref = None
+            elif fn == "paths_to":
+                items = [e for _, _, e in evs[:at] if e is not None]
+                ref = items[max(0, len(items) - n):]
+            else:
+                ref = [e for _, _, e in evs[at + 1:] if e is not None][:n]
+            assert got[p] == ref, (fn, p, got[p], ref, evs)
+            compared += 1
+    print(f"paths_to/paths_from: {compared} groups compared with a Python reference")
