@@ -10,8 +10,11 @@
 //! (ClickHouse measures from the first event `.*` skipped); `sequence_match` of a group
 //! without events is NULL (ClickHouse: 0). A NULL condition counts as false.
 
-use datafusion::arrow::array::ArrayRef;
-use datafusion::arrow::datatypes::{DataType, FieldRef};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, Int64Array, ListArray, TimestampMicrosecondArray};
+use datafusion::arrow::buffer::OffsetBuffer;
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef, TimeUnit};
 use datafusion::error::Result;
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::{
@@ -28,7 +31,7 @@ const MAX_ITERATIONS: usize = 1_000_000;
 
 /// The functions of this module.
 pub fn functions() -> Vec<AggregateUDF> {
-    [Output::Match, Output::Count]
+    [Output::Match, Output::Count, Output::Events]
         .into_iter()
         .map(|output| {
             AggregateUDF::from(Sequence {
@@ -43,6 +46,7 @@ pub fn functions() -> Vec<AggregateUDF> {
 enum Output {
     Match,
     Count,
+    Events,
 }
 
 impl Output {
@@ -50,6 +54,7 @@ impl Output {
         match self {
             Output::Match => "sequence_match",
             Output::Count => "sequence_count",
+            Output::Events => "sequence_match_events",
         }
     }
 }
@@ -198,10 +203,14 @@ impl AggregateUDFImpl for Sequence {
         }
         Ok(out)
     }
-    fn return_type(&self, _: &[DataType]) -> Result<DataType> {
+    fn return_type(&self, types: &[DataType]) -> Result<DataType> {
         Ok(match self.output {
             Output::Match => DataType::Boolean,
             Output::Count => DataType::UInt64,
+            Output::Events => DataType::List(Arc::new(Field::new_list_field(
+                event_time_type(types.get(1)),
+                true,
+            ))),
         })
     }
     fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
@@ -242,6 +251,8 @@ struct Config {
     conditions: usize,
     pattern: Pattern,
     clickhouse: bool,
+    /// Integer times (else timestamps/dates, reported as UTC timestamps).
+    integer_time: bool,
 }
 
 impl Config {
@@ -280,6 +291,7 @@ impl Config {
             conditions: n,
             pattern,
             clickhouse,
+            integer_time: types[1].is_integer(),
         })
     }
 
@@ -327,6 +339,27 @@ impl Config {
                     }
                 }
                 ScalarValue::UInt64(Some(n))
+            }
+            Output::Events => {
+                let mut consumed = vec![];
+                let mut at = 0;
+                let matched = possible && m.matches_recording(&mut at, &mut consumed)?;
+                let times: Vec<i64> = if matched {
+                    consumed.iter().map(|&k| events[k].0).collect()
+                } else {
+                    vec![]
+                };
+                let values: ArrayRef = if self.integer_time {
+                    Arc::new(Int64Array::from(times))
+                } else {
+                    Arc::new(TimestampMicrosecondArray::from(times).with_timezone("UTC"))
+                };
+                ScalarValue::List(Arc::new(ListArray::new(
+                    Arc::new(Field::new_list_field(values.data_type().clone(), true)),
+                    OffsetBuffer::from_lengths([values.len()]),
+                    values,
+                    None,
+                )))
             }
         })
     }
@@ -438,18 +471,30 @@ impl Matcher<'_> {
     /// ClickHouse's backtracking match from event `*at`; on return `*at` is past the match
     /// (or one past where it started, so repeated calls always advance).
     fn matches(&self, at: &mut usize) -> Result<bool> {
+        self.matches_recording(at, &mut vec![])
+    }
+
+    /// [`Self::matches`], also recording in `consumed` the events that matched the
+    /// pattern's `(?N)` steps (for `sequence_match_events`).
+    fn matches_recording(&self, at: &mut usize, consumed: &mut Vec<usize>) -> Result<bool> {
+        consumed.clear();
         let actions = &self.pattern.actions;
         let ev = self.events;
         let begin = *at;
         let mut a = 0usize;
         let mut e = *at;
         let mut base = *at;
-        let mut stack: Vec<(usize, usize, usize)> = vec![];
-        let backtrack = |a: &mut usize, e: &mut usize, base: &mut usize, stack: &mut Vec<_>| {
-            while let Some((sa, se, sb)) = stack.pop() {
+        let mut stack: Vec<(usize, usize, usize, usize)> = vec![];
+        let backtrack = |a: &mut usize,
+                         e: &mut usize,
+                         base: &mut usize,
+                         stack: &mut Vec<(usize, usize, usize, usize)>,
+                         consumed: &mut Vec<usize>| {
+            while let Some((sa, se, sb, sc)) = stack.pop() {
                 *a = sa;
                 *e = se + 1;
                 *base = sb;
+                consumed.truncate(sc);
                 if *e < ev.len() {
                     return true;
                 }
@@ -461,10 +506,11 @@ impl Matcher<'_> {
             match actions[a] {
                 Action::Event(c) => {
                     if ev[e].1 & (1 << c) != 0 {
+                        consumed.push(e);
                         base = e;
                         a += 1;
                         e += 1;
-                    } else if !backtrack(&mut a, &mut e, &mut base, &mut stack) {
+                    } else if !backtrack(&mut a, &mut e, &mut base, &mut stack, consumed) {
                         break;
                     }
                 }
@@ -474,7 +520,7 @@ impl Matcher<'_> {
                     e += 1;
                 }
                 Action::Star => {
-                    stack.push((a, e, base));
+                    stack.push((a, e, base, consumed.len()));
                     if self.clickhouse {
                         base = e;
                     }
@@ -493,18 +539,20 @@ impl Matcher<'_> {
                         TimeOp::Eq => t == anchor.saturating_add(d),
                     };
                     if ok {
-                        stack.push((a, e, base));
+                        stack.push((a, e, base, consumed.len()));
                         if self.clickhouse {
                             base = e;
                         }
                         a += 1;
                     } else if matches!(op, TimeOp::Le | TimeOp::Lt) {
-                        if !backtrack(&mut a, &mut e, &mut base, &mut stack) {
+                        if !backtrack(&mut a, &mut e, &mut base, &mut stack, consumed) {
                             break;
                         }
                     } else {
                         e += 1;
-                        if e == ev.len() && !backtrack(&mut a, &mut e, &mut base, &mut stack) {
+                        if e == ev.len()
+                            && !backtrack(&mut a, &mut e, &mut base, &mut stack, consumed)
+                        {
                             break;
                         }
                     }
@@ -531,6 +579,15 @@ impl Matcher<'_> {
         }
         *at = if e == begin { e + 1 } else { e };
         Ok(a == actions.len())
+    }
+}
+
+/// The element type of `sequence_match_events`: integers for integer times, else UTC
+/// timestamps (µs).
+fn event_time_type(t: Option<&DataType>) -> DataType {
+    match t {
+        Some(t) if t.is_integer() => DataType::Int64,
+        _ => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
     }
 }
 
