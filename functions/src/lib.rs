@@ -25,12 +25,16 @@ pub fn register_all(registry: &mut dyn FunctionRegistry) -> datafusion::error::R
     for udf in normalize::functions().into_iter().chain(time::functions()) {
         registry.register_udf(std::sync::Arc::new(udf))?;
     }
-    let aggregates = [funnel::window_funnel(), retention::retention()]
-        .into_iter()
-        .chain(sequence::functions())
-        .chain(paths::functions())
-        .chain(paths::around_functions())
-        .chain(metrics::functions());
+    let aggregates = [
+        funnel::window_funnel(),
+        retention::retention(),
+        sequence::next_node(),
+    ]
+    .into_iter()
+    .chain(sequence::functions())
+    .chain(paths::functions())
+    .chain(paths::around_functions())
+    .chain(metrics::functions());
     for udaf in aggregates {
         registry.register_udaf(std::sync::Arc::new(udaf))?;
     }

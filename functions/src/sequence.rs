@@ -12,9 +12,13 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, Int64Array, ListArray, TimestampMicrosecondArray};
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanBuilder, Int64Array, ListArray, ListBuilder, StringBuilder,
+    TimestampMicrosecondArray,
+};
 use datafusion::arrow::buffer::OffsetBuffer;
-use datafusion::arrow::datatypes::{DataType, Field, FieldRef, TimeUnit};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Int64Type, TimeUnit, UInt32Type};
 use datafusion::error::Result;
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::{
@@ -588,6 +592,234 @@ fn event_time_type(t: Option<&DataType>) -> DataType {
     match t {
         Some(t) if t.is_integer() => DataType::Int64,
         _ => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+    }
+}
+
+/// `sequence_next_node(direction, base, ts, value, base_cond, event1 [, …])`: ClickHouse's
+/// `sequenceNextNode`. Rows are ordered by time, then value; the base row is the first
+/// row (`head`), the last (`tail`), or the first / last row meeting `event1`
+/// (`first_match` / `last_match`), and must meet `base_cond`; from it the rows must meet
+/// `event1`, `event2`, … one after another (`forward`) or one before another
+/// (`backward`), and the value of the row after (before) that chain is the result, or NULL.
+pub fn next_node() -> AggregateUDF {
+    AggregateUDF::from(NextNode {
+        signature: Signature::user_defined(Volatility::Immutable),
+    })
+}
+
+const NEXT_NODE: &str = "sequence_next_node";
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct NextNode {
+    signature: Signature,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Base {
+    Head,
+    Tail,
+    FirstMatch,
+    LastMatch,
+}
+
+impl AggregateUDFImpl for NextNode {
+    fn name(&self) -> &str {
+        NEXT_NODE
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn coerce_types(&self, types: &[DataType]) -> Result<Vec<DataType>> {
+        let usage = "takes (direction, base, ts, value, base_cond, event1 [, …, event32])";
+        if types.len() < 6 || types.len() > 5 + events::MAX_CONDITIONS {
+            return Err(invalid(NEXT_NODE, usage));
+        }
+        if !events::is_text(&types[0])
+            || !events::is_text(&types[1])
+            || !events::is_time_type(&types[2])
+        {
+            return Err(invalid(NEXT_NODE, usage));
+        }
+        let mut out = types.to_vec();
+        out[0] = DataType::Utf8;
+        out[1] = DataType::Utf8;
+        out[3] = DataType::Utf8;
+        let n = out.len();
+        events::coerce_conditions(NEXT_NODE, &mut out, 4..n)?;
+        Ok(out)
+    }
+    fn return_type(&self, _: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+    fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
+        Ok(vec![
+            events::list_state(args.name, "ts", DataType::Int64),
+            events::list_state(args.name, "value", DataType::Utf8),
+            events::list_state(args.name, "mask", DataType::UInt32),
+            events::list_state(args.name, "base", DataType::Boolean),
+        ])
+    }
+    fn accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
+        let text = |i: usize, what: &str| -> Result<String> {
+            let v = events::literal(&args.exprs[i])
+                .ok_or_else(|| invalid(NEXT_NODE, format!("{what} must be a constant")))?;
+            Ok(events::text_literal(NEXT_NODE, what, v)?
+                .trim()
+                .to_ascii_lowercase())
+        };
+        let forward = match text(0, "direction")?.as_str() {
+            "forward" => true,
+            "backward" => false,
+            other => {
+                return Err(invalid(
+                    NEXT_NODE,
+                    format!("unknown direction '{other}' (forward, backward)"),
+                ));
+            }
+        };
+        let base = match text(1, "base")?.as_str() {
+            "head" => Base::Head,
+            "tail" => Base::Tail,
+            "first_match" => Base::FirstMatch,
+            "last_match" => Base::LastMatch,
+            other => {
+                return Err(invalid(
+                    NEXT_NODE,
+                    format!("unknown base '{other}' (head, tail, first_match, last_match)"),
+                ));
+            }
+        };
+        if (base == Base::Head && !forward) || (base == Base::Tail && forward) {
+            return Err(invalid(
+                NEXT_NODE,
+                "head goes with forward and tail with backward",
+            ));
+        }
+        Ok(Box::new(NextNodeAccumulator {
+            forward,
+            base,
+            events: args.exprs.len() - 5,
+            rows: vec![],
+        }))
+    }
+}
+
+#[derive(Debug)]
+struct NextNodeAccumulator {
+    forward: bool,
+    base: Base,
+    events: usize,
+    /// (time, value, events met, base condition met).
+    rows: Vec<(i64, Option<String>, u32, bool)>,
+}
+
+impl Accumulator for NextNodeAccumulator {
+    fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
+        let ts = events::times(NEXT_NODE, &values[2])?;
+        let value = cast(&values[3], &DataType::Utf8)?;
+        let value = value.as_string::<i32>();
+        let base = events::conditions(NEXT_NODE, &values[4..5])?.remove(0);
+        let conds = events::conditions(NEXT_NODE, &values[5..5 + self.events])?;
+        for (row, t) in ts.into_iter().enumerate() {
+            let Some(t) = t else { continue };
+            let mut mask = 0u32;
+            for (i, c) in conds.iter().enumerate() {
+                if c[row] == Some(true) {
+                    mask |= 1 << i;
+                }
+            }
+            let v = value.is_valid(row).then(|| value.value(row).to_string());
+            self.rows.push((t, v, mask, base[row] == Some(true)));
+        }
+        Ok(())
+    }
+    fn state(&mut self) -> Result<Vec<ScalarValue>> {
+        let ts = ListArray::from_iter_primitive::<Int64Type, _, _>([Some(
+            self.rows.iter().map(|r| Some(r.0)),
+        )]);
+        let mask = ListArray::from_iter_primitive::<UInt32Type, _, _>([Some(
+            self.rows.iter().map(|r| Some(r.2)),
+        )]);
+        let mut value = ListBuilder::new(StringBuilder::new());
+        let mut base = ListBuilder::new(BooleanBuilder::new());
+        for r in &self.rows {
+            value.values().append_option(r.1.as_deref());
+            base.values().append_value(r.3);
+        }
+        value.append(true);
+        base.append(true);
+        let arrays: Vec<ArrayRef> = vec![
+            Arc::new(ts),
+            Arc::new(value.finish()),
+            Arc::new(mask),
+            Arc::new(base.finish()),
+        ];
+        arrays
+            .iter()
+            .map(|a| ScalarValue::try_from_array(a, 0))
+            .collect()
+    }
+    fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
+        let l = |k: usize| states[k].as_list::<i32>();
+        for row in 0..states[0].len() {
+            if l(0).is_null(row) {
+                continue;
+            }
+            let (t, v, m, b) = (
+                l(0).value(row),
+                l(1).value(row),
+                l(2).value(row),
+                l(3).value(row),
+            );
+            let (t, v, m, b) = (
+                t.as_primitive::<Int64Type>(),
+                v.as_string::<i32>(),
+                m.as_primitive::<UInt32Type>(),
+                b.as_boolean(),
+            );
+            for k in 0..t.len() {
+                self.rows.push((
+                    t.value(k),
+                    v.is_valid(k).then(|| v.value(k).to_string()),
+                    m.value(k),
+                    b.value(k),
+                ));
+            }
+        }
+        Ok(())
+    }
+    fn evaluate(&mut self) -> Result<ScalarValue> {
+        let n = self.events;
+        if self.rows.len() <= n {
+            return Ok(ScalarValue::Utf8(None));
+        }
+        // Time, then value (ClickHouse's order), then the rest so that ties are settled.
+        self.rows
+            .sort_unstable_by(|a, b| (a.0, &a.1, a.2, a.3).cmp(&(b.0, &b.1, b.2, b.3)));
+        let rows = &self.rows;
+        let first_event = |r: &(i64, Option<String>, u32, bool)| r.2 & 1 != 0 && r.3;
+        let base = match self.base {
+            Base::Head => rows[0].3.then_some(0),
+            Base::Tail => rows[rows.len() - 1].3.then_some(rows.len() - 1),
+            Base::FirstMatch => rows.iter().position(first_event),
+            Base::LastMatch => rows.iter().rposition(first_event),
+        };
+        let Some(base) = base else {
+            return Ok(ScalarValue::Utf8(None));
+        };
+        let at = if self.forward {
+            let ok = (0..n).all(|i| base + i < rows.len() && rows[base + i].2 & (1 << i) != 0);
+            ok.then_some(base + n)
+        } else {
+            let ok = (0..n).all(|i| i < base && rows[base - i].2 & (1 << i) != 0);
+            ok.then(|| base - n)
+        };
+        Ok(ScalarValue::Utf8(
+            at.and_then(|k| rows.get(k)).and_then(|r| r.1.clone()),
+        ))
+    }
+    fn size(&self) -> usize {
+        std::mem::size_of_val(self) + self.rows.capacity() * 56
     }
 }
 

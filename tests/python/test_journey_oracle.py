@@ -460,3 +460,29 @@ def test_sequence_match_events_match_clickhouse(journeys):
             assert us[pid] == expect, (p, pid, us[pid], ref[pid], m)
             compared += 1
     print(f"sequence_match_events: {compared} groups compared with ClickHouse")
+
+
+def test_sequence_next_node_matches_clickhouse(journeys):
+    conn, load = journeys
+    path = load("snn", generate(10, ties=False))
+    compared = found = 0
+    for direction, base in [("forward", "head"), ("forward", "first_match"), ("forward", "last_match"),
+                            ("backward", "tail"), ("backward", "first_match"), ("backward", "last_match")]:
+        for base_cond, events in [("ev = 'A'", ["ev = 'A'"]), ("ev <> 'X'", ["ev = 'A'", "ev = 'B'"]),
+                                  ("1 = 1", ["ev IN ('A', 'B')", "ev <> 'C'", "ev <> 'X'"])]:
+            ch_base = "toUInt8(1)" if base_cond == "1 = 1" else base_cond
+            ch = clickhouse(f"SELECT pid, sequenceNextNode('{direction}', '{base}')(toDateTime(ts), ev, {ch_base}, "
+                            f"{', '.join(events)}) FROM file('{path}') GROUP BY pid ORDER BY pid "
+                            "SETTINGS allow_experimental_funnel_functions = 1")
+            us = ours(conn, f"SELECT pid, sequence_next_node('{direction}', '{base}', ts, ev, {base_cond}, "
+                            f"{', '.join(events)}) FROM public.j_snn GROUP BY pid")
+            for pid, v in ch.items():
+                expect = None if v == "\\N" else v
+                assert us[pid] == expect, (direction, base, base_cond, events, pid, us[pid], v)
+                compared += 1
+                found += expect is not None
+    with pytest.raises(psycopg.errors.InvalidParameterValue):
+        conn.execute("SELECT sequence_next_node('forward', 'tail', 1, 'a', true, true)")
+    assert found > compared // 10, (found, compared)
+    print(f"sequence_next_node: {compared} groups compared with ClickHouse (6 direction/base pairs x 3 chains), "
+          f"{found} with a next node")
