@@ -486,3 +486,15 @@ def test_sequence_next_node_matches_clickhouse(journeys):
     assert found > compared // 10, (found, compared)
     print(f"sequence_next_node: {compared} groups compared with ClickHouse (6 direction/base pairs x 3 chains), "
           f"{found} with a next node")
+
+
+def test_null_intervals_reach_clients_as_null(server):
+    """arrow-pg encodes a NULL interval as 00:00:00; the server sends such columns so that
+    NULL stays NULL, in text and in binary."""
+    import datetime as dt
+    sql = ("SELECT time_to_next(t) OVER (ORDER BY t) AS gap, CAST(NULL AS INTERVAL) AS nothing "
+           "FROM (VALUES (TIMESTAMP '2026-01-01'), (TIMESTAMP '2026-01-02')) v(t) ORDER BY t")
+    with psycopg.connect(server.url, autocommit=True) as conn:
+        for binary in (False, True):
+            rows = conn.cursor(binary=binary).execute(sql).fetchall()
+            assert rows == [(dt.timedelta(days=1), None), (None, None)], (binary, rows)

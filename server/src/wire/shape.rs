@@ -6,8 +6,12 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringBuilder};
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, DurationMicrosecondArray, RecordBatch, StringBuilder,
+};
+use datafusion::arrow::datatypes::{
+    DataType, Field, IntervalMonthDayNanoType, IntervalUnit, Schema, SchemaRef,
+};
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 
@@ -46,24 +50,52 @@ pub fn wire_schema(schema: &SchemaRef) -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
-/// The batch as sent (see [`wire_schema`]).
+/// The batch as sent (see [`wire_schema`]). Also: arrow-pg 0.16 encodes a NULL
+/// `Interval` as `00:00:00` (it ignores the validity of interval arrays), so an interval
+/// column with NULLs whose values are all plain durations (no months or days) is sent as
+/// a `Duration`, which it encodes, NULLs included, as the same `interval` type.
 pub fn wire_batch(batch: RecordBatch) -> Result<RecordBatch, ArrowError> {
     let schema = batch.schema();
-    if schema.fields().iter().all(|f| encodable(f.data_type())) {
+    let needs = |c: &ArrayRef| !encodable(c.data_type()) || null_interval(c).is_some();
+    if !batch.columns().iter().any(needs) {
         return Ok(batch);
     }
     let columns = batch
         .columns()
         .iter()
         .map(|c| {
-            if encodable(c.data_type()) {
-                Ok(c.clone())
-            } else {
+            if !encodable(c.data_type()) {
                 json_column(c)
+            } else if let Some(d) = null_interval(c) {
+                Ok(d)
+            } else {
+                Ok(c.clone())
             }
         })
         .collect::<Result<Vec<_>, _>>()?;
-    RecordBatch::try_new(wire_schema(&schema), columns)
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .zip(&columns)
+        .map(|(f, c)| Field::new(f.name(), c.data_type().clone(), true))
+        .collect();
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+}
+
+/// An interval column with NULLs and only sub-day values, as microsecond durations.
+fn null_interval(c: &ArrayRef) -> Option<ArrayRef> {
+    if c.data_type() != &DataType::Interval(IntervalUnit::MonthDayNano) || c.null_count() == 0 {
+        return None;
+    }
+    let i = c.as_primitive::<IntervalMonthDayNanoType>();
+    if i.iter().flatten().any(|v| v.months != 0 || v.days != 0) {
+        return None;
+    }
+    Some(Arc::new(DurationMicrosecondArray::from(
+        i.iter()
+            .map(|v| v.map(|v| v.nanoseconds / 1000))
+            .collect::<Vec<_>>(),
+    )))
 }
 
 fn json_column(a: &ArrayRef) -> Result<ArrayRef, ArrowError> {
