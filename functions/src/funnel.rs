@@ -10,7 +10,6 @@
 //! miss a chain whose first step is followed by a second first step at the same time as
 //! the next step).
 
-use datafusion::arrow::array::ArrayRef;
 use datafusion::arrow::datatypes::{DataType, FieldRef};
 use datafusion::error::Result;
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
@@ -21,7 +20,7 @@ use datafusion::scalar::ScalarValue;
 
 use crate::error::invalid;
 use crate::events;
-use crate::groups::{self, Event, EventGroups, Keep};
+use crate::groups::{Event, EventGroups, Keep, OneGroup};
 
 const NAME: &str = "window_funnel";
 
@@ -125,12 +124,7 @@ impl AggregateUDFImpl for WindowFunnel {
         ])
     }
     fn accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
-        let config = Config::from_args(&args)?;
-        Ok(Box::new(FunnelAccumulator {
-            config,
-            events: vec![],
-            next_uid: 1,
-        }))
+        Ok(Box::new(OneGroup(self.groups(&args)?)))
     }
     fn groups_accumulator_supported(&self, _: AccumulatorArgs) -> bool {
         true
@@ -139,12 +133,18 @@ impl AggregateUDFImpl for WindowFunnel {
         &self,
         args: AccumulatorArgs,
     ) -> Result<Box<dyn GroupsAccumulator>> {
-        let c = Config::from_args(&args)?;
-        Ok(Box::new(EventGroups::new(
+        Ok(Box::new(self.groups(&args)?))
+    }
+}
+
+impl WindowFunnel {
+    fn groups(&self, args: &AccumulatorArgs) -> Result<EventGroups> {
+        let c = Config::from_args(args)?;
+        Ok(EventGroups::new(
             NAME,
             c.keep(),
             Box::new(move |events| Ok(ScalarValue::UInt8(Some(c.level(events))))),
-        )))
+        ))
     }
 }
 
@@ -191,49 +191,6 @@ impl Config {
 
     fn level(&self, events: &[Event]) -> u8 {
         level(events, self.steps, self.window, self.mode)
-    }
-}
-
-/// The events of one group (no GROUP BY, or a window).
-#[derive(Debug)]
-struct FunnelAccumulator {
-    config: Config,
-    events: Vec<Event>,
-    next_uid: u64,
-}
-
-impl Accumulator for FunnelAccumulator {
-    fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
-        for e in groups::batch_events(NAME, values, self.config.keep())? {
-            let uid = self.next_uid;
-            self.next_uid += 1;
-            if let Some((t, mask)) = e {
-                self.events.push((t, mask, uid));
-            }
-        }
-        Ok(())
-    }
-
-    fn state(&mut self) -> Result<Vec<ScalarValue>> {
-        groups::state_lists(std::iter::once(&self.events))
-            .iter()
-            .map(|a| ScalarValue::try_from_array(a, 0))
-            .collect()
-    }
-
-    fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
-        for row in 0..states[0].len() {
-            groups::merge_state_row(states, row, &mut self.events, &mut self.next_uid);
-        }
-        Ok(())
-    }
-
-    fn evaluate(&mut self) -> Result<ScalarValue> {
-        Ok(ScalarValue::UInt8(Some(self.config.level(&self.events))))
-    }
-
-    fn size(&self) -> usize {
-        std::mem::size_of_val(self) + self.events.capacity() * 24
     }
 }
 

@@ -214,3 +214,54 @@ impl GroupsAccumulator for EventGroups {
             + self.next.capacity() * 8
     }
 }
+
+/// The row [`Accumulator`] of an aggregate (no GROUP BY, or a window) as its
+/// [`GroupsAccumulator`] with one group: one implementation, one state layout.
+#[derive(Debug)]
+pub struct OneGroup<G>(pub G);
+
+impl<G: GroupsAccumulator> OneGroup<G> {
+    /// The group's state, left in place (emitting takes it out; it is merged back). The
+    /// group exists even before any row arrived.
+    fn snapshot(&mut self) -> Result<Vec<ArrayRef>> {
+        // The first round creates the group if no row has arrived yet.
+        let mut state = vec![];
+        for _ in 0..2 {
+            state = self.0.state(EmitTo::All)?;
+            let rows = state.first().map_or(0, |a| a.len());
+            self.0.merge_batch(&state, &vec![0; rows], 1)?;
+            if rows > 0 {
+                break;
+            }
+        }
+        Ok(state)
+    }
+}
+
+impl<G: GroupsAccumulator + std::fmt::Debug + Sync> datafusion::logical_expr::Accumulator
+    for OneGroup<G>
+{
+    fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
+        let n = values.first().map_or(0, |v| v.len());
+        self.0.update_batch(values, &vec![0; n], None, 1)
+    }
+    fn state(&mut self) -> Result<Vec<ScalarValue>> {
+        self.snapshot()?
+            .iter()
+            .map(|a| ScalarValue::try_from_array(a, 0))
+            .collect()
+    }
+    fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
+        let n = states.first().map_or(0, |s| s.len());
+        self.0.merge_batch(states, &vec![0; n], 1)
+    }
+    fn evaluate(&mut self) -> Result<ScalarValue> {
+        let state = self.snapshot()?;
+        let out = self.0.evaluate(EmitTo::All)?;
+        self.0.merge_batch(&state, &[0], 1)?;
+        ScalarValue::try_from_array(&out, 0)
+    }
+    fn size(&self) -> usize {
+        std::mem::size_of_val(self) + self.0.size()
+    }
+}

@@ -27,6 +27,7 @@ use datafusion::scalar::ScalarValue;
 
 use crate::error::invalid;
 use crate::events;
+use crate::groups::OneGroup;
 
 /// Default session gap: 30 minutes.
 const DEFAULT_GAP_US: i64 = 30 * 60 * 1_000_000;
@@ -293,9 +294,10 @@ impl AggregateUDFImpl for Paths {
         ])
     }
     fn accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
-        Ok(Box::new(PathAccumulator {
-            groups: PathGroups::new(self.output, Options::from_args(self.output, &args)?),
-        }))
+        Ok(Box::new(OneGroup(PathGroups::new(
+            self.output,
+            Options::from_args(self.output, &args)?,
+        ))))
     }
     fn groups_accumulator_supported(&self, _: AccumulatorArgs) -> bool {
         true
@@ -549,43 +551,6 @@ impl GroupsAccumulator for PathGroups {
     }
 }
 
-/// One group (no GROUP BY, or a window).
-#[derive(Debug)]
-struct PathAccumulator {
-    groups: PathGroups,
-}
-
-impl Accumulator for PathAccumulator {
-    fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
-        self.groups.grow(1);
-        self.groups.add(values, |_| Some(0))
-    }
-    fn state(&mut self) -> Result<Vec<ScalarValue>> {
-        self.groups.grow(1);
-        PathGroups::state_of(&self.groups.rows[..1])
-            .iter()
-            .map(|a| ScalarValue::try_from_array(a, 0))
-            .collect()
-    }
-    fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
-        self.groups.grow(1);
-        for row in 0..states[0].len() {
-            self.groups.merge_row(states, row, 0);
-        }
-        Ok(())
-    }
-    fn evaluate(&mut self) -> Result<ScalarValue> {
-        self.groups.grow(1);
-        let mut rows = std::mem::take(&mut self.groups.rows[0]);
-        let out = self.groups.finish(std::slice::from_mut(&mut rows))?;
-        self.groups.rows[0] = rows;
-        ScalarValue::try_from_array(&out, 0)
-    }
-    fn size(&self) -> usize {
-        std::mem::size_of_val(self) + self.groups.size()
-    }
-}
-
 /// `paths_to(item, ts, target, n [, tiebreak])` / `paths_from(…)`: the items of the `n`
 /// rows before (or after) the first row where `target` holds, in order; NULL when no row
 /// meets `target`. Rows are ordered by time, then `tiebreak` (e.g. `touchpoint_id`), then
@@ -679,7 +644,7 @@ impl AggregateUDFImpl for Around {
         ])
     }
     fn accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
-        Ok(Box::new(AroundAccumulator(self.groups(&args)?)))
+        Ok(Box::new(OneGroup(self.groups(&args)?)))
     }
     fn groups_accumulator_supported(&self, _: AccumulatorArgs) -> bool {
         true
@@ -877,41 +842,6 @@ impl GroupsAccumulator for AroundGroups {
     }
     fn size(&self) -> usize {
         self.rows.iter().map(|g| g.capacity() * 64).sum()
-    }
-}
-
-/// One group (no GROUP BY, or a window).
-#[derive(Debug)]
-struct AroundAccumulator(AroundGroups);
-
-impl Accumulator for AroundAccumulator {
-    fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
-        self.0.grow(1);
-        self.0.add(values, |_| Some(0))
-    }
-    fn state(&mut self) -> Result<Vec<ScalarValue>> {
-        self.0.grow(1);
-        AroundGroups::state_of(&self.0.rows[..1])
-            .iter()
-            .map(|a| ScalarValue::try_from_array(a, 0))
-            .collect()
-    }
-    fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
-        self.0.grow(1);
-        for row in 0..states[0].len() {
-            self.0.merge_row(states, row, 0);
-        }
-        Ok(())
-    }
-    fn evaluate(&mut self) -> Result<ScalarValue> {
-        self.0.grow(1);
-        let mut rows = std::mem::take(&mut self.0.rows[0]);
-        let out = self.0.finish(std::slice::from_mut(&mut rows));
-        self.0.rows[0] = rows;
-        ScalarValue::try_from_array(&out, 0)
-    }
-    fn size(&self) -> usize {
-        std::mem::size_of_val(self) + self.0.size()
     }
 }
 

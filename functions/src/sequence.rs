@@ -28,7 +28,7 @@ use datafusion::scalar::ScalarValue;
 
 use crate::error::invalid;
 use crate::events;
-use crate::groups::{self, Event, EventGroups, Keep};
+use crate::groups::{Event, EventGroups, Keep, OneGroup};
 
 /// ClickHouse's bound on pattern steps before giving up.
 const MAX_ITERATIONS: usize = 1_000_000;
@@ -225,11 +225,7 @@ impl AggregateUDFImpl for Sequence {
         ])
     }
     fn accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
-        Ok(Box::new(SequenceAccumulator {
-            config: Config::from_args(self.output, &args)?,
-            events: vec![],
-            next_uid: 1,
-        }))
+        Ok(Box::new(OneGroup(self.groups(&args)?)))
     }
     fn groups_accumulator_supported(&self, _: AccumulatorArgs) -> bool {
         true
@@ -238,12 +234,18 @@ impl AggregateUDFImpl for Sequence {
         &self,
         args: AccumulatorArgs,
     ) -> Result<Box<dyn GroupsAccumulator>> {
-        let c = Config::from_args(self.output, &args)?;
-        Ok(Box::new(EventGroups::new(
+        Ok(Box::new(self.groups(&args)?))
+    }
+}
+
+impl Sequence {
+    fn groups(&self, args: &AccumulatorArgs) -> Result<EventGroups> {
+        let c = Config::from_args(self.output, args)?;
+        Ok(EventGroups::new(
             c.name,
             c.keep(),
             Box::new(move |events| c.evaluate(events)),
-        )))
+        ))
     }
 }
 
@@ -366,49 +368,6 @@ impl Config {
                 )))
             }
         })
-    }
-}
-
-/// The events of one group (no GROUP BY, or a window).
-#[derive(Debug)]
-struct SequenceAccumulator {
-    config: Config,
-    events: Vec<Event>,
-    next_uid: u64,
-}
-
-impl Accumulator for SequenceAccumulator {
-    fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
-        for e in groups::batch_events(self.config.name, values, self.config.keep())? {
-            let uid = self.next_uid;
-            self.next_uid += 1;
-            if let Some((t, mask)) = e {
-                self.events.push((t, mask, uid));
-            }
-        }
-        Ok(())
-    }
-
-    fn state(&mut self) -> Result<Vec<ScalarValue>> {
-        groups::state_lists(std::iter::once(&self.events))
-            .iter()
-            .map(|a| ScalarValue::try_from_array(a, 0))
-            .collect()
-    }
-
-    fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
-        for row in 0..states[0].len() {
-            groups::merge_state_row(states, row, &mut self.events, &mut self.next_uid);
-        }
-        Ok(())
-    }
-
-    fn evaluate(&mut self) -> Result<ScalarValue> {
-        self.config.evaluate(&mut self.events)
-    }
-
-    fn size(&self) -> usize {
-        std::mem::size_of_val(self) + self.events.capacity() * 24
     }
 }
 
