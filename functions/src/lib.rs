@@ -4,6 +4,8 @@
 //! `docs/functions.md`.
 
 pub mod args;
+pub mod calendar;
+pub mod cohorts;
 pub mod error;
 pub mod events;
 pub mod funnel;
@@ -34,11 +36,15 @@ pub fn register_all(registry: &mut dyn FunctionRegistry) -> datafusion::error::R
     .chain(sequence::functions())
     .chain(paths::functions())
     .chain(paths::around_functions())
-    .chain(metrics::functions());
+    .chain(metrics::functions())
+    .chain(cohorts::functions());
     for udaf in aggregates {
         registry.register_udaf(std::sync::Arc::new(udaf))?;
     }
-    for udwf in sessions::functions() {
+    for udwf in sessions::functions()
+        .into_iter()
+        .chain(cohorts::window_functions())
+    {
         registry.register_udwf(std::sync::Arc::new(udwf))?;
     }
     Ok(())

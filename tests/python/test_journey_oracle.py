@@ -9,6 +9,7 @@ outside the window:
   time_since_prev/time_to_next against DuckDB window SQL.
 
 Each test prints how many groups it compared."""
+import datetime
 import itertools
 import json
 import random
@@ -176,6 +177,12 @@ def test_window_funnel_rejects_bad_arguments(server):
             "SELECT window_funnel(10, 1, true, 'allow_reentry')",
             "SELECT window_funnel(INTERVAL '1 month', now(), true)",
             "SELECT window_funnel(-5, 1, true)",
+            "SELECT retention_vector(now(), true, true, 'fortnight', 4)",
+            "SELECT retention_vector(now(), true, true, 'week', 0)",
+            "SELECT retention_vector(now(), true, true, 'week', 4, 'tz=Mars/Base')",
+            "SELECT retention_vector(now(), true, true, 'week', 4, 'type=sometimes')",
+            "SELECT lifecycle_periods(now(), INTERVAL '2 months')",
+            "SELECT lifecycle_status(now(), 'week', 'week_start=friday') OVER ()",
         ]:
             with pytest.raises(psycopg.errors.InvalidParameterValue):
                 conn.execute(sql)
@@ -498,3 +505,135 @@ def test_null_intervals_reach_clients_as_null(server):
         for binary in (False, True):
             rows = conn.cursor(binary=binary).execute(sql).fetchall()
             assert rows == [(dt.timedelta(days=1), None), (None, None)], (binary, rows)
+
+
+def cohort_rows(seed, persons=500):
+    """(pid, ts, ev) over ~5 months with dense and sparse people, repeated events and
+    events right at period and day boundaries (in UTC and in Shanghai)."""
+    rng = random.Random(seed)
+    base = datetime.datetime(2024, 1, 1)
+    rows = []
+    for pid in range(persons):
+        t = base + datetime.timedelta(days=rng.randint(0, 60), hours=rng.randint(0, 23))
+        for _ in range(rng.randint(0, 30)):
+            t += rng.choice([datetime.timedelta(0), datetime.timedelta(hours=7),
+                             datetime.timedelta(days=1), datetime.timedelta(days=6),
+                             datetime.timedelta(days=17)])
+            if rng.random() < 0.1:
+                t = t.replace(hour=rng.choice([0, 15, 16, 23]), minute=rng.choice([0, 59]), second=0)
+            rows.append((pid, t, rng.choice("SRRX")))
+    rng.shuffle(rows)
+    return rows
+
+
+@pytest.fixture
+def cohorts(server):
+    rows = cohort_rows(11)
+    conn = psycopg.connect(server.url, autocommit=True)
+    with conn.cursor() as cur:
+        cur.execute("CREATE TABLE public.c (pid bigint, ts timestamp, ev text)")
+        with cur.copy("COPY public.c (pid, ts, ev) FROM STDIN") as cp:
+            for pid, t, ev in rows:
+                cp.write_row((pid, t.strftime("%Y-%m-%d %H:%M:%S"), ev))
+    duck = duckdb.connect()
+    duck.execute("CREATE TABLE c (pid BIGINT, ts TIMESTAMP, ev VARCHAR)")
+    duck.executemany("INSERT INTO c VALUES (?, ?, ?)", rows)
+    yield conn, duck
+    conn.close()
+
+
+def duck_period(period, tz, sunday, expr="ts"):
+    """DuckDB SQL for the local start of the period of `expr` (a UTC wall clock; with tz
+    None, already local)."""
+    local = f"timezone('{tz}', {expr} AT TIME ZONE 'UTC')" if tz else expr
+    if period == "week" and sunday:
+        return f"date_trunc('week', {local} + INTERVAL 1 DAY) - INTERVAL 1 DAY"
+    return f"date_trunc('{period}', {local})"
+
+
+def duck_retention(duck, period, n, recurring, cumulative, min_occ, tz, sunday, date_from):
+    """PostHog retention per person: cohorts (first-ever start period, or every start
+    period), period 0 always retained, period k retained with >= min_occ return events in
+    cohort + k; cumulative: retained at any later period."""
+    p = duck_period(period, tz, sunday)
+    step = {"day": "to_days", "week": "to_weeks", "month": "to_months"}[period]
+    if recurring:
+        cohort = "SELECT DISTINCT pid, p AS c FROM ev WHERE ev = 'S'"
+    else:
+        cohort = "SELECT pid, min(p) AS c FROM ev WHERE ev = 'S' GROUP BY pid"
+    since = f"WHERE c >= {duck_period(period, None, sunday, f'TIMESTAMP {date_from!r}')}" if date_from else ""
+    bit = f"CASE WHEN k = 0 OR coalesce(r.n, 0) >= {min_occ} THEN 1 ELSE 0 END"
+    if cumulative:
+        bit = (f"CASE WHEN k = 0 THEN 1 ELSE max({bit}) OVER (PARTITION BY co.pid, co.c ORDER BY k DESC "
+               f"ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) END")
+    sql = f"""
+        WITH ev AS (SELECT pid, {p} AS p, ev FROM c),
+             co AS (SELECT * FROM ({cohort}) {since}),
+             r AS (SELECT pid, p, count(*) AS n FROM ev WHERE ev IN ('R', 'S') GROUP BY pid, p),
+             bits AS (SELECT co.pid, co.c, k, {bit} AS b FROM co CROSS JOIN range(0, {n}) t(k)
+                      LEFT JOIN r ON r.pid = co.pid AND r.p = co.c + {step}(k::INT))
+        SELECT pid, c, list(b ORDER BY k) FROM bits GROUP BY pid, c ORDER BY pid, c"""
+    out = {}
+    for pid, c, bits in duck.execute(sql).fetchall():
+        out.setdefault(pid, []).append((c.strftime("%Y-%m-%dT%H:%M:%S"), list(bits)))
+    return out
+
+
+def test_retention_vector_matches_duckdb(cohorts):
+    conn, duck = cohorts
+    cases = [("week", 6, False, False, 1, "UTC", False, None),
+             ("week", 6, True, False, 1, "UTC", True, None),
+             ("day", 10, False, True, 1, "Asia/Shanghai", False, None),
+             ("month", 4, True, False, 2, "UTC", False, "2024-02-01"),
+             ("month", 4, False, True, 1, "Asia/Shanghai", False, "2024-01-15"),
+             ("week", 8, True, True, 3, "Asia/Shanghai", False, None)]
+    compared = 0
+    for period, n, recurring, cumulative, min_occ, tz, sunday, date_from in cases:
+        opts = [("recurring" if recurring else "first_time"), f"cumulative={str(cumulative).lower()}",
+                f"min_occurrences={min_occ}", f"tz={tz}", f"week_start={'sunday' if sunday else 'monday'}"]
+        if date_from:
+            opts.append(f"date_from={date_from}")
+        with conn.cursor() as cur:
+            cur.execute(f"SELECT pid, retention_vector(ts, ev = 'S', ev IN ('R', 'S'), '{period}', {n}, "
+                        f"'{', '.join(opts)}') FROM public.c GROUP BY pid")
+            us = {pid: [(e["cohort_start"], e["retained"]) for e in json.loads(v)]
+                  for pid, v in cur.fetchall()}
+        us = {k: v for k, v in us.items() if v}
+        ref = duck_retention(duck, period, n, recurring, cumulative, min_occ, tz, sunday, date_from)
+        assert us.keys() == ref.keys(), (period, recurring, set(us) ^ set(ref))
+        for pid in ref:
+            assert us[pid] == ref[pid], (opts, period, pid)
+        compared += len(ref)
+    print(f"retention_vector: {compared} persons compared with DuckDB SQL over {len(cases)} settings")
+
+
+def test_lifecycle_matches_duckdb(cohorts):
+    conn, duck = cohorts
+    compared = 0
+    for period, tz in [("week", "UTC"), ("day", "Asia/Shanghai"), ("month", "UTC")]:
+        p = duck_period(period, tz, False)
+        step = {"day": "INTERVAL 1 DAY", "week": "INTERVAL 7 DAY", "month": "INTERVAL 1 MONTH"}[period]
+        ref = duck.execute(f"""
+            WITH a AS (SELECT DISTINCT pid, {p} AS p FROM c),
+                 s AS (SELECT pid, p, lag(p) OVER w AS prev, lead(p) OVER w AS next FROM a
+                       WINDOW w AS (PARTITION BY pid ORDER BY p))
+            SELECT pid, p, CASE WHEN prev IS NULL THEN 'new' WHEN prev + {step} = p THEN 'returning'
+                                ELSE 'resurrecting' END FROM s
+            UNION ALL SELECT pid, p + {step}, 'dormant' FROM s WHERE next IS NULL OR next <> p + {step}
+            ORDER BY 1, 2""").fetchall()
+        want = {}
+        for pid, start, status in ref:
+            want.setdefault(pid, []).append((start.strftime("%Y-%m-%dT%H:%M:%S"), status))
+        with conn.cursor() as cur:
+            cur.execute(f"SELECT pid, lifecycle_periods(ts, '{period}', 'tz={tz}') FROM public.c GROUP BY pid")
+            got = {pid: [(e["period_start"], e["status"]) for e in json.loads(v)] for pid, v in cur.fetchall()}
+            assert got == want, period
+            cur.execute(f"SELECT pid, ts, lifecycle_status(ts, '{period}', 'tz={tz}') "
+                        f"OVER (PARTITION BY pid ORDER BY ts) FROM public.c")
+            rows = cur.fetchall()
+        per_row = {(pid, start.strftime("%Y-%m-%dT%H:%M:%S")): s for pid, start, s in ref if s != "dormant"}
+        local = dict(duck.execute(f"SELECT ts, {p} FROM (SELECT DISTINCT ts FROM c)").fetchall())
+        for pid, ts, status in rows:
+            assert status == per_row[(pid, local[ts].strftime("%Y-%m-%dT%H:%M:%S"))], (pid, ts)
+        compared += len(want)
+    print(f"lifecycle_periods/lifecycle_status: {compared} persons compared with DuckDB SQL")
