@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod normalize;
 pub mod paths;
 pub mod retention;
+pub mod sankey;
 pub mod sequence;
 pub mod sessions;
 pub mod time;
@@ -31,6 +32,7 @@ pub fn register_all(registry: &mut dyn FunctionRegistry) -> datafusion::error::R
         funnel::window_funnel(),
         retention::retention(),
         sequence::next_node(),
+        sankey::top_paths(),
     ]
     .into_iter()
     .chain(sequence::functions())

@@ -637,3 +637,66 @@ def test_lifecycle_matches_duckdb(cohorts):
             assert status == per_row[(pid, local[ts].strftime("%Y-%m-%dT%H:%M:%S"))], (pid, ts)
         compared += len(want)
     print(f"lifecycle_periods/lifecycle_status: {compared} persons compared with DuckDB SQL")
+
+
+def test_top_paths_match_clickhouse_and_posthog_pruning(journeys):
+    """top_paths over path_edges: per-edge persons, events and times from ClickHouse's array
+    SQL (the paths query above, keeping pid and the time to the next step), then PostHog's
+    ORDER BY event_count DESC LIMIT edge_limit and validate_results pruning in Python."""
+    import statistics
+    conn, load = journeys
+    path = load("top", generate(8, persons=600))
+    sql = ch_paths(path, 300, limit=6)
+    sql = sql.replace("SELECT e.1, e.2, e.3, count() FROM (",
+                      "SELECT e.1, e.2, e.3, count(), uniqExact(pid), groupArray(e.4) FROM (")
+    sql = sql.replace("arrayMap(i -> (toInt32(i), p[i].2, p[i + 1].2),",
+                      "arrayMap(i -> (toInt32(i), p[i].2, p[i + 1].2, toNullable(p[i + 1].1 - p[i].1)),")
+    sql = sql.replace("[(toInt32(length(p)), p[length(p)].2, '$drop')]",
+                      "[(toInt32(length(p)), p[length(p)].2, '$drop', CAST(NULL AS Nullable(Int64)))]")
+    sql = sql.replace(" AS e FROM paths)", " AS e, pid FROM paths)")
+    sql = sql.replace("arraySlice(s3, 1, 6) AS p FROM per", "arraySlice(s3, 1, 6) AS p, pid FROM per")
+    edges = {}
+    for line in chdb.query(sql, "JSONCompactEachRow").bytes().decode().splitlines():
+        step, source, target, events, persons, dts = json.loads(line)
+        dts = [int(d) for d in dts if d is not None]
+        edges[(int(step), source, target)] = (int(persons), int(events), dts)
+    compared = 0
+    for limit, lo, hi in [(50, None, None), (12, None, None), (30, 3, 40), (200, None, None)]:
+        chosen = [k for k, v in edges.items() if (lo is None or v[1] >= lo) and (hi is None or v[1] <= hi)]
+        chosen.sort(key=lambda k: (-edges[k][1], k))
+        chosen = chosen[:limit]
+        # PostHog's validate_results: keep edges whose source is reachable from a step-1 node.
+        nodes = {}
+        starts = []
+        for s, src, dst in chosen:
+            nodes.setdefault((s, src), []).append((s + 1, dst))
+            if s == 1:
+                starts.append((1, src))
+        seen = set()
+        while starts:
+            n = starts.pop()
+            seen.add(n)
+            starts.extend(m for m in nodes.get(n, []) if m not in seen)
+        want = []
+        for k in chosen:
+            if (k[0], k[1]) in seen:
+                persons, events, dts = edges[k]
+                avg = sum(dts) // len(dts) if dts else None
+                med = statistics.median(dts) if dts else None
+                want.append((*k, persons, events, avg, None if med is None else int(med)))
+        opts = ", ".join(f"{n}={v}" for n, v in [("edge_limit", limit), ("min_edge_weight", lo),
+                                                  ("max_edge_weight", hi)] if v is not None)
+        with conn.cursor() as cur:
+            cur.execute(f"""SELECT t.step, t.source, t.target, t.persons, t.events, t.avg_dt, t.median_dt
+                FROM (SELECT unnest(top_paths(e, '{opts}')) AS t FROM (
+                      SELECT path_edges(ev, ts, 'session_gap=300, step_limit=6') AS e
+                      FROM public.j_top GROUP BY pid) p) s""")
+            us = cur.fetchall()
+        # Integer times: dt intervals are in microseconds of the time unit.
+        got = [(s, a, b, p, e, None if avg is None else avg // datetime.timedelta(microseconds=1),
+                None if med is None else med // datetime.timedelta(microseconds=1))
+               for s, a, b, p, e, avg, med in us]
+        assert got == want, (opts, [r for r in got if r not in want][:3], [r for r in want if r not in got][:3])
+        assert len(want) < len(chosen) or limit >= len(edges), "pruning never exercised"
+        compared += len(want)
+    print(f"top_paths: {compared} edges compared ({len(edges)} distinct edges from ClickHouse)")
