@@ -4,19 +4,24 @@
 //! `docs/functions.md`.
 
 pub mod args;
+pub mod btyd;
 pub mod calendar;
 pub mod cohorts;
 pub mod error;
 pub mod events;
 pub mod funnel;
 pub mod groups;
+pub mod ltv;
 pub mod metrics;
 pub mod normalize;
+pub mod optimize;
 pub mod paths;
 pub mod retention;
+pub mod rfm;
 pub mod sankey;
 pub mod sequence;
 pub mod sessions;
+pub mod special;
 pub mod time;
 
 use datafusion::execution::FunctionRegistry;
@@ -25,7 +30,12 @@ pub use error::FunctionError;
 
 /// Register every Touchlake SQL function with a session's function registry.
 pub fn register_all(registry: &mut dyn FunctionRegistry) -> datafusion::error::Result<()> {
-    for udf in normalize::functions().into_iter().chain(time::functions()) {
+    for udf in normalize::functions()
+        .into_iter()
+        .chain(time::functions())
+        .chain(ltv::scalars())
+        .chain(rfm::scalars())
+    {
         registry.register_udf(std::sync::Arc::new(udf))?;
     }
     let aggregates = [
@@ -39,13 +49,15 @@ pub fn register_all(registry: &mut dyn FunctionRegistry) -> datafusion::error::R
     .chain(paths::functions())
     .chain(paths::around_functions())
     .chain(metrics::functions())
-    .chain(cohorts::functions());
+    .chain(cohorts::functions())
+    .chain(ltv::aggregates());
     for udaf in aggregates {
         registry.register_udaf(std::sync::Arc::new(udaf))?;
     }
     for udwf in sessions::functions()
         .into_iter()
         .chain(cohorts::window_functions())
+        .chain(rfm::window_functions())
     {
         registry.register_udwf(std::sync::Arc::new(udwf))?;
     }
