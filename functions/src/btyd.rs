@@ -69,8 +69,8 @@ pub fn check_customer(c: &Customer) -> Result<(), String> {
     if c.recency < 0.0 || !c.recency.is_finite() {
         return Err(format!("recency must not be negative ({})", c.recency));
     }
-    if !(c.t > 0.0 && c.t.is_finite()) {
-        return Err(format!("T must be positive ({})", c.t));
+    if !(c.t >= 0.0 && c.t.is_finite()) {
+        return Err(format!("T must not be negative ({})", c.t));
     }
     if c.recency > c.t {
         return Err(format!(

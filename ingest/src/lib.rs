@@ -22,6 +22,7 @@ pub mod demo_landing;
 pub mod error;
 pub mod identity;
 pub mod mapping;
+pub mod marts;
 pub mod mysql;
 pub mod postgres;
 pub mod pull;

@@ -202,5 +202,5 @@ pub async fn ensure(lake: &touchlake_catalog::Lake) -> touchlake_catalog::Result
     for (s, t, schema) in contract() {
         lake.create_table(s, t, schema, true).await?;
     }
-    Ok(())
+    crate::marts::ensure(lake).await
 }

@@ -96,4 +96,28 @@ async fn demo_lake_is_consistent() {
         .unwrap()
         .get(0);
     assert_eq!(n, 0, "no identity run yet");
+    // The built-in customer_value mart: one row per person with a purchase, probabilities
+    // in [0, 1], revenue equal to the purchases' sum, every person segmented.
+    let row = c
+        .query_one(
+            "SELECT count(*), count(*) FILTER (WHERE p_alive < 0 OR p_alive > 1 OR rfm_segment IS NULL), \
+                    CAST(round(sum(revenue)) AS bigint), count(*) FILTER (WHERE clv_12m IS NULL) \
+             FROM marts.customer_value",
+            &[],
+        )
+        .await
+        .unwrap();
+    let want = c
+        .query_one(
+            "SELECT count(DISTINCT person_id), CAST(round(sum(revenue)) AS bigint) FROM unified.touchpoints \
+             WHERE event_type = 'purchase' AND person_id IS NOT NULL AND revenue IS NOT NULL",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (persons, bad, revenue, no_clv): (i64, i64, i64, i64) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    assert!(persons > 0);
+    assert_eq!((persons, revenue), (want.get(0), want.get(1)));
+    assert_eq!((bad, no_clv), (0, 0));
 }
