@@ -4,6 +4,7 @@
 //! `docs/functions.md`.
 
 pub mod args;
+pub mod attribution;
 pub mod btyd;
 pub mod calendar;
 pub mod cohorts;
@@ -11,7 +12,9 @@ pub mod error;
 pub mod events;
 pub mod funnel;
 pub mod groups;
+pub mod journeys;
 pub mod ltv;
+pub mod markov;
 pub mod metrics;
 pub mod normalize;
 pub mod optimize;
@@ -21,6 +24,7 @@ pub mod rfm;
 pub mod sankey;
 pub mod sequence;
 pub mod sessions;
+pub mod shapley;
 pub mod special;
 pub mod time;
 
@@ -43,6 +47,8 @@ pub fn register_all(registry: &mut dyn FunctionRegistry) -> datafusion::error::R
         retention::retention(),
         sequence::next_node(),
         sankey::top_paths(),
+        attribution::attribution_weights(),
+        shapley::shapley_attribution(),
     ]
     .into_iter()
     .chain(sequence::functions())
@@ -50,7 +56,8 @@ pub fn register_all(registry: &mut dyn FunctionRegistry) -> datafusion::error::R
     .chain(paths::around_functions())
     .chain(metrics::functions())
     .chain(cohorts::functions())
-    .chain(ltv::aggregates());
+    .chain(ltv::aggregates())
+    .chain(markov::functions());
     for udaf in aggregates {
         registry.register_udaf(std::sync::Arc::new(udaf))?;
     }

@@ -8,9 +8,16 @@ use touchlake_catalog::{CatalogError, Lake};
 /// CLV and RFM segment, from the purchases in `unified.touchpoints`.
 pub const CUSTOMER_VALUE: &str = include_str!("marts/customer_value.sql");
 
+/// `marts.channel_attribution`: per rule-based model and channel, the credited purchases,
+/// revenue and share (30-day lookback over the same person's touchpoints).
+pub const CHANNEL_ATTRIBUTION: &str = include_str!("marts/channel_attribution.sql");
+
 /// The built-in views: (schema, name, defining query).
-pub fn views() -> [(&'static str, &'static str, &'static str); 1] {
-    [("marts", "customer_value", CUSTOMER_VALUE)]
+pub fn views() -> [(&'static str, &'static str, &'static str); 2] {
+    [
+        ("marts", "customer_value", CUSTOMER_VALUE),
+        ("marts", "channel_attribution", CHANNEL_ATTRIBUTION),
+    ]
 }
 
 /// Create the built-in views that do not exist yet.

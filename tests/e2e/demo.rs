@@ -120,4 +120,30 @@ async fn demo_lake_is_consistent() {
     assert!(persons > 0);
     assert_eq!((persons, revenue), (want.get(0), want.get(1)));
     assert_eq!((bad, no_clv), (0, 0));
+    // channel_attribution: every purchase of a known person is credited in full by every
+    // model (its own touch is always eligible), and the shares of a model add up to 1.
+    let purchases: i64 = c
+        .query_one(
+            "SELECT count(*) FROM unified.touchpoints WHERE event_type = 'purchase' AND person_id IS NOT NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let models = c
+        .query(
+            "SELECT model, sum(conversions), sum(share) FROM marts.channel_attribution GROUP BY model ORDER BY model",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(models.len(), 6);
+    for m in &models {
+        let (model, conversions, share): (String, f64, f64) = (m.get(0), m.get(1), m.get(2));
+        assert!(
+            (conversions - purchases as f64).abs() < 1e-6,
+            "{model}: {conversions}"
+        );
+        assert!((share - 1.0).abs() < 1e-9, "{model}: {share}");
+    }
 }
