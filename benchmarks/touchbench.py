@@ -188,6 +188,27 @@ QUERIES["Q6 sequence match"] = {
     "postgres": sequence_plain(),
 }
 
+def attribution_plain(interval):
+    """Linear attribution in plain SQL: each eligible touch gets 1 / (touches of its purchase)."""
+    return f"""WITH p AS (SELECT touchpoint_id AS cid, person_id, occurred_at AS ct FROM T WHERE event_type = 'purchase'),
+      tt AS (SELECT p.cid, t.channel FROM p JOIN T t ON t.person_id = p.person_id
+             WHERE t.occurred_at <= p.ct AND t.occurred_at >= p.ct - {interval}),
+      n AS (SELECT cid, count(*) AS n FROM tt GROUP BY cid)
+    SELECT tt.channel, sum(1.0 / n.n) AS conversions FROM tt JOIN n ON n.cid = tt.cid GROUP BY 1 ORDER BY 1"""
+
+
+QUERIES["Q8 linear attribution of purchases (30 days)"] = {
+    "touchlake": """WITH p AS (SELECT touchpoint_id AS cid, person_id, occurred_at AS ct FROM T WHERE event_type = 'purchase'),
+      w AS (SELECT p.cid, attribution_weights('linear', t.channel, t.occurred_at, p.ct) AS credit
+            FROM p JOIN T t ON t.person_id = p.person_id
+            WHERE t.occurred_at <= p.ct AND t.occurred_at >= p.ct - INTERVAL '30 days' GROUP BY p.cid)
+    SELECT e['channel'] AS channel, sum(e['weight']) AS conversions FROM (SELECT unnest(credit) AS e FROM w) x
+    GROUP BY 1 ORDER BY 1""",
+    "chdb": attribution_plain("INTERVAL 30 DAY"),
+    "duckdb": attribution_plain("INTERVAL 30 DAY"),
+    "postgres": attribution_plain("INTERVAL '30 days'"),
+}
+
 Q7 = """SELECT occurred_at, channel, event_type, touchpoint_id FROM T WHERE person_id = '{person}'
     ORDER BY occurred_at, touchpoint_id"""
 QUERIES["Q7 one person's journey"] = {e: Q7 for e in ["touchlake", "chdb", "duckdb", "postgres"]}
