@@ -191,7 +191,8 @@ QUERIES["Q6 sequence match"] = {
 def attribution_plain(interval):
     """Linear attribution in plain SQL: each eligible touch gets 1 / (touches of its purchase)."""
     return f"""WITH p AS (SELECT touchpoint_id AS cid, person_id, occurred_at AS ct FROM T WHERE event_type = 'purchase'),
-      tt AS (SELECT p.cid, t.channel FROM p JOIN T t ON t.person_id = p.person_id
+      tt AS (SELECT p.cid, t.channel FROM p JOIN (SELECT person_id, channel, occurred_at FROM T) AS t
+             ON t.person_id = p.person_id
              WHERE t.occurred_at <= p.ct AND t.occurred_at >= p.ct - {interval}),
       n AS (SELECT cid, count(*) AS n FROM tt GROUP BY cid)
     SELECT tt.channel, sum(1.0 / n.n) AS conversions FROM tt JOIN n ON n.cid = tt.cid GROUP BY 1 ORDER BY 1"""

@@ -11,7 +11,9 @@ pub mod cohorts;
 pub mod error;
 pub mod events;
 pub mod funnel;
+pub mod funnel_detail;
 pub mod groups;
+pub mod historical;
 pub mod journeys;
 pub mod ltv;
 pub mod markov;
@@ -49,6 +51,7 @@ pub fn register_all(registry: &mut dyn FunctionRegistry) -> datafusion::error::R
         sankey::top_paths(),
         attribution::attribution_weights(),
         shapley::shapley_attribution(),
+        historical::historical_ltv(),
     ]
     .into_iter()
     .chain(sequence::functions())
@@ -57,7 +60,8 @@ pub fn register_all(registry: &mut dyn FunctionRegistry) -> datafusion::error::R
     .chain(metrics::functions())
     .chain(cohorts::functions())
     .chain(ltv::aggregates())
-    .chain(markov::functions());
+    .chain(markov::functions())
+    .chain(funnel_detail::functions());
     for udaf in aggregates {
         registry.register_udaf(std::sync::Arc::new(udaf))?;
     }

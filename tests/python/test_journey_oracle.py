@@ -183,6 +183,10 @@ def test_window_funnel_rejects_bad_arguments(server):
             "SELECT retention_vector(now(), true, true, 'week', 4, 'type=sometimes')",
             "SELECT lifecycle_periods(now(), INTERVAL '2 months')",
             "SELECT lifecycle_status(now(), 'week', 'week_start=friday') OVER ()",
+            "SELECT funnel_detail(10, 1, true, true, 'order=sideways')",
+            "SELECT funnel_detail(10, 1, true, true, true, 'step_windows=5')",
+            "SELECT funnel_detail(10, 1, true, true, 'optional_steps=1')",
+            "SELECT funnel_attempts(INTERVAL '1 day', now(), true, true, 'min_gaps=5')",
         ]:
             with pytest.raises(psycopg.errors.InvalidParameterValue):
                 conn.execute(sql)
@@ -700,3 +704,131 @@ def test_top_paths_match_clickhouse_and_posthog_pruning(journeys):
         assert len(want) < len(chosen) or limit >= len(edges), "pruning never exercised"
         compared += len(want)
     print(f"top_paths: {compared} edges compared ({len(edges)} distinct edges from ClickHouse)")
+
+
+def funnel_reference(events, conds, window, strict=False, entry="latest", sw=None, mg=None,
+                     optional=(), totals=False):
+    """Exhaustive reference for funnel_detail / funnel_attempts: enumerate every chain."""
+    n = len(conds)
+    sw = sw or [None] * n
+    mg = mg or [None] * n
+    opt = [i + 1 in optional for i in range(n)]
+    ev = sorted(events)  # (t, mask, id)
+
+    def attempt(p):
+        t1 = ev[p][0]
+        best = None
+
+        def rec(chain):
+            nonlocal best
+            level = chain[-1][1] + 1
+            key = (-level, chain)
+            if best is None or key < best:
+                best = key
+            pp, j = chain[-1]
+            if j + 1 >= n:
+                return
+            nexts, k = [], j + 1
+            while k < n:
+                nexts.append(k)
+                if not opt[k]:
+                    break
+                k += 1
+            for q in range(pp + 1, len(ev)):
+                if strict and q != pp + 1:
+                    break
+                tq, mq, _ = ev[q]
+                tp = ev[pp][0]
+                for s in nexts:
+                    if (mq >> s) & 1 and tq - t1 <= window and (sw[s] is None or tq - tp <= sw[s]) \
+                            and (mg[s] is None or tq - tp >= mg[s]):
+                        rec(chain + [(q, s)])
+
+        rec([(p, 0)])
+        level, chain = -best[0], best[1]
+        ts = [None] * n
+        for q, s in chain:
+            ts[s] = ev[q][0]
+        return level, ts
+
+    entries = [i for i, e in enumerate(ev) if e[1] & 1]
+    if totals:
+        out, after = [], None
+        for p in entries:
+            if after is not None and ev[p][0] <= after:
+                continue
+            level, ts = attempt(p)
+            after = max(t for t in ts if t is not None) if level == n else ev[p][0] + window
+            out.append((level, ts))
+        return out
+    if entry == "first":
+        entries = entries[:1]
+    best = None
+    for p in entries:
+        a = attempt(p)
+        if best is None or (a[0] >= best[0] if entry == "latest" else a[0] > best[0]):
+            best = a
+    return [best or (0, [None] * n)]
+
+
+def gaps(ts):
+    out, prev = [], None
+    for i, t in enumerate(ts):
+        out.append(None if i == 0 or t is None or prev is None else t - prev)
+        if t is not None:
+            prev = t
+    return out
+
+
+FUNNEL_CASES = [
+    (["ev = 'A'", "ev = 'B'", "ev = 'C'"], 1500, "", {}),
+    (["ev = 'A'", "ev = 'B'", "ev = 'C'"], 1500, "entry=earliest_longest", {"entry": "earliest_longest"}),
+    (["ev = 'A'", "ev = 'B'", "ev = 'C'"], 1500, "entry=first", {"entry": "first"}),
+    (["ev = 'A'", "ev IN ('A', 'B')", "ev = 'C'"], 2000, "order=strict", {"strict": True}),
+    (["ev = 'A'", "ev = 'B'", "ev = 'C'", "ev = 'D'"], 3000, "step_windows=400|-|600, min_gaps=50|0|-",
+     {"sw": [None, 400, None, 600], "mg": [None, 50, 0, None]}),
+    (["ev = 'A'", "ev = 'B'", "ev = 'C'", "ev IN ('C', 'D')"], 2500, "optional_steps=2|3", {"optional": (2, 3)}),
+    (["ev IN ('A', 'X')", "ev = 'B'", "ev = 'C'"], 1000, "step_windows=300|300", {"sw": [None, 300, 300]}),
+]
+
+
+def test_funnel_detail_matches_exhaustive_reference(journeys):
+    conn, load = journeys
+    rows = []
+    rng = random.Random(21)
+    rid = 0
+    for pid in range(300):
+        t = rng.randint(0, 3000)
+        for _ in range(rng.randint(0, 11)):
+            t += rng.choice([0, 0, 40, 100, 300, 700, 2000])
+            rid += 1
+            rows.append((pid, rid, t, rng.choice(EVENTS)))
+    rng.shuffle(rows)
+    load("fd", rows)
+    compared = 0
+    for conds, window, opts, ref_opts in FUNNEL_CASES:
+        for fn in ["funnel_detail", "funnel_attempts"]:
+            if fn == "funnel_attempts" and ref_opts.get("entry"):
+                continue
+            opt_arg = f", '{opts}'" if opts else ""
+            got = ours(conn, f"SELECT pid, {fn}({window}, ts, {', '.join(conds)}{opt_arg}) FROM public.j_fd GROUP BY pid")
+            per = {}
+            for pid, rid, t, ev in rows:
+                mask = sum(1 << i for i, c in enumerate(conds) if eval_cond(c, ev))
+                per.setdefault(pid, []).append((t, mask, rid))
+            for pid, evs in per.items():
+                if not ref_opts.get("strict"):
+                    evs = [e for e in evs if e[1]]
+                want = funnel_reference(evs, conds, window, totals=fn == "funnel_attempts", **ref_opts)
+                have = json.loads(got[pid])
+                have = have if fn == "funnel_attempts" else [have]
+                assert [(h["level"], h["step_ts"], h["step_gap"], h["converted"], h["entry_ts"]) for h in have] == \
+                    [(lv, ts, gaps(ts), lv == len(conds), ts[0] if lv else None) for lv, ts in want], (fn, opts, pid)
+                compared += 1
+    print(f"funnel_detail/funnel_attempts: {compared} persons x settings compared with an exhaustive search")
+
+
+def eval_cond(cond, ev):
+    if " IN " in cond:
+        return ev in [x.strip(" '") for x in cond.split("(")[1].rstrip(")").split(",")]
+    return ev == cond.split("'")[1]

@@ -236,3 +236,20 @@ def test_rfm_score_and_segment_match_pymc_marketing(conn):
                (4, 4, 4.0), (5, 5, 5.0), (6, 6, 6.0), (7, 7, 7.0)) AS v(t, f, m)) x GROUP BY 1 ORDER BY 1""").fetchall()
     assert nt == [(1, 2), (2, 2), (3, 2), (4, 1)]
     print(f"rfm_score/rfm_segment: {len(ref)} CDNOW customers equal pymc-marketing's rules {segments}")
+
+
+def test_historical_ltv_matches_pandas(conn):
+    tx = load_transactions(conn)
+    as_of = pd.Timestamp("1997-06-30")
+    month = 30.436875 * 86400
+    kept = tx[tx.date <= as_of].copy()
+    kept["carried"] = 0.3 * kept.amount * 1.01 ** ((as_of - kept.date).dt.total_seconds() / month)
+    want = kept.groupby("id").carried.sum()
+    plain = tx.groupby("id").amount.sum()
+    rows = conn.execute("""SELECT id, historical_ltv(amount),
+                                  historical_ltv(amount, ts, TIMESTAMP '1997-06-30', 'margin_rate=0.3, discount_rate=0.01')
+                           FROM public.tx GROUP BY id""").fetchall()
+    for cid, total, carried in rows:
+        assert close(total, plain[cid], 1e-9), cid
+        assert close(carried, want.get(cid, 0.0), 1e-9), cid
+    print(f"historical_ltv: {len(rows)} customers equal pandas")

@@ -1,0 +1,629 @@
+//! `funnel_detail(window, ts, cond1, …, condN [, options])` (functions.md §D2): what a funnel
+//! analysis needs per person beyond `window_funnel`'s level — which attempt, when each step
+//! happened, the gaps — with per-step windows, minimum gaps, optional steps, strict order,
+//! entry policies and totals counting.
+//!
+//! Events are the rows with a time, ordered by time, then by the conditions they meet, then
+//! by arrival; one event fills at most one step. A chain assigns events at increasing
+//! positions to steps 1, 2, … (an optional step may be skipped), all within `window` of the
+//! first (inclusive); `step_windows` bound the gap to the previous assigned step and
+//! `min_gaps` set its minimum; with `order=strict` each assigned event must directly follow
+//! the previous one. Per entry (an event meeting step 1) the level is the last step of its
+//! best chain; the reported chain is the earliest one reaching that level.
+//!
+//! Entry policies: `latest` (default; the most recent entry among those reaching the best
+//! level, as PostHog reports), `earliest_longest` (the earliest such entry, Amplitude),
+//! `first` (only the first step-1 event may enter, Mixpanel uniques). `funnel_attempts`
+//! (same arguments) returns every attempt instead, for totals counting: an attempt enters at
+//! a step-1 event and ends when it converts or its window runs out; the next attempt enters
+//! after that (Mixpanel totals).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    ArrayRef, BooleanArray, Int32Array, Int64Array, IntervalMonthDayNanoArray, ListArray,
+    StructArray, TimestampMicrosecondArray,
+};
+use datafusion::arrow::buffer::OffsetBuffer;
+use datafusion::arrow::datatypes::{
+    DataType, Field, FieldRef, Fields, IntervalMonthDayNano, IntervalUnit, TimeUnit,
+};
+use datafusion::error::Result;
+use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
+use datafusion::logical_expr::{
+    Accumulator, AggregateUDF, AggregateUDFImpl, GroupsAccumulator, Signature, Volatility,
+};
+use datafusion::scalar::ScalarValue;
+
+use crate::error::invalid;
+use crate::events;
+use crate::groups::{Event, EventGroups, Keep, OneGroup};
+
+const NAME: &str = "funnel_detail";
+const ATTEMPTS: &str = "funnel_attempts";
+/// Most search steps per person before the search gives up with an error.
+const BUDGET: u64 = 20_000_000;
+
+/// `funnel_detail` (one struct per group) and `funnel_attempts` (a list of them).
+pub fn functions() -> Vec<AggregateUDF> {
+    [false, true]
+        .into_iter()
+        .map(|totals| {
+            AggregateUDF::from(FunnelDetail {
+                totals,
+                signature: Signature::user_defined(Volatility::Immutable),
+            })
+        })
+        .collect()
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct FunnelDetail {
+    totals: bool,
+    signature: Signature,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Entry {
+    Latest,
+    EarliestLongest,
+    First,
+}
+
+/// A call's settings.
+#[derive(Debug, Clone)]
+struct Config {
+    steps: usize,
+    window: i64,
+    strict: bool,
+    entry: Entry,
+    totals: bool,
+    /// Per step (index 0 unused): max gap to the previous assigned step.
+    step_windows: Vec<Option<i64>>,
+    /// Per step (index 0 unused): min gap to the previous assigned step.
+    min_gaps: Vec<Option<i64>>,
+    optional: Vec<bool>,
+    /// The time type of the events (decides the output types).
+    time_type: DataType,
+}
+
+fn shape(types: &[DataType]) -> Result<(usize, bool)> {
+    events::condition_layout(NAME, "(window, ts, cond1 [, …, condN] [, options])", types)
+}
+
+/// `30 minutes`, `2 days`; for integer times, an integer in their unit. Empty or `-` is no
+/// limit.
+fn duration_text(key: &str, v: &str, time_type: &DataType) -> Result<Option<i64>> {
+    let v = v.trim();
+    if v.is_empty() || v == "-" {
+        return Ok(None);
+    }
+    let value = if let Ok(n) = v.parse::<i64>() {
+        if !time_type.is_integer() {
+            return Err(invalid(
+                NAME,
+                format!("{key}: give '{v}' with a unit, like '{v} minutes'"),
+            ));
+        }
+        ScalarValue::Int64(Some(n))
+    } else {
+        let mut it = v.split_whitespace();
+        let (Some(n), Some(unit), None) = (it.next(), it.next(), it.next()) else {
+            return Err(invalid(
+                NAME,
+                format!("{key}: '{v}' is not like '30 minutes'"),
+            ));
+        };
+        let n: i64 = n
+            .parse()
+            .map_err(|_| invalid(NAME, format!("{key}: '{v}' is not like '30 minutes'")))?;
+        let secs = match unit.trim_end_matches('s').to_ascii_lowercase().as_str() {
+            "second" | "sec" => 1,
+            "minute" | "min" => 60,
+            "hour" => 3600,
+            "day" => 86_400,
+            "week" => 604_800,
+            _ => return Err(invalid(NAME, format!("{key}: unknown unit '{unit}'"))),
+        };
+        ScalarValue::IntervalMonthDayNano(Some(IntervalMonthDayNano::new(
+            0,
+            0,
+            n * secs * 1_000_000_000,
+        )))
+    };
+    events::duration(NAME, key, &value, time_type).map(Some)
+}
+
+impl Config {
+    fn from_args(args: &AccumulatorArgs, totals: bool) -> Result<Self> {
+        let types: Vec<DataType> = args
+            .expr_fields
+            .iter()
+            .map(|f| f.data_type().clone())
+            .collect();
+        let (steps, has_options) = shape(&types)?;
+        let window = events::literal(&args.exprs[0])
+            .ok_or_else(|| invalid(NAME, "window must be a constant"))?;
+        let window = events::duration(NAME, "window", window, &types[1])?;
+        let mut c = Config {
+            steps,
+            window,
+            strict: false,
+            entry: Entry::Latest,
+            totals,
+            step_windows: vec![None; steps],
+            min_gaps: vec![None; steps],
+            optional: vec![false; steps],
+            time_type: types[1].clone(),
+        };
+        if has_options {
+            let v = events::literal(&args.exprs[types.len() - 1])
+                .ok_or_else(|| invalid(NAME, "options must be a constant"))?;
+            c.parse(&events::text_literal(NAME, "options", v)?)?;
+        }
+        Ok(c)
+    }
+
+    fn parse(&mut self, text: &str) -> Result<()> {
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| invalid(NAME, format!("option '{part}' is not key=value")))?;
+            let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
+            let per_step = |c: &Config, key: &str| -> Result<Vec<Option<i64>>> {
+                let items: Vec<&str> = v.split('|').collect();
+                if items.len() != c.steps - 1 {
+                    return Err(invalid(
+                        NAME,
+                        format!(
+                            "{key} needs {} values separated by | (one per step after the first)",
+                            c.steps - 1
+                        ),
+                    ));
+                }
+                let mut out = vec![None];
+                for i in items {
+                    out.push(duration_text(key, i, &c.time_type)?);
+                }
+                Ok(out)
+            };
+            match k.as_str() {
+                "order" => {
+                    self.strict = match v.to_ascii_lowercase().as_str() {
+                        "ordered" => false,
+                        "strict" => true,
+                        other => {
+                            return Err(invalid(
+                                NAME,
+                                format!("order '{other}' is not ordered or strict"),
+                            ));
+                        }
+                    }
+                }
+                "entry" => {
+                    self.entry = match v.to_ascii_lowercase().as_str() {
+                        "latest" => Entry::Latest,
+                        "earliest_longest" => Entry::EarliestLongest,
+                        "first" => Entry::First,
+                        other => {
+                            return Err(invalid(
+                                NAME,
+                                format!("entry '{other}' is not latest, earliest_longest or first"),
+                            ));
+                        }
+                    }
+                }
+                "step_windows" => self.step_windows = per_step(self, &k)?,
+                "min_gaps" => self.min_gaps = per_step(self, &k)?,
+                "optional_steps" => {
+                    for s in v.split('|').map(str::trim).filter(|s| !s.is_empty()) {
+                        match s.parse::<usize>() {
+                            Ok(n) if n >= 2 && n <= self.steps => self.optional[n - 1] = true,
+                            _ => {
+                                return Err(invalid(
+                                    NAME,
+                                    format!(
+                                        "optional_steps: '{s}' is not a step from 2 to {}",
+                                        self.steps
+                                    ),
+                                ));
+                            }
+                        }
+                    }
+                    if self.optional[self.steps - 1] {
+                        return Err(invalid(NAME, "the last step cannot be optional"));
+                    }
+                }
+                other => {
+                    return Err(invalid(
+                        NAME,
+                        format!(
+                            "unknown option '{other}' (order, entry, step_windows, min_gaps, \
+                             optional_steps)"
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn integer_time(&self) -> bool {
+        self.time_type.is_integer()
+    }
+}
+
+/// The outcome of one attempt: level and the events (time) assigned to each step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Attempt {
+    /// The last step reached (1-based; 0 when nothing entered).
+    pub level: usize,
+    /// Per step, the time of its event, or None (not reached, or an optional step skipped).
+    pub step_ts: Vec<Option<i64>>,
+}
+
+/// The search over one person's ordered events.
+struct Search<'a> {
+    c: &'a Config,
+    /// (time, condition mask) in order.
+    ev: &'a [(i64, u32)],
+    budget: u64,
+}
+
+impl Search<'_> {
+    /// The steps that may follow step `j` (0-based): j+1, and past it while it is optional.
+    fn next_steps(&self, j: usize) -> impl Iterator<Item = usize> + '_ {
+        let mut k = j + 1;
+        std::iter::from_fn(move || {
+            if k >= self.c.steps {
+                return None;
+            }
+            let s = k;
+            if self.c.optional[k] {
+                k += 1;
+            } else {
+                k = self.c.steps;
+            }
+            Some(s)
+        })
+    }
+
+    /// Can the event at `q` fill step `s` after the event at `p` (time `tp`) filled a step,
+    /// within the window of `t1`?
+    fn fits(&self, p: usize, q: usize, s: usize, t1: i64) -> bool {
+        let (tq, mq) = self.ev[q];
+        let tp = self.ev[p].0;
+        mq & (1 << s) != 0
+            && tq - t1 <= self.c.window
+            && self.c.step_windows[s].is_none_or(|w| tq - tp <= w)
+            && self.c.min_gaps[s].is_none_or(|g| tq - tp >= g)
+            && (!self.c.strict || q == p + 1)
+    }
+
+    /// The best level reachable after event `p` filled step `j`, with memo.
+    fn best(
+        &mut self,
+        p: usize,
+        j: usize,
+        t1: i64,
+        memo: &mut HashMap<(usize, usize), usize>,
+    ) -> Result<usize> {
+        if let Some(v) = memo.get(&(p, j)) {
+            return Ok(*v);
+        }
+        let mut best = j + 1;
+        if j + 1 < self.c.steps {
+            let steps: Vec<usize> = self.next_steps(j).collect();
+            let end = if self.c.strict {
+                (p + 2).min(self.ev.len())
+            } else {
+                self.ev.len()
+            };
+            for q in p + 1..end {
+                if self.ev[q].0 - t1 > self.c.window {
+                    break;
+                }
+                for &s in &steps {
+                    self.budget += 1;
+                    if self.budget > BUDGET {
+                        return Err(invalid(
+                            NAME,
+                            "a person has too many events for this funnel's search; narrow \
+                             the window or the events",
+                        ));
+                    }
+                    if self.fits(p, q, s, t1) {
+                        best = best.max(self.best(q, s, t1, memo)?);
+                        if best == self.c.steps {
+                            memo.insert((p, j), best);
+                            return Ok(best);
+                        }
+                    }
+                }
+            }
+        }
+        memo.insert((p, j), best);
+        Ok(best)
+    }
+
+    /// The attempt entering at event `p`: its best level and earliest chain reaching it.
+    fn attempt(&mut self, p: usize) -> Result<Attempt> {
+        let t1 = self.ev[p].0;
+        let mut memo = HashMap::new();
+        let level = self.best(p, 0, t1, &mut memo)?;
+        let mut step_ts = vec![None; self.c.steps];
+        step_ts[0] = Some(t1);
+        let (mut at, mut j) = (p, 0usize);
+        while j + 1 < level {
+            let steps: Vec<usize> = self.next_steps(j).collect();
+            let mut next = None;
+            'search: for q in at + 1..self.ev.len() {
+                for &s in &steps {
+                    if s < level
+                        && self.fits(at, q, s, t1)
+                        && self.best(q, s, t1, &mut memo)? == level
+                    {
+                        next = Some((q, s));
+                        break 'search;
+                    }
+                }
+            }
+            let Some((q, s)) = next else { break };
+            step_ts[s] = Some(self.ev[q].0);
+            at = q;
+            j = s;
+        }
+        Ok(Attempt { level, step_ts })
+    }
+}
+
+/// The attempts of one person's events (sorted by time, mask, arrival): one for uniques,
+/// all for totals.
+fn attempts(c: &Config, events: &mut [Event]) -> Result<Vec<Attempt>> {
+    events.sort_unstable_by_key(|e| (e.0, e.1, e.2));
+    let ev: Vec<(i64, u32)> = events.iter().map(|e| (e.0, e.1)).collect();
+    let mut search = Search {
+        c,
+        ev: &ev,
+        budget: 0,
+    };
+    let entries: Vec<usize> = (0..ev.len()).filter(|&i| ev[i].1 & 1 != 0).collect();
+    if c.totals {
+        let mut out = vec![];
+        let mut after: Option<i64> = None;
+        for &p in &entries {
+            if after.is_some_and(|a| ev[p].0 <= a) {
+                continue;
+            }
+            let a = search.attempt(p)?;
+            after = Some(if a.level == c.steps {
+                a.step_ts.iter().flatten().copied().max().unwrap_or(ev[p].0)
+            } else {
+                ev[p].0 + c.window
+            });
+            out.push(a);
+        }
+        return Ok(out);
+    }
+    let candidates: Vec<usize> = match c.entry {
+        Entry::First => entries.first().copied().into_iter().collect(),
+        _ => entries,
+    };
+    let mut best: Option<Attempt> = None;
+    for &p in &candidates {
+        let a = search.attempt(p)?;
+        let better = match &best {
+            None => true,
+            Some(b) => match c.entry {
+                Entry::Latest => a.level >= b.level,
+                _ => a.level > b.level,
+            },
+        };
+        if better {
+            best = Some(a);
+        }
+        if c.entry == Entry::EarliestLongest && best.as_ref().is_some_and(|b| b.level == c.steps) {
+            break;
+        }
+    }
+    Ok(vec![best.unwrap_or(Attempt {
+        level: 0,
+        step_ts: vec![None; c.steps],
+    })])
+}
+
+fn attempt_fields(time_type: &DataType) -> Fields {
+    let (time, gap) = if time_type.is_integer() {
+        (DataType::Int64, DataType::Int64)
+    } else {
+        let tz = match time_type {
+            DataType::Timestamp(_, tz) => tz.clone(),
+            _ => None,
+        };
+        (
+            DataType::Timestamp(TimeUnit::Microsecond, tz),
+            DataType::Interval(IntervalUnit::MonthDayNano),
+        )
+    };
+    Fields::from(vec![
+        Field::new("level", DataType::Int32, false),
+        Field::new("converted", DataType::Boolean, false),
+        Field::new("entry_ts", time.clone(), true),
+        Field::new(
+            "step_ts",
+            DataType::List(Arc::new(Field::new_list_field(time, true))),
+            false,
+        ),
+        Field::new(
+            "step_gap",
+            DataType::List(Arc::new(Field::new_list_field(gap, true))),
+            false,
+        ),
+    ])
+}
+
+/// The struct array of some attempts.
+fn attempt_array(c: &Config, attempts: &[Attempt]) -> Result<StructArray> {
+    let n = c.steps;
+    let level = Int32Array::from_iter_values(attempts.iter().map(|a| a.level as i32));
+    let converted = BooleanArray::from_iter(attempts.iter().map(|a| Some(a.level == n)));
+    let entry: Vec<Option<i64>> = attempts
+        .iter()
+        .map(|a| if a.level > 0 { a.step_ts[0] } else { None })
+        .collect();
+    let flat: Vec<Option<i64>> = attempts.iter().flat_map(|a| a.step_ts.clone()).collect();
+    let gaps: Vec<Option<i64>> = attempts
+        .iter()
+        .flat_map(|a| {
+            let mut prev: Option<i64> = None;
+            a.step_ts
+                .iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    let g = match (i, prev, t) {
+                        (0, _, _) => None,
+                        (_, Some(p), Some(t)) => Some(t - p),
+                        _ => None,
+                    };
+                    if t.is_some() {
+                        prev = *t;
+                    }
+                    g
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let offsets = || OffsetBuffer::from_lengths(vec![n; attempts.len()]);
+    let fields = attempt_fields(&c.time_type);
+    let (time_t, gap_t) = match (fields[3].data_type(), fields[4].data_type()) {
+        (DataType::List(a), DataType::List(b)) => (a.clone(), b.clone()),
+        _ => unreachable!("step_ts and step_gap are lists"),
+    };
+    let (entry_a, ts_a, gap_a): (ArrayRef, ArrayRef, ArrayRef) = if c.integer_time() {
+        (
+            Arc::new(Int64Array::from(entry)),
+            Arc::new(Int64Array::from(flat)),
+            Arc::new(Int64Array::from(gaps)),
+        )
+    } else {
+        let tz = match &c.time_type {
+            DataType::Timestamp(_, tz) => tz.clone(),
+            _ => None,
+        };
+        (
+            Arc::new(TimestampMicrosecondArray::from(entry).with_timezone_opt(tz.clone())),
+            Arc::new(TimestampMicrosecondArray::from(flat).with_timezone_opt(tz)),
+            Arc::new(IntervalMonthDayNanoArray::from(
+                gaps.into_iter()
+                    .map(|g| g.map(|us| IntervalMonthDayNano::new(0, 0, us * 1000)))
+                    .collect::<Vec<_>>(),
+            )),
+        )
+    };
+    Ok(StructArray::try_new(
+        fields,
+        vec![
+            Arc::new(level),
+            Arc::new(converted),
+            entry_a,
+            Arc::new(ListArray::try_new(time_t, offsets(), ts_a, None)?),
+            Arc::new(ListArray::try_new(gap_t, offsets(), gap_a, None)?),
+        ],
+        None,
+    )?)
+}
+
+impl AggregateUDFImpl for FunnelDetail {
+    fn name(&self) -> &str {
+        if self.totals { ATTEMPTS } else { NAME }
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn coerce_types(&self, types: &[DataType]) -> Result<Vec<DataType>> {
+        let (steps, has_options) = shape(types)?;
+        let mut out = types.to_vec();
+        if !(events::is_interval(&types[0]) || types[0].is_integer()) {
+            return Err(invalid(
+                NAME,
+                format!("window must be an INTERVAL or an integer, not {}", types[0]),
+            ));
+        }
+        if !events::is_time_type(&types[1]) {
+            return Err(invalid(
+                NAME,
+                format!("ts must be a timestamp, date or integer, not {}", types[1]),
+            ));
+        }
+        events::coerce_conditions(NAME, &mut out, 2..2 + steps)?;
+        if has_options {
+            let last = out.len() - 1;
+            out[last] = DataType::Utf8;
+        }
+        Ok(out)
+    }
+    fn return_type(&self, types: &[DataType]) -> Result<DataType> {
+        shape(types)?;
+        let fields = attempt_fields(&types[1]);
+        Ok(if self.totals {
+            DataType::List(Arc::new(Field::new_list_field(
+                DataType::Struct(fields),
+                true,
+            )))
+        } else {
+            DataType::Struct(fields)
+        })
+    }
+    fn is_nullable(&self) -> bool {
+        false
+    }
+    fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
+        Ok(vec![
+            events::list_state(args.name, "ts", DataType::Int64),
+            events::list_state(args.name, "mask", DataType::UInt32),
+            events::list_state(args.name, "uid", DataType::UInt64),
+        ])
+    }
+    fn accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
+        Ok(Box::new(OneGroup(groups(&args, self.totals)?)))
+    }
+    fn groups_accumulator_supported(&self, _: AccumulatorArgs) -> bool {
+        true
+    }
+    fn create_groups_accumulator(
+        &self,
+        args: AccumulatorArgs,
+    ) -> Result<Box<dyn GroupsAccumulator>> {
+        Ok(Box::new(groups(&args, self.totals)?))
+    }
+}
+
+fn groups(args: &AccumulatorArgs, totals: bool) -> Result<EventGroups> {
+    let c = Config::from_args(args, totals)?;
+    let keep = Keep {
+        conditions: c.steps,
+        drop_null_rows: false,
+        keep_unmatched: c.strict,
+    };
+    Ok(EventGroups::new(
+        if totals { ATTEMPTS } else { NAME },
+        keep,
+        Box::new(move |events| {
+            let a = attempts(&c, events)?;
+            let structs = attempt_array(&c, &a)?;
+            if !c.totals {
+                return ScalarValue::try_from_array(&structs, 0);
+            }
+            Ok(ScalarValue::List(Arc::new(ListArray::new(
+                Arc::new(Field::new_list_field(
+                    DataType::Struct(attempt_fields(&c.time_type)),
+                    true,
+                )),
+                OffsetBuffer::from_lengths([a.len()]),
+                Arc::new(structs),
+                None,
+            ))))
+        }),
+    ))
+}
