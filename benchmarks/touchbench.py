@@ -147,14 +147,11 @@ def retention_plain(trunc, plus):
 
 
 QUERIES["Q5 weekly retention cohorts"] = {
-    "touchlake": """WITH w AS (SELECT person_id, date_trunc('week', occurred_at) AS wk FROM T),
-      c AS (SELECT person_id, min(wk) AS cohort FROM w GROUP BY 1),
-      r AS (SELECT c.cohort, retention(w.wk = c.cohort, w.wk = c.cohort + INTERVAL '7 days',
-                   w.wk = c.cohort + INTERVAL '14 days', w.wk = c.cohort + INTERVAL '21 days',
-                   w.wk = c.cohort + INTERVAL '28 days') AS r
-            FROM w JOIN c ON c.person_id = w.person_id GROUP BY w.person_id, c.cohort)
-    SELECT CAST(cohort AS date) AS cohort, sum(r[1]) AS w0, sum(r[2]) AS w1, sum(r[3]) AS w2, sum(r[4]) AS w3,
-           sum(r[5]) AS w4 FROM r GROUP BY 1 ORDER BY 1""",
+    "touchlake": """SELECT CAST(r['cohort_start'] AS date) AS cohort, sum(r['retained'][1]) AS w0,
+           sum(r['retained'][2]) AS w1, sum(r['retained'][3]) AS w2, sum(r['retained'][4]) AS w3,
+           sum(r['retained'][5]) AS w4
+    FROM (SELECT unnest(retention_vector(occurred_at, true, true, 'week', 5)) AS r FROM T GROUP BY person_id) c
+    GROUP BY 1 ORDER BY 1""",
     "chdb": """WITH c AS (SELECT person_id, min(toMonday(occurred_at)) AS cohort FROM T GROUP BY person_id)
     SELECT cohort, sum(r[1]) AS w0, sum(r[2]) AS w1, sum(r[3]) AS w2, sum(r[4]) AS w3, sum(r[5]) AS w4 FROM (
       SELECT c.cohort AS cohort, retention(toMonday(T.occurred_at) = c.cohort,

@@ -10,10 +10,11 @@
 //! is in that set (GA's "ignore direct"); `last_non_direct` is `last_click` with
 //! `ignore_channels=direct` by default.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, Float64Array, ListArray, StringArray, StructArray,
+    Array, ArrayRef, AsArray, BooleanArray, Float64Array, ListArray, StringArray, StructArray,
     TimestampMicrosecondArray,
 };
 use datafusion::arrow::buffer::OffsetBuffer;
@@ -24,12 +25,12 @@ use datafusion::arrow::datatypes::{
 use datafusion::error::Result;
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::{
-    Accumulator, AggregateUDF, AggregateUDFImpl, Signature, Volatility,
+    Accumulator, AggregateUDF, AggregateUDFImpl, EmitTo, GroupsAccumulator, Signature, Volatility,
 };
-use datafusion::scalar::ScalarValue;
 
 use crate::error::invalid;
 use crate::events;
+use crate::groups::OneGroup;
 
 const NAME: &str = "attribution_weights";
 const DAY_US: i64 = 86_400_000_000;
@@ -421,42 +422,77 @@ impl AggregateUDFImpl for AttributionWeights {
         ])
     }
     fn accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
-        let model = events::literal(&args.exprs[0])
-            .ok_or_else(|| invalid(NAME, "the model must be a constant"))?;
-        let model = events::text_literal(NAME, "the model", model)?;
-        let text = match args.exprs.get(4) {
-            Some(e) => {
-                let v = events::literal(e)
-                    .ok_or_else(|| invalid(NAME, "options must be a constant"))?;
-                events::text_literal(NAME, "options", v)?
-            }
-            None => String::new(),
-        };
-        let options = Options::parse(&model, &text)?;
-        Ok(Box::new(WeightsAccumulator {
-            options,
-            touches: vec![],
-            conversion: None,
-        }))
+        Ok(Box::new(OneGroup(WeightsGroups::new(options(&args)?))))
+    }
+    fn groups_accumulator_supported(&self, _: AccumulatorArgs) -> bool {
+        true
+    }
+    fn create_groups_accumulator(
+        &self,
+        args: AccumulatorArgs,
+    ) -> Result<Box<dyn GroupsAccumulator>> {
+        Ok(Box::new(WeightsGroups::new(options(&args)?)))
     }
 }
 
+fn options(args: &AccumulatorArgs) -> Result<Options> {
+    let model = events::literal(&args.exprs[0])
+        .ok_or_else(|| invalid(NAME, "the model must be a constant"))?;
+    let model = events::text_literal(NAME, "the model", model)?;
+    let text = match args.exprs.get(4) {
+        Some(e) => {
+            let v =
+                events::literal(e).ok_or_else(|| invalid(NAME, "options must be a constant"))?;
+            events::text_literal(NAME, "options", v)?
+        }
+        None => String::new(),
+    };
+    Options::parse(&model, &text)
+}
+
+/// Per group: its touches (time, interned channel, milestone) and conversion time (the
+/// latest given in the group).
 #[derive(Debug)]
-struct WeightsAccumulator {
+struct WeightsGroups {
     options: Options,
-    touches: Vec<Touch>,
-    /// The conversion time (the latest given in the group).
-    conversion: Option<i64>,
+    names: Vec<String>,
+    index: HashMap<Box<str>, u32>,
+    touches: Vec<Vec<(i64, u32, bool)>>,
+    conversion: Vec<Option<i64>>,
 }
 
-impl WeightsAccumulator {
-    fn see_conversion(&mut self, t: i64) {
-        self.conversion = Some(self.conversion.map_or(t, |c| c.max(t)));
+/// A batch's rows: (conversion time, touch) each.
+type Rows = Vec<(Option<i64>, Option<(i64, u32, bool)>)>;
+
+impl WeightsGroups {
+    fn new(options: Options) -> Self {
+        WeightsGroups {
+            options,
+            names: vec![],
+            index: HashMap::new(),
+            touches: vec![],
+            conversion: vec![],
+        }
     }
-}
 
-impl Accumulator for WeightsAccumulator {
-    fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
+    fn grow(&mut self, n: usize) {
+        if self.touches.len() < n {
+            self.touches.resize_with(n, Vec::new);
+            self.conversion.resize(n, None);
+        }
+    }
+
+    fn intern(&mut self, name: &str) -> u32 {
+        if let Some(&i) = self.index.get(name) {
+            return i;
+        }
+        let i = self.names.len() as u32;
+        self.names.push(name.to_string());
+        self.index.insert(name.into(), i);
+        i
+    }
+
+    fn rows(&mut self, values: &[ArrayRef]) -> Result<Rows> {
         let channel = cast(&values[1], &DataType::Utf8)?;
         let channel = channel.as_string::<i32>();
         let ts = events::times(NAME, &values[2])?;
@@ -465,41 +501,147 @@ impl Accumulator for WeightsAccumulator {
             Some(m) => events::conditions(NAME, std::slice::from_ref(m))?.remove(0),
             None => vec![None; ts.len()],
         };
+        let mut out = Vec::with_capacity(ts.len());
         for i in 0..ts.len() {
-            if let Some(c) = conv[i] {
-                self.see_conversion(c);
+            let touch = match (ts[i], channel.is_valid(i)) {
+                (Some(t), true) => {
+                    Some((t, self.intern(channel.value(i)), milestone[i] == Some(true)))
+                }
+                _ => None,
+            };
+            out.push((conv[i], touch));
+        }
+        Ok(out)
+    }
+
+    fn see(&mut self, g: usize, conversion: Option<i64>) {
+        if let Some(c) = conversion {
+            self.conversion[g] = Some(self.conversion[g].map_or(c, |x| x.max(c)));
+        }
+    }
+
+    fn state_arrays(
+        &self,
+        groups: &[Vec<(i64, u32, bool)>],
+        conv: &[Option<i64>],
+    ) -> Vec<ArrayRef> {
+        let offsets = OffsetBuffer::from_lengths(groups.iter().map(|g| g.len()));
+        let list = |a: ArrayRef| -> ArrayRef {
+            Arc::new(ListArray::new(
+                Arc::new(Field::new_list_field(a.data_type().clone(), true)),
+                offsets.clone(),
+                a,
+                None,
+            ))
+        };
+        let flat: Vec<&(i64, u32, bool)> = groups.iter().flatten().collect();
+        let names: Vec<&str> = flat
+            .iter()
+            .map(|t| self.names[t.1 as usize].as_str())
+            .collect();
+        vec![
+            list(Arc::new(datafusion::arrow::array::Int64Array::from(
+                flat.iter().map(|t| t.0).collect::<Vec<_>>(),
+            ))),
+            list(Arc::new(StringArray::from(names))),
+            list(Arc::new(datafusion::arrow::array::UInt8Array::from(
+                flat.iter().map(|t| u8::from(t.2)).collect::<Vec<_>>(),
+            ))),
+            Arc::new(datafusion::arrow::array::Int64Array::from(conv.to_vec())),
+        ]
+    }
+}
+
+impl GroupsAccumulator for WeightsGroups {
+    fn update_batch(
+        &mut self,
+        values: &[ArrayRef],
+        group_indices: &[usize],
+        opt_filter: Option<&BooleanArray>,
+        total_num_groups: usize,
+    ) -> Result<()> {
+        self.grow(total_num_groups);
+        let rows = self.rows(values)?;
+        for (row, (&g, (conv, touch))) in group_indices.iter().zip(rows).enumerate() {
+            if opt_filter.is_some_and(|f| !f.is_valid(row) || !f.value(row)) {
+                continue;
             }
-            if let (Some(t), true) = (ts[i], channel.is_valid(i)) {
-                self.touches
-                    .push((t, channel.value(i).to_string(), milestone[i] == Some(true)));
+            self.see(g, conv);
+            if let Some(t) = touch {
+                self.touches[g].push(t);
             }
         }
         Ok(())
     }
-    fn state(&mut self) -> Result<Vec<ScalarValue>> {
-        Ok(vec![
-            ScalarValue::List(Arc::new(ListArray::from_iter_primitive::<Int64Type, _, _>(
-                [Some(self.touches.iter().map(|t| Some(t.0)))],
-            ))),
-            ScalarValue::List(Arc::new(wrap(Arc::new(StringArray::from_iter_values(
-                self.touches.iter().map(|t| t.1.as_str()),
-            ))))),
-            ScalarValue::List(Arc::new(ListArray::from_iter_primitive::<UInt8Type, _, _>(
-                [Some(self.touches.iter().map(|t| Some(u8::from(t.2))))],
-            ))),
-            ScalarValue::Int64(self.conversion),
-        ])
+
+    fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
+        let groups = emit_to.take_needed(&mut self.touches);
+        let conv = emit_to.take_needed(&mut self.conversion);
+        let (mut channel, mut ts, mut weight) = (vec![], vec![], vec![]);
+        let mut offsets = vec![0i32];
+        let mut buffer: Vec<Touch> = vec![];
+        for (touches, c) in groups.iter().zip(conv) {
+            let credited = match c {
+                Some(c) => {
+                    buffer.clear();
+                    buffer.extend(
+                        touches
+                            .iter()
+                            .map(|t| (t.0, self.names[t.1 as usize].clone(), t.2)),
+                    );
+                    weights(&self.options, c, &buffer)
+                }
+                None => vec![],
+            };
+            offsets.push(offsets.last().copied().unwrap_or(0) + credited.len() as i32);
+            for (t, ch, w) in credited {
+                ts.push(t);
+                channel.push(ch);
+                weight.push(w);
+            }
+        }
+        let structs = StructArray::try_new(
+            output_fields(),
+            vec![
+                Arc::new(StringArray::from_iter_values(channel)),
+                Arc::new(TimestampMicrosecondArray::from(ts)),
+                Arc::new(Float64Array::from(weight)),
+            ],
+            None,
+        )?;
+        Ok(Arc::new(ListArray::try_new(
+            Arc::new(Field::new_list_field(
+                DataType::Struct(output_fields()),
+                true,
+            )),
+            OffsetBuffer::new(offsets.into()),
+            Arc::new(structs),
+            None,
+        )?))
     }
-    fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
+
+    fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
+        let groups = emit_to.take_needed(&mut self.touches);
+        let conv = emit_to.take_needed(&mut self.conversion);
+        Ok(self.state_arrays(&groups, &conv))
+    }
+
+    fn merge_batch(
+        &mut self,
+        values: &[ArrayRef],
+        group_indices: &[usize],
+        total_num_groups: usize,
+    ) -> Result<()> {
+        self.grow(total_num_groups);
         let (ts, ch, ms) = (
-            states[0].as_list::<i32>(),
-            states[1].as_list::<i32>(),
-            states[2].as_list::<i32>(),
+            values[0].as_list::<i32>(),
+            values[1].as_list::<i32>(),
+            values[2].as_list::<i32>(),
         );
-        let conv = states[3].as_primitive::<Int64Type>();
-        for row in 0..ts.len() {
+        let conv = values[3].as_primitive::<Int64Type>();
+        for (row, &g) in group_indices.iter().enumerate() {
             if conv.is_valid(row) {
-                self.see_conversion(conv.value(row));
+                self.see(g, Some(conv.value(row)));
             }
             if ts.is_null(row) {
                 continue;
@@ -511,45 +653,44 @@ impl Accumulator for WeightsAccumulator {
                 m.as_primitive::<UInt8Type>(),
             );
             for i in 0..t.len() {
-                self.touches
-                    .push((t.value(i), c.value(i).to_string(), m.value(i) != 0));
+                let id = self.intern(c.value(i));
+                self.touches[g].push((t.value(i), id, m.value(i) != 0));
             }
         }
         Ok(())
     }
-    fn evaluate(&mut self) -> Result<ScalarValue> {
-        let credited = match self.conversion {
-            Some(c) => weights(&self.options, c, &self.touches),
-            None => vec![],
-        };
-        let structs = StructArray::try_new(
-            output_fields(),
-            vec![
-                Arc::new(StringArray::from_iter_values(
-                    credited.iter().map(|c| c.1.as_str()),
-                )),
-                Arc::new(TimestampMicrosecondArray::from_iter_values(
-                    credited.iter().map(|c| c.0),
-                )),
-                Arc::new(Float64Array::from_iter_values(credited.iter().map(|c| c.2))),
-            ],
-            None,
-        )?;
-        Ok(ScalarValue::List(Arc::new(wrap(Arc::new(structs)))))
-    }
-    fn size(&self) -> usize {
-        std::mem::size_of_val(self) + self.touches.iter().map(|t| 40 + t.1.len()).sum::<usize>()
-    }
-}
 
-/// One list holding all of `values`.
-fn wrap(values: ArrayRef) -> ListArray {
-    ListArray::new(
-        Arc::new(Field::new_list_field(values.data_type().clone(), true)),
-        OffsetBuffer::from_lengths([values.len()]),
-        values,
-        None,
-    )
+    fn convert_to_state(
+        &self,
+        values: &[ArrayRef],
+        opt_filter: Option<&BooleanArray>,
+    ) -> Result<Vec<ArrayRef>> {
+        // Interning needs &mut self: work on a scratch copy of the dictionary.
+        let mut scratch = WeightsGroups::new(self.options.clone());
+        let rows = scratch.rows(values)?;
+        let mut groups = Vec::with_capacity(rows.len());
+        let mut conv = Vec::with_capacity(rows.len());
+        for (row, (c, touch)) in rows.into_iter().enumerate() {
+            let filtered = opt_filter.is_some_and(|f| !f.is_valid(row) || !f.value(row));
+            groups.push(if filtered {
+                vec![]
+            } else {
+                touch.into_iter().collect()
+            });
+            conv.push(if filtered { None } else { c });
+        }
+        Ok(scratch.state_arrays(&groups, &conv))
+    }
+
+    fn size(&self) -> usize {
+        self.touches
+            .iter()
+            .map(|t| t.capacity() * 16)
+            .sum::<usize>()
+            + self.touches.capacity() * 24
+            + self.conversion.capacity() * 16
+            + self.names.iter().map(|n| n.len() + 48).sum::<usize>()
+    }
 }
 
 #[cfg(test)]
