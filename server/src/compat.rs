@@ -22,7 +22,11 @@ pub fn parse(
     sql: &str,
 ) -> Result<Vec<Statement>, String> {
     let dialect = PostgreSqlDialect {};
-    let plain = Parser::parse_sql(&dialect, sql);
+    let mut plain = Parser::parse_sql(&dialect, sql);
+    // PostgreSQL's grammar has no MATCH_RECOGNIZE: such statements use the generic one.
+    if plain.is_err() && crate::match_recognize::mentions(sql) {
+        plain = Ok(crate::match_recognize::parse(sql)?);
+    }
     let reads_catalog = match &plain {
         Ok(stmts) => stmts.iter().any(reads_system_catalog),
         Err(_) => true,

@@ -409,12 +409,58 @@ impl Session {
         guard.run(fut).await
     }
 
-    async fn plan(&self, stmt: Statement) -> Result<LogicalPlan> {
+    async fn plan(&self, mut stmt: Statement) -> Result<LogicalPlan> {
+        // MATCH_RECOGNIZE clauses run first; the statement reads their results.
+        let temps = self.expand_match_recognize(&mut stmt).await?;
         let state = self.ctx.state();
         let plan = state
             .statement_to_plan(DfStatement::Statement(Box::new(stmt)))
             .await?;
+        drop(temps);
         Ok(plan)
+    }
+
+    /// Run the statement's MATCH_RECOGNIZE clauses and replace each with a read of its
+    /// matches (temporary tables, dropped once the statement is planned).
+    async fn expand_match_recognize(
+        &self,
+        stmt: &mut Statement,
+    ) -> Result<Vec<crate::match_recognize::TempTable>> {
+        use crate::match_recognize as mr;
+        let found = mr::clauses(stmt);
+        let mut temps = vec![];
+        if found.is_empty() {
+            return Ok(temps);
+        }
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let external = |e: mr::MatchError| DataFusionError::External(Box::new(e));
+        let with = match &*stmt {
+            Statement::Query(q) => q.with.clone(),
+            _ => None,
+        };
+        let mut replacements = vec![];
+        for t in found {
+            let clause = mr::Clause::new(t).map_err(external)?;
+            let sql = clause.input_sql(with.as_ref()).map_err(external)?;
+            let inner = mr::parse(&sql)
+                .map_err(SessionError::Syntax)?
+                .into_iter()
+                .next()
+                .ok_or_else(|| SessionError::Syntax("empty MATCH_RECOGNIZE input".into()))?;
+            let plan = Box::pin(self.plan(inner)).await?;
+            let df = self.ctx.execute_logical_plan(plan).await?;
+            let schema = Arc::new(df.schema().as_arrow().clone());
+            let batches = df.collect().await?;
+            let name = format!(
+                "m{}",
+                NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            );
+            let (batch, derived) = mr::run(&clause, &batches, schema, &name)?;
+            temps.push(mr::TempTable::register(&self.ctx, name, batch)?);
+            replacements.push(derived);
+        }
+        mr::replace(stmt, replacements);
+        Ok(temps)
     }
 
     async fn dispatch(

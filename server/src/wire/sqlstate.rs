@@ -154,6 +154,19 @@ fn datafusion_code(d: &DataFusionError) -> (&'static str, String) {
             {
                 return ("22023", msg);
             }
+            if let Some(m) = inner.downcast_ref::<crate::match_recognize::MatchError>() {
+                use crate::match_recognize::MatchError as M;
+                return (
+                    match m {
+                        M::NotSupported(_) => "0A000",
+                        M::Invalid(_) => "42601",
+                        M::UnknownColumn(_) => "42703",
+                        M::Data(_) => "22023",
+                        M::TooComplex => "54001",
+                    },
+                    msg,
+                );
+            }
             if let Some(c) = inner.downcast_ref::<CatalogError>() {
                 return catalog_code(c);
             }

@@ -1,0 +1,1233 @@
+//! `MATCH_RECOGNIZE` (SQL:2016 row pattern recognition, functions.md §E) in the FROM clause.
+//!
+//! The input is evaluated by DataFusion first: the table with each `DEFINE` condition as a
+//! boolean column (`PREV(x [, n])`/`NEXT(x [, n])` become `lag`/`lead` over the partition, a
+//! symbol-qualified column `A.x` is the current row's `x`), ordered by PARTITION BY and ORDER
+//! BY. The pattern is compiled to a backtracking program and matched per partition with
+//! memoisation of (instruction, row) pairs already explored, so a match attempt takes at most
+//! instructions × rows steps (no exponential blow-up); a statement stops with SQLSTATE 54001
+//! past [`STEP_BUDGET`] steps. Matches are taken in the standard's preference order (greedy
+//! quantifiers, alternatives left to right, PERMUTE in the listed order).
+//!
+//! MEASURES are computed from the matched rows — `FIRST`, `LAST`, `COUNT`, `SUM`, `MIN`,
+//! `MAX`, `AVG`, `ARRAY_AGG` over a symbol's rows (`A.x`) or all rows (`x`), `CLASSIFIER()`,
+//! `MATCH_NUMBER()`, and any expression over them — final for ONE ROW PER MATCH, running for
+//! ALL ROWS PER MATCH. The result is a temporary in-memory table that replaces the
+//! `MATCH_RECOGNIZE` clause in the statement, which DataFusion then plans as usual.
+
+use std::ops::ControlFlow;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Float64Array, Int64Array, ListArray, StringArray,
+    UInt32Array,
+};
+use datafusion::arrow::buffer::OffsetBuffer;
+use datafusion::arrow::compute::{cast, concat_batches, take};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider};
+use datafusion::datasource::MemTable;
+use datafusion::error::DataFusionError;
+use datafusion::scalar::ScalarValue;
+use datafusion::sql::sqlparser::ast::{
+    self, AfterMatchSkip, Expr, Function, FunctionArg, FunctionArgExpr, FunctionArguments, Ident,
+    MatchRecognizePattern, MatchRecognizeSymbol, ObjectName, RepetitionQuantifier, RowsPerMatch,
+    Statement, TableFactor, VisitMut, VisitorMut, WindowSpec, WindowType,
+};
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::parser::Parser;
+
+/// The in-memory catalog and schema holding the matches while a statement is planned.
+pub const TEMP_CATALOG: &str = "touchlake_temp";
+const TEMP_SCHEMA: &str = "match_recognize";
+/// Most matcher steps per statement.
+pub const STEP_BUDGET: u64 = 200_000_000;
+/// Most program instructions a pattern may compile to.
+const MAX_PROGRAM: usize = 100_000;
+
+/// Why a `MATCH_RECOGNIZE` cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum MatchError {
+    /// Valid SQL Touchlake does not run (yet): SQLSTATE 0A000.
+    #[error("MATCH_RECOGNIZE: {0} is not supported")]
+    NotSupported(String),
+    /// A mistake in the clause: SQLSTATE 42601 / 42703.
+    #[error("MATCH_RECOGNIZE: {0}")]
+    Invalid(String),
+    /// A column the clause names is not in its input: SQLSTATE 42703.
+    #[error("MATCH_RECOGNIZE: no column \"{0}\" in its input")]
+    UnknownColumn(String),
+    /// The data makes the clause impossible to follow (AFTER MATCH SKIP going back): 22023.
+    #[error("MATCH_RECOGNIZE: {0}")]
+    Data(String),
+    /// The backtracking budget ran out: SQLSTATE 54001.
+    #[error(
+        "MATCH_RECOGNIZE: the pattern needed more than {STEP_BUDGET} matching steps; \
+         narrow the partitions or simplify the pattern"
+    )]
+    TooComplex,
+}
+
+/// Does the SQL text use `MATCH_RECOGNIZE` (it needs a dialect that parses it)?
+pub fn mentions(sql: &str) -> bool {
+    sql.to_ascii_lowercase().contains("match_recognize")
+}
+
+/// Parse SQL that uses `MATCH_RECOGNIZE` (PostgreSQL's grammar has no such clause).
+pub fn parse(sql: &str) -> Result<Vec<Statement>, String> {
+    Parser::parse_sql(&GenericDialect {}, sql).map_err(|e| e.to_string())
+}
+
+/// The outermost MATCH_RECOGNIZE clauses of a statement, in order.
+pub fn clauses(stmt: &mut Statement) -> Vec<TableFactor> {
+    /// Clauses inside another clause's input run as part of that input's query.
+    struct Collect(Vec<TableFactor>, usize);
+    impl VisitorMut for Collect {
+        type Break = ();
+        fn pre_visit_table_factor(&mut self, t: &mut TableFactor) -> ControlFlow<()> {
+            if matches!(t, TableFactor::MatchRecognize { .. }) {
+                if self.1 == 0 {
+                    self.0.push(t.clone());
+                }
+                self.1 += 1;
+            }
+            ControlFlow::Continue(())
+        }
+        fn post_visit_table_factor(&mut self, t: &mut TableFactor) -> ControlFlow<()> {
+            if matches!(t, TableFactor::MatchRecognize { .. }) {
+                self.1 -= 1;
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let mut c = Collect(vec![], 0);
+    let _ = stmt.visit(&mut c);
+    c.0
+}
+
+/// Replace the statement's MATCH_RECOGNIZE clauses, in the order [`clauses`] gave them, with
+/// `replacements`.
+pub fn replace(stmt: &mut Statement, replacements: Vec<TableFactor>) {
+    struct Replace(std::vec::IntoIter<TableFactor>);
+    impl VisitorMut for Replace {
+        type Break = ();
+        fn pre_visit_table_factor(&mut self, t: &mut TableFactor) -> ControlFlow<()> {
+            if matches!(t, TableFactor::MatchRecognize { .. })
+                && let Some(r) = self.0.next()
+            {
+                *t = r;
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let _ = stmt.visit(&mut Replace(replacements.into_iter()));
+}
+
+/// The catalog schema the temporary match tables live in (created on first use).
+pub fn temp_schema(
+    ctx: &datafusion::prelude::SessionContext,
+) -> Arc<dyn datafusion::catalog::SchemaProvider> {
+    let catalog = match ctx.catalog(TEMP_CATALOG) {
+        Some(c) => c,
+        None => {
+            let c: Arc<dyn CatalogProvider> = Arc::new(MemoryCatalogProvider::new());
+            ctx.register_catalog(TEMP_CATALOG, c.clone());
+            c
+        }
+    };
+    match catalog.schema(TEMP_SCHEMA) {
+        Some(s) => s,
+        None => {
+            let s: Arc<dyn datafusion::catalog::SchemaProvider> =
+                Arc::new(MemorySchemaProvider::new());
+            let _ = catalog.register_schema(TEMP_SCHEMA, s.clone());
+            s
+        }
+    }
+}
+
+fn key(i: &Ident) -> String {
+    if i.quote_style.is_some() {
+        i.value.clone()
+    } else {
+        i.value.to_lowercase()
+    }
+}
+
+fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// One MATCH_RECOGNIZE clause, ready to run.
+pub struct Clause {
+    table: TableFactor,
+    partition_by: Vec<Expr>,
+    order_by: Vec<ast::OrderByExpr>,
+    measures: Vec<ast::Measure>,
+    all_rows: bool,
+    skip: AfterMatchSkip,
+    pattern: MatchRecognizePattern,
+    /// Symbol names as written, and their DEFINE conditions.
+    symbols: Vec<(Ident, Option<Expr>)>,
+    alias: Option<ast::TableAlias>,
+}
+
+impl Clause {
+    /// Check a MATCH_RECOGNIZE table factor and take it apart.
+    pub fn new(t: TableFactor) -> Result<Clause, MatchError> {
+        let TableFactor::MatchRecognize {
+            table,
+            partition_by,
+            order_by,
+            measures,
+            rows_per_match,
+            after_match_skip,
+            pattern,
+            symbols: defines,
+            alias,
+        } = t
+        else {
+            return Err(MatchError::Invalid("not a MATCH_RECOGNIZE clause".into()));
+        };
+        let all_rows = match rows_per_match {
+            None | Some(RowsPerMatch::OneRow) => false,
+            Some(RowsPerMatch::AllRows(None))
+            | Some(RowsPerMatch::AllRows(Some(ast::EmptyMatchesMode::Omit))) => true,
+            Some(RowsPerMatch::AllRows(Some(m))) => {
+                return Err(MatchError::NotSupported(format!("ALL ROWS PER MATCH {m}")));
+            }
+        };
+        let mut names: Vec<Ident> = vec![];
+        collect_symbols(&pattern, &mut names);
+        let mut symbols: Vec<(Ident, Option<Expr>)> = vec![];
+        for n in names {
+            if !symbols.iter().any(|(s, _)| key(s) == key(&n)) {
+                symbols.push((n, None));
+            }
+        }
+        if symbols.len() > 64 {
+            return Err(MatchError::NotSupported(
+                "more than 64 pattern symbols".into(),
+            ));
+        }
+        for d in defines {
+            let Some(slot) = symbols.iter_mut().find(|(s, _)| key(s) == key(&d.symbol)) else {
+                return Err(MatchError::Invalid(format!(
+                    "DEFINE {} names a symbol that is not in the pattern",
+                    d.symbol
+                )));
+            };
+            slot.1 = Some(d.definition);
+        }
+        for p in &partition_by {
+            if column_name(p).is_none() {
+                return Err(MatchError::NotSupported(format!(
+                    "PARTITION BY {p} (partition by columns)"
+                )));
+            }
+        }
+        Ok(Clause {
+            table: *table,
+            partition_by,
+            order_by,
+            measures,
+            all_rows,
+            skip: after_match_skip.unwrap_or(AfterMatchSkip::PastLastRow),
+            pattern,
+            symbols,
+            alias,
+        })
+    }
+
+    fn symbol_index(&self, i: &Ident) -> Option<usize> {
+        self.symbols.iter().position(|(s, _)| key(s) == key(i))
+    }
+
+    /// The query that evaluates the input: every column, the DEFINE conditions and the
+    /// partition keys, in match order; `with` is the statement's WITH clause (its CTEs may
+    /// be the input).
+    pub fn input_sql(&self, with: Option<&ast::With>) -> Result<String, MatchError> {
+        let mut cols = vec!["*".to_string()];
+        for (k, (_, def)) in self.symbols.iter().enumerate() {
+            if let Some(def) = def {
+                let mut e = def.clone();
+                self.navigation(&mut e)?;
+                cols.push(format!("({e}) AS \"__mr_def_{k}\""));
+            }
+        }
+        for (k, p) in self.partition_by.iter().enumerate() {
+            cols.push(format!("{p} AS \"__mr_part_{k}\""));
+        }
+        let mut order: Vec<String> = self.partition_by.iter().map(|p| p.to_string()).collect();
+        order.extend(self.order_by.iter().map(|o| o.to_string()));
+        let order = if order.is_empty() {
+            String::new()
+        } else {
+            format!(" ORDER BY {}", order.join(", "))
+        };
+        Ok(format!(
+            "{}SELECT {} FROM {}{order}",
+            with.map_or_else(String::new, |w| format!("{w} ")),
+            cols.join(", "),
+            self.table
+        ))
+    }
+
+    /// Rewrite a DEFINE condition for the input query: `A.x` → `x`, PREV/NEXT → lag/lead.
+    fn navigation(&self, e: &mut Expr) -> Result<(), MatchError> {
+        struct Nav<'a> {
+            clause: &'a Clause,
+            error: Option<MatchError>,
+        }
+        impl VisitorMut for Nav<'_> {
+            type Break = ();
+            fn post_visit_expr(&mut self, e: &mut Expr) -> ControlFlow<()> {
+                match e {
+                    Expr::CompoundIdentifier(parts)
+                        if parts.len() == 2 && self.clause.symbol_index(&parts[0]).is_some() =>
+                    {
+                        *e = Expr::Identifier(parts[1].clone());
+                    }
+                    Expr::Function(f) => {
+                        let name = f.name.to_string().to_ascii_lowercase();
+                        match name.as_str() {
+                            "prev" | "next" => {
+                                f.name = ObjectName::from(vec![Ident::new(if name == "prev" {
+                                    "lag"
+                                } else {
+                                    "lead"
+                                })]);
+                                f.over = Some(WindowType::WindowSpec(WindowSpec {
+                                    window_name: None,
+                                    partition_by: self.clause.partition_by.clone(),
+                                    order_by: self.clause.order_by.clone(),
+                                    window_frame: None,
+                                }));
+                            }
+                            "first" | "last" | "classifier" | "match_number" => {
+                                self.error = Some(MatchError::NotSupported(format!(
+                                    "{} in DEFINE (use PREV/NEXT)",
+                                    name.to_uppercase()
+                                )));
+                                return ControlFlow::Break(());
+                            }
+                            _ => {}
+                        }
+                    }
+                    _ => {}
+                }
+                ControlFlow::Continue(())
+            }
+        }
+        let mut v = Nav {
+            clause: self,
+            error: None,
+        };
+        let _ = e.visit(&mut v);
+        match v.error {
+            Some(err) => Err(err),
+            None => Ok(()),
+        }
+    }
+}
+
+fn column_name(e: &Expr) -> Option<String> {
+    match e {
+        Expr::Identifier(i) => Some(key(i)),
+        Expr::CompoundIdentifier(p) => p.last().map(key),
+        _ => None,
+    }
+}
+
+fn collect_symbols(p: &MatchRecognizePattern, out: &mut Vec<Ident>) {
+    use MatchRecognizePattern as P;
+    match p {
+        P::Symbol(MatchRecognizeSymbol::Named(i)) | P::Exclude(MatchRecognizeSymbol::Named(i)) => {
+            out.push(i.clone())
+        }
+        P::Symbol(_) | P::Exclude(_) => {}
+        P::Permute(s) => {
+            for x in s {
+                if let MatchRecognizeSymbol::Named(i) = x {
+                    out.push(i.clone());
+                }
+            }
+        }
+        P::Concat(ps) | P::Alternation(ps) => ps.iter().for_each(|p| collect_symbols(p, out)),
+        P::Group(p) | P::Repetition(p, _) => collect_symbols(p, out),
+    }
+}
+
+/// A matcher instruction.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Inst {
+    /// Consume a row meeting the symbol; `excluded` rows are left out of ALL ROWS output.
+    Sym {
+        symbol: usize,
+        excluded: bool,
+    },
+    /// Try the first target, then the second.
+    Split(usize, usize),
+    Jmp(usize),
+    /// `^`: the partition's first row is next.
+    Start,
+    /// `$`: the partition's rows are all used.
+    End,
+    Match,
+}
+
+struct Compiler<'a> {
+    clause: &'a Clause,
+    prog: Vec<Inst>,
+}
+
+impl Compiler<'_> {
+    fn emit(&mut self, i: Inst) -> Result<usize, MatchError> {
+        if self.prog.len() >= MAX_PROGRAM {
+            return Err(MatchError::NotSupported(format!(
+                "a pattern longer than {MAX_PROGRAM} steps once its quantifiers are expanded"
+            )));
+        }
+        self.prog.push(i);
+        Ok(self.prog.len() - 1)
+    }
+
+    fn symbol(&mut self, s: &MatchRecognizeSymbol, excluded: bool) -> Result<(), MatchError> {
+        match s {
+            MatchRecognizeSymbol::Named(i) => {
+                let symbol = self
+                    .clause
+                    .symbol_index(i)
+                    .ok_or_else(|| MatchError::Invalid(format!("unknown symbol {i}")))?;
+                self.emit(Inst::Sym { symbol, excluded })?;
+            }
+            MatchRecognizeSymbol::Start => {
+                self.emit(Inst::Start)?;
+            }
+            MatchRecognizeSymbol::End => {
+                self.emit(Inst::End)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn compile(&mut self, p: &MatchRecognizePattern, excluded: bool) -> Result<(), MatchError> {
+        use MatchRecognizePattern as P;
+        match p {
+            P::Symbol(s) => self.symbol(s, excluded),
+            P::Exclude(s) => self.symbol(s, true),
+            P::Permute(syms) => {
+                let orders = permutations(syms.len());
+                let alts: Vec<MatchRecognizePattern> = orders
+                    .into_iter()
+                    .map(|o| P::Concat(o.into_iter().map(|i| P::Symbol(syms[i].clone())).collect()))
+                    .collect();
+                self.compile(&P::Alternation(alts), excluded)
+            }
+            P::Concat(ps) => {
+                for p in ps {
+                    self.compile(p, excluded)?;
+                }
+                Ok(())
+            }
+            P::Group(p) => self.compile(p, excluded),
+            P::Alternation(ps) => {
+                let mut jumps = vec![];
+                for (k, p) in ps.iter().enumerate() {
+                    if k + 1 < ps.len() {
+                        let split = self.emit(Inst::Split(0, 0))?;
+                        self.compile(p, excluded)?;
+                        jumps.push(self.emit(Inst::Jmp(0))?);
+                        let next = self.prog.len();
+                        self.prog[split] = Inst::Split(split + 1, next);
+                    } else {
+                        self.compile(p, excluded)?;
+                    }
+                }
+                let end = self.prog.len();
+                for j in jumps {
+                    self.prog[j] = Inst::Jmp(end);
+                }
+                Ok(())
+            }
+            P::Repetition(p, q) => {
+                let (min, max) = match q {
+                    RepetitionQuantifier::ZeroOrMore => (0, None),
+                    RepetitionQuantifier::OneOrMore => (1, None),
+                    RepetitionQuantifier::AtMostOne => (0, Some(1)),
+                    RepetitionQuantifier::Exactly(n) => (*n, Some(*n)),
+                    RepetitionQuantifier::AtLeast(n) => (*n, None),
+                    RepetitionQuantifier::AtMost(n) => (0, Some(*n)),
+                    RepetitionQuantifier::Range(a, b) => (*a, Some(*b)),
+                };
+                for _ in 0..min {
+                    self.compile(p, excluded)?;
+                }
+                match max {
+                    None => {
+                        // L: split(body, end); body; jmp L
+                        let split = self.emit(Inst::Split(0, 0))?;
+                        self.compile(p, excluded)?;
+                        self.emit(Inst::Jmp(split))?;
+                        let end = self.prog.len();
+                        self.prog[split] = Inst::Split(split + 1, end);
+                    }
+                    Some(max) => {
+                        let mut splits = vec![];
+                        for _ in min..max {
+                            splits.push(self.emit(Inst::Split(0, 0))?);
+                            self.compile(p, excluded)?;
+                        }
+                        let end = self.prog.len();
+                        for s in splits {
+                            self.prog[s] = Inst::Split(s + 1, end);
+                        }
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// All orders of `n` items, lexicographic.
+fn permutations(n: usize) -> Vec<Vec<usize>> {
+    if n == 0 {
+        return vec![vec![]];
+    }
+    let mut out = vec![];
+    for first in 0..n {
+        for rest in permutations(n - 1) {
+            let mut o = vec![first];
+            o.extend(rest.into_iter().map(|r| if r >= first { r + 1 } else { r }));
+            out.push(o);
+        }
+    }
+    out
+}
+
+/// The matcher over one partition's rows (each row's bit set of the symbols it meets).
+struct Matcher<'a> {
+    prog: &'a [Inst],
+    rows: &'a [u64],
+    /// (instruction, row) pairs explored in the current attempt: stamp per attempt.
+    seen: Vec<u32>,
+    stamp: u32,
+    steps: &'a mut u64,
+}
+
+/// A matched row: (row in the partition, symbol, excluded from output).
+type Label = (usize, usize, bool);
+
+impl Matcher<'_> {
+    /// The preferred match starting at row `start`, as its labelled rows (possibly none).
+    fn find(&mut self, start: usize) -> Result<Option<Vec<Label>>, MatchError> {
+        let n = self.rows.len();
+        let width = n + 1;
+        self.stamp = self.stamp.wrapping_add(1);
+        if self.stamp == 0 {
+            self.seen.iter_mut().for_each(|s| *s = 0);
+            self.stamp = 1;
+        }
+        let mut path: Vec<Label> = vec![];
+        let mut stack: Vec<(usize, usize, usize)> = vec![(0, start, 0)];
+        while let Some((mut pc, mut pos, len)) = stack.pop() {
+            path.truncate(len);
+            loop {
+                *self.steps += 1;
+                if *self.steps > STEP_BUDGET {
+                    return Err(MatchError::TooComplex);
+                }
+                let slot = pc * width + pos;
+                if self.seen[slot] == self.stamp {
+                    break;
+                }
+                self.seen[slot] = self.stamp;
+                match self.prog[pc] {
+                    Inst::Match => return Ok(Some(path)),
+                    Inst::Sym { symbol, excluded } => {
+                        if pos < n && self.rows[pos] & (1 << symbol) != 0 {
+                            path.push((pos, symbol, excluded));
+                            pc += 1;
+                            pos += 1;
+                        } else {
+                            break;
+                        }
+                    }
+                    Inst::Start if pos == 0 => pc += 1,
+                    Inst::End if pos == n => pc += 1,
+                    Inst::Start | Inst::End => break,
+                    Inst::Jmp(t) => pc = t,
+                    Inst::Split(a, b) => {
+                        stack.push((b, pos, path.len()));
+                        pc = a;
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// A measure's building block, computed from a match's rows.
+#[derive(Debug, Clone, PartialEq)]
+enum Prim {
+    First(Option<usize>, usize),
+    Last(Option<usize>, usize),
+    Count(Option<usize>, Option<usize>),
+    Sum(Option<usize>, usize),
+    Avg(Option<usize>, usize),
+    Min(Option<usize>, usize),
+    Max(Option<usize>, usize),
+    ArrayAgg(Option<usize>, usize),
+    Classifier,
+    MatchNumber,
+}
+
+/// One match: partition offset, its number, and its labelled rows.
+struct Found {
+    base: usize,
+    number: i64,
+    labels: Vec<Label>,
+}
+
+/// Run a clause over its evaluated input; returns the replacement table and the derived
+/// table that reads it.
+pub fn run(
+    clause: &Clause,
+    input: &[RecordBatch],
+    schema: Arc<Schema>,
+    table_name: &str,
+) -> Result<(RecordBatch, TableFactor), DataFusionError> {
+    let batch = concat_batches(&schema, input)?;
+    let n_symbols = clause.symbols.len();
+    // Input columns (without the helper columns).
+    let helper = |name: &str| name.starts_with("__mr_def_") || name.starts_with("__mr_part_");
+    let input_cols: Vec<usize> = (0..batch.num_columns())
+        .filter(|&i| !helper(schema.field(i).name()))
+        .collect();
+    let column = |name: &str| -> Result<usize, DataFusionError> {
+        input_cols
+            .iter()
+            .copied()
+            .find(|&i| schema.field(i).name() == name)
+            .or_else(|| {
+                input_cols
+                    .iter()
+                    .copied()
+                    .find(|&i| schema.field(i).name().eq_ignore_ascii_case(name))
+            })
+            .ok_or_else(|| {
+                DataFusionError::External(Box::new(MatchError::UnknownColumn(name.into())))
+            })
+    };
+    // Each row's symbols.
+    let mut defs: Vec<Option<BooleanArray>> = vec![None; n_symbols];
+    for (k, d) in defs.iter_mut().enumerate() {
+        if let Ok(i) = schema.index_of(&format!("__mr_def_{k}")) {
+            let c = cast(batch.column(i), &DataType::Boolean)?;
+            *d = Some(c.as_boolean().clone());
+        }
+    }
+    let rows: Vec<u64> = (0..batch.num_rows())
+        .map(|r| {
+            defs.iter().enumerate().fold(0u64, |m, (k, d)| match d {
+                Some(b) if b.is_valid(r) && b.value(r) => m | (1 << k),
+                Some(_) => m,
+                None => m | (1 << k),
+            })
+        })
+        .collect();
+    // Partitions.
+    let part_cols: Vec<ArrayRef> = (0..clause.partition_by.len())
+        .map(|k| {
+            schema
+                .index_of(&format!("__mr_part_{k}"))
+                .map(|i| batch.column(i).clone())
+        })
+        .collect::<Result<_, _>>()?;
+    let ranges: Vec<std::ops::Range<usize>> = if part_cols.is_empty() || batch.num_rows() == 0 {
+        std::iter::once(0..batch.num_rows()).collect()
+    } else {
+        datafusion::arrow::compute::partition(&part_cols)?.ranges()
+    };
+    // Program.
+    let mut compiler = Compiler {
+        clause,
+        prog: vec![],
+    };
+    compiler
+        .compile(&clause.pattern, false)
+        .map_err(|e| DataFusionError::External(Box::new(e)))?;
+    compiler
+        .emit(Inst::Match)
+        .map_err(|e| DataFusionError::External(Box::new(e)))?;
+    let prog = compiler.prog;
+    // Matches.
+    let mut steps = 0u64;
+    let mut found: Vec<Found> = vec![];
+    for range in &ranges {
+        let part = &rows[range.clone()];
+        let mut m = Matcher {
+            prog: &prog,
+            rows: part,
+            seen: vec![0; prog.len() * (part.len() + 1)],
+            stamp: 0,
+            steps: &mut steps,
+        };
+        let mut number = 0i64;
+        let mut start = 0usize;
+        while start < part.len() {
+            let labels = m
+                .find(start)
+                .map_err(|e| DataFusionError::External(Box::new(e)))?;
+            let Some(labels) = labels else {
+                start += 1;
+                continue;
+            };
+            number += 1;
+            let next = match &clause.skip {
+                AfterMatchSkip::PastLastRow => labels.last().map_or(start + 1, |l| l.0 + 1),
+                AfterMatchSkip::ToNextRow => start + 1,
+                AfterMatchSkip::ToFirst(s) | AfterMatchSkip::ToLast(s) => {
+                    let k = clause.symbol_index(s).ok_or_else(|| {
+                        DataFusionError::Plan(format!("MATCH_RECOGNIZE: unknown symbol {s}"))
+                    })?;
+                    let mut rows_of = labels.iter().filter(|l| l.1 == k).map(|l| l.0);
+                    let target = if matches!(clause.skip, AfterMatchSkip::ToFirst(_)) {
+                        rows_of.next()
+                    } else {
+                        rows_of.next_back()
+                    };
+                    match target {
+                        Some(t) if t > start => t,
+                        _ => {
+                            return Err(DataFusionError::External(Box::new(MatchError::Data(
+                                format!(
+                                    "AFTER MATCH SKIP TO {s} would not move past the start of \
+                                     match {number}"
+                                ),
+                            ))));
+                        }
+                    }
+                }
+            };
+            found.push(Found {
+                base: range.start,
+                number,
+                labels,
+            });
+            start = next;
+        }
+    }
+    // Measures: building blocks become hidden columns, the expressions read them.
+    let mut prims: Vec<Prim> = vec![];
+    let mut measure_sql: Vec<String> = vec![];
+    for m in &clause.measures {
+        let mut e = m.expr.clone();
+        let mut v = Prims {
+            clause,
+            column: &column,
+            prims: &mut prims,
+            error: None,
+        };
+        let _ = e.visit(&mut v);
+        if let Some(err) = v.error {
+            return Err(err);
+        }
+        measure_sql.push(format!("{e} AS {}", m.alias));
+    }
+    // Output rows: one per match, or one per matched (not excluded) row with its prefix.
+    let mut out_rows: Vec<(usize, usize)> = vec![]; // (match, labels prefix length)
+    for (k, f) in found.iter().enumerate() {
+        if clause.all_rows {
+            for (i, l) in f.labels.iter().enumerate() {
+                if !l.2 {
+                    out_rows.push((k, i + 1));
+                }
+            }
+        } else {
+            out_rows.push((k, f.labels.len()));
+        }
+    }
+    let mut fields: Vec<Field> = vec![];
+    let mut columns: Vec<ArrayRef> = vec![];
+    let mut select: Vec<String> = vec![];
+    if clause.all_rows {
+        let idx: UInt32Array = out_rows
+            .iter()
+            .map(|(k, len)| {
+                let f = &found[*k];
+                Some((f.base + f.labels[len - 1].0) as u32)
+            })
+            .collect();
+        for &c in &input_cols {
+            fields.push(schema.field(c).clone());
+            columns.push(take(batch.column(c), &idx, None)?);
+            select.push(quote(schema.field(c).name()));
+        }
+    } else {
+        for p in &clause.partition_by {
+            let name = column_name(p).unwrap_or_default();
+            let c = column(&name)?;
+            let idx: UInt32Array = out_rows
+                .iter()
+                .map(|(k, _)| {
+                    let f = &found[*k];
+                    // The partition's first row carries its key even for an empty match.
+                    Some(f.base as u32)
+                })
+                .collect();
+            fields.push(schema.field(c).clone());
+            columns.push(take(batch.column(c), &idx, None)?);
+            select.push(quote(schema.field(c).name()));
+        }
+    }
+    for (j, p) in prims.iter().enumerate() {
+        let (field, array) = prim_column(p, j, &found, &out_rows, &batch, clause)?;
+        fields.push(field);
+        columns.push(array);
+    }
+    let out_schema = Arc::new(Schema::new(fields));
+    let out = RecordBatch::try_new(out_schema, columns)?;
+    select.extend(measure_sql);
+    let alias = match &clause.alias {
+        None => "match_recognize".to_string(),
+        Some(a) if a.columns.is_empty() => a.name.to_string(),
+        Some(a) => format!(
+            "{} ({})",
+            a.name,
+            a.columns
+                .iter()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    let sql = format!(
+        "SELECT * FROM (SELECT {} FROM {TEMP_CATALOG}.{TEMP_SCHEMA}.{table_name}) AS {alias}",
+        if select.is_empty() {
+            "1 AS matched".to_string()
+        } else {
+            select.join(", ")
+        }
+    );
+    let derived = derived_table(&sql)?;
+    Ok((out, derived))
+}
+
+fn derived_table(sql: &str) -> Result<TableFactor, DataFusionError> {
+    let stmts = parse(sql).map_err(DataFusionError::Plan)?;
+    let Some(Statement::Query(q)) = stmts.into_iter().next() else {
+        return Err(DataFusionError::Internal("MATCH_RECOGNIZE rewrite".into()));
+    };
+    match *q.body {
+        ast::SetExpr::Select(s) => s
+            .from
+            .into_iter()
+            .next()
+            .map(|t| t.relation)
+            .ok_or_else(|| DataFusionError::Internal("MATCH_RECOGNIZE rewrite".into())),
+        _ => Err(DataFusionError::Internal("MATCH_RECOGNIZE rewrite".into())),
+    }
+}
+
+/// Replaces measure building blocks in an expression with hidden columns `__mr_m{k}`.
+struct Prims<'a, F: Fn(&str) -> Result<usize, DataFusionError>> {
+    clause: &'a Clause,
+    column: &'a F,
+    prims: &'a mut Vec<Prim>,
+    error: Option<DataFusionError>,
+}
+
+impl<F: Fn(&str) -> Result<usize, DataFusionError>> Prims<'_, F> {
+    /// (symbol, column) of an argument `A.x`, `x`, `A.*` or `*` (column None).
+    fn target(
+        &self,
+        e: &FunctionArgExpr,
+    ) -> Result<(Option<usize>, Option<usize>), DataFusionError> {
+        let bad = || {
+            DataFusionError::Plan(format!(
+                "MATCH_RECOGNIZE: measure argument {e} must be a column, symbol.column or symbol.*"
+            ))
+        };
+        match e {
+            FunctionArgExpr::Wildcard => Ok((None, None)),
+            FunctionArgExpr::QualifiedWildcard(n) => {
+                let i = n.0.first().and_then(|p| p.as_ident()).ok_or_else(bad)?;
+                Ok((Some(self.clause.symbol_index(i).ok_or_else(bad)?), None))
+            }
+            FunctionArgExpr::Expr(Expr::Identifier(i)) => Ok((None, Some((self.column)(&key(i))?))),
+            FunctionArgExpr::Expr(Expr::CompoundIdentifier(p)) if p.len() == 2 => {
+                match self.clause.symbol_index(&p[0]) {
+                    Some(s) => Ok((Some(s), Some((self.column)(&key(&p[1]))?))),
+                    None => Ok((None, Some((self.column)(&key(&p[1]))?))),
+                }
+            }
+            _ => Err(bad()),
+        }
+    }
+
+    fn prim(&mut self, e: &Expr) -> Result<Option<Prim>, DataFusionError> {
+        match e {
+            Expr::Identifier(i) if !i.value.starts_with("__mr_m") => {
+                Ok(Some(Prim::Last(None, (self.column)(&key(i))?)))
+            }
+            Expr::CompoundIdentifier(p) if p.len() == 2 => {
+                let col = (self.column)(&key(&p[1]))?;
+                Ok(Some(Prim::Last(self.clause.symbol_index(&p[0]), col)))
+            }
+            Expr::Function(f) => self.function(f),
+            _ => Ok(None),
+        }
+    }
+
+    fn function(&mut self, f: &Function) -> Result<Option<Prim>, DataFusionError> {
+        let name = f.name.to_string().to_ascii_lowercase();
+        let args: Vec<&FunctionArgExpr> = match &f.args {
+            FunctionArguments::List(l) => l
+                .args
+                .iter()
+                .map(|a| match a {
+                    FunctionArg::Unnamed(e) => Ok(e),
+                    _ => Err(DataFusionError::Plan(format!(
+                        "MATCH_RECOGNIZE: named arguments in {name}"
+                    ))),
+                })
+                .collect::<Result<_, _>>()?,
+            FunctionArguments::None => vec![],
+            FunctionArguments::Subquery(_) => return Ok(None),
+        };
+        let one = |this: &Self| -> Result<(Option<usize>, usize), DataFusionError> {
+            match args.as_slice() {
+                [a] => match this.target(a)? {
+                    (s, Some(c)) => Ok((s, c)),
+                    _ => Err(DataFusionError::Plan(format!(
+                        "MATCH_RECOGNIZE: {name} needs a column"
+                    ))),
+                },
+                _ => Err(DataFusionError::Plan(format!(
+                    "MATCH_RECOGNIZE: {name} takes one argument here"
+                ))),
+            }
+        };
+        Ok(Some(match name.as_str() {
+            "first" => {
+                let (s, c) = one(self)?;
+                Prim::First(s, c)
+            }
+            "last" => {
+                let (s, c) = one(self)?;
+                Prim::Last(s, c)
+            }
+            "count" => match args.as_slice() {
+                [a] => {
+                    let (s, c) = self.target(a)?;
+                    Prim::Count(s, c)
+                }
+                _ => return Ok(None),
+            },
+            "sum" => {
+                let (s, c) = one(self)?;
+                Prim::Sum(s, c)
+            }
+            "avg" => {
+                let (s, c) = one(self)?;
+                Prim::Avg(s, c)
+            }
+            "min" => {
+                let (s, c) = one(self)?;
+                Prim::Min(s, c)
+            }
+            "max" => {
+                let (s, c) = one(self)?;
+                Prim::Max(s, c)
+            }
+            "array_agg" => {
+                let (s, c) = one(self)?;
+                Prim::ArrayAgg(s, c)
+            }
+            "classifier" => Prim::Classifier,
+            "match_number" => Prim::MatchNumber,
+            "prev" | "next" => {
+                return Err(DataFusionError::Plan(
+                    "MATCH_RECOGNIZE: PREV/NEXT in MEASURES are not supported (use FIRST/LAST)"
+                        .into(),
+                ));
+            }
+            _ => return Ok(None),
+        }))
+    }
+}
+
+impl<F: Fn(&str) -> Result<usize, DataFusionError>> VisitorMut for Prims<'_, F> {
+    type Break = ();
+    fn pre_visit_expr(&mut self, e: &mut Expr) -> ControlFlow<()> {
+        match self.prim(e) {
+            Ok(Some(p)) => {
+                let k = match self.prims.iter().position(|q| *q == p) {
+                    Some(k) => k,
+                    None => {
+                        self.prims.push(p);
+                        self.prims.len() - 1
+                    }
+                };
+                *e = Expr::Identifier(Ident::new(format!("__mr_m{k}")));
+                ControlFlow::Continue(())
+            }
+            Ok(None) => ControlFlow::Continue(()),
+            Err(err) => {
+                self.error = Some(err);
+                ControlFlow::Break(())
+            }
+        }
+    }
+}
+
+/// The hidden column of building block `p` for the output rows.
+fn prim_column(
+    p: &Prim,
+    j: usize,
+    found: &[Found],
+    out_rows: &[(usize, usize)],
+    batch: &RecordBatch,
+    clause: &Clause,
+) -> Result<(Field, ArrayRef), DataFusionError> {
+    let name = format!("__mr_m{j}");
+    // The absolute rows of a match prefix that belong to symbol `s` (all rows for None).
+    let rows_of = |k: usize, len: usize, s: Option<usize>| -> Vec<u32> {
+        let f = &found[k];
+        f.labels[..len]
+            .iter()
+            .filter(|l| s.is_none_or(|s| l.1 == s))
+            .map(|l| (f.base + l.0) as u32)
+            .collect()
+    };
+    let pick = |choose: &dyn Fn(&[u32]) -> Option<u32>, s: Option<usize>, c: usize| {
+        let idx: UInt32Array = out_rows
+            .iter()
+            .map(|(k, len)| choose(&rows_of(*k, *len, s)))
+            .collect();
+        let col = batch.column(c);
+        Ok::<_, DataFusionError>((
+            Field::new(&name, col.data_type().clone(), true),
+            take(col, &idx, None)?,
+        ))
+    };
+    let floats = |c: usize| -> Result<Float64Array, DataFusionError> {
+        Ok(cast(batch.column(c), &DataType::Float64)?
+            .as_primitive()
+            .clone())
+    };
+    match p {
+        Prim::First(s, c) => pick(&|r| r.first().copied(), *s, *c),
+        Prim::Last(s, c) => pick(&|r| r.last().copied(), *s, *c),
+        Prim::Min(s, c) | Prim::Max(s, c) => {
+            let col = batch.column(*c);
+            let want_max = matches!(p, Prim::Max(..));
+            let choose = |r: &[u32]| -> Option<u32> {
+                let mut best: Option<(u32, ScalarValue)> = None;
+                for &i in r {
+                    let v = ScalarValue::try_from_array(col, i as usize).ok()?;
+                    if v.is_null() {
+                        continue;
+                    }
+                    let better = match &best {
+                        None => true,
+                        Some((_, b)) => match v.partial_cmp(b) {
+                            Some(std::cmp::Ordering::Greater) => want_max,
+                            Some(std::cmp::Ordering::Less) => !want_max,
+                            _ => false,
+                        },
+                    };
+                    if better {
+                        best = Some((i, v));
+                    }
+                }
+                best.map(|b| b.0)
+            };
+            pick(&choose, *s, *c)
+        }
+        Prim::Count(s, c) => {
+            let counts: Int64Array = out_rows
+                .iter()
+                .map(|(k, len)| {
+                    let r = rows_of(*k, *len, *s);
+                    Some(match c {
+                        None => r.len() as i64,
+                        Some(c) => r
+                            .iter()
+                            .filter(|&&i| batch.column(*c).is_valid(i as usize))
+                            .count() as i64,
+                    })
+                })
+                .collect();
+            Ok((Field::new(&name, DataType::Int64, true), Arc::new(counts)))
+        }
+        Prim::Sum(s, c) | Prim::Avg(s, c) => {
+            let f = floats(*c)?;
+            let avg = matches!(p, Prim::Avg(..));
+            let out: Float64Array = out_rows
+                .iter()
+                .map(|(k, len)| {
+                    let vals: Vec<f64> = rows_of(*k, *len, *s)
+                        .iter()
+                        .filter(|&&i| f.is_valid(i as usize))
+                        .map(|&i| f.value(i as usize))
+                        .collect();
+                    if vals.is_empty() {
+                        None
+                    } else if avg {
+                        Some(vals.iter().sum::<f64>() / vals.len() as f64)
+                    } else {
+                        Some(vals.iter().sum())
+                    }
+                })
+                .collect();
+            Ok((Field::new(&name, DataType::Float64, true), Arc::new(out)))
+        }
+        Prim::ArrayAgg(s, c) => {
+            let mut flat: Vec<u32> = vec![];
+            let mut lengths = vec![];
+            for (k, len) in out_rows {
+                let r = rows_of(*k, *len, *s);
+                lengths.push(r.len());
+                flat.extend(r);
+            }
+            let col = batch.column(*c);
+            let values = take(col, &UInt32Array::from(flat), None)?;
+            let item = Arc::new(Field::new_list_field(col.data_type().clone(), true));
+            let list = ListArray::try_new(
+                item.clone(),
+                OffsetBuffer::from_lengths(lengths),
+                values,
+                None,
+            )?;
+            Ok((
+                Field::new(&name, DataType::List(item), true),
+                Arc::new(list),
+            ))
+        }
+        Prim::Classifier => {
+            let out: StringArray = out_rows
+                .iter()
+                .map(|(k, len)| {
+                    let f = &found[*k];
+                    f.labels[..*len]
+                        .last()
+                        .map(|l| clause.symbols[l.1].0.value.clone())
+                })
+                .collect();
+            Ok((Field::new(&name, DataType::Utf8, true), Arc::new(out)))
+        }
+        Prim::MatchNumber => {
+            let out: Int64Array = out_rows
+                .iter()
+                .map(|(k, _)| Some(found[*k].number))
+                .collect();
+            Ok((Field::new(&name, DataType::Int64, true), Arc::new(out)))
+        }
+    }
+}
+
+/// A temporary table for one statement's matches, registered until it is dropped.
+pub struct TempTable {
+    schema: Arc<dyn datafusion::catalog::SchemaProvider>,
+    name: String,
+}
+
+impl TempTable {
+    /// Register `batch` as `touchlake_temp.match_recognize.<name>`.
+    pub fn register(
+        ctx: &datafusion::prelude::SessionContext,
+        name: String,
+        batch: RecordBatch,
+    ) -> Result<TempTable, DataFusionError> {
+        let schema = temp_schema(ctx);
+        let table = MemTable::try_new(batch.schema(), vec![vec![batch]])?;
+        schema.register_table(name.clone(), Arc::new(table))?;
+        Ok(TempTable { schema, name })
+    }
+}
+
+impl Drop for TempTable {
+    fn drop(&mut self) {
+        let _ = self.schema.deregister_table(&self.name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn program(pattern: &str, symbols: &[&str]) -> (Clause, Vec<Inst>) {
+        let sql = format!(
+            "SELECT * FROM t MATCH_RECOGNIZE (ORDER BY x PATTERN ({pattern}) DEFINE {})",
+            symbols
+                .iter()
+                .map(|s| format!("{s} AS x > 0"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let mut stmt = parse(&sql).expect("parse").remove(0);
+        let clause = Clause::new(clauses(&mut stmt).remove(0)).expect("clause");
+        let mut c = Compiler {
+            clause: &clause,
+            prog: vec![],
+        };
+        c.compile(&clause.pattern, false).expect("compile");
+        c.emit(Inst::Match).expect("emit");
+        let prog = c.prog;
+        (clause, prog)
+    }
+
+    fn find(prog: &[Inst], rows: &[u64], start: usize) -> Option<Vec<(usize, usize)>> {
+        let mut steps = 0;
+        let mut m = Matcher {
+            prog,
+            rows,
+            seen: vec![0; prog.len() * (rows.len() + 1)],
+            stamp: 0,
+            steps: &mut steps,
+        };
+        m.find(start)
+            .expect("match")
+            .map(|l| l.into_iter().map(|x| (x.0, x.1)).collect())
+    }
+
+    #[test]
+    fn greedy_backtracking_and_alternation() {
+        // A B* C over A B B C: greedy B* takes both Bs.
+        let (_, prog) = program("A B* C", &["A", "B", "C"]);
+        let rows = [1, 2, 2, 4];
+        assert_eq!(
+            find(&prog, &rows, 0),
+            Some(vec![(0, 0), (1, 1), (2, 1), (3, 2)])
+        );
+        // A B+ B: backtracks one B.
+        let (_, prog) = program("A B+ B", &["A", "B"]);
+        assert_eq!(
+            find(&prog, &[1, 2, 2], 0),
+            Some(vec![(0, 0), (1, 1), (2, 1)])
+        );
+        // Alternatives in order; {2,3} bounds.
+        let (_, prog) = program("(A | B){2,3}", &["A", "B"]);
+        assert_eq!(find(&prog, &[3, 3, 3, 3], 0).map(|m| m.len()), Some(3));
+        assert_eq!(find(&prog, &[1, 4], 0), None);
+    }
+
+    #[test]
+    fn pathological_patterns_stay_polynomial() {
+        // (A*)* B over 200 As and no B: exponential for naive backtracking.
+        let (_, prog) = program("(A*)* B", &["A", "B"]);
+        let rows = vec![1u64; 200];
+        assert_eq!(find(&prog, &rows, 0), None);
+    }
+
+    #[test]
+    fn permute_lists_orders() {
+        assert_eq!(permutations(3).len(), 6);
+        assert_eq!(permutations(2), vec![vec![0, 1], vec![1, 0]]);
+    }
+}

@@ -1,0 +1,143 @@
+"""MATCH_RECOGNIZE (functions.md §E) over the wire: hand-checked cases (a V-shaped price
+pattern with PREV, running measures, SKIP TO NEXT ROW with `$`, exclusions, PERMUTE) and a
+Python reference on generated partitions: with mutually exclusive DEFINE conditions every row
+is one letter, so the standard's preferred match is Python `re`'s (greedy quantifiers,
+alternatives left to right); AFTER MATCH SKIP PAST LAST ROW is `finditer`, TO NEXT ROW is
+`match` at every row. The test prints how many matches it compared."""
+import random
+import re
+
+import psycopg
+import pytest
+
+
+@pytest.fixture
+def conn(server):
+    with psycopg.connect(server.url, autocommit=True) as c:
+        c.execute("CREATE TABLE public.ticker (sym text, day int, price double precision)")
+        c.execute("""INSERT INTO public.ticker VALUES ('a',1,10),('a',2,8),('a',3,6),('a',4,7),('a',5,9),
+                     ('a',6,5),('a',7,4),('a',8,6),('b',1,3),('b',2,2),('b',3,4)""")
+        yield c
+
+
+def test_hand_checked_cases(conn):
+    v = conn.execute("""
+        SELECT * FROM public.ticker MATCH_RECOGNIZE (
+          PARTITION BY sym ORDER BY day
+          MEASURES FIRST(A.day) AS start_day, LAST(DOWN.day) AS bottom_day, LAST(UP.day) AS end_day,
+                   COUNT(*) AS n, MATCH_NUMBER() AS m, CLASSIFIER() AS c, LAST(UP.price) - FIRST(A.price) AS delta,
+                   ARRAY_AGG(DOWN.price) AS downs, AVG(price) AS avg_price
+          ONE ROW PER MATCH AFTER MATCH SKIP PAST LAST ROW
+          PATTERN (A DOWN+ UP+)
+          DEFINE DOWN AS price < PREV(price), UP AS price > PREV(price)) AS v ORDER BY sym, start_day""").fetchall()
+    assert v == [("a", 1, 3, 5, 5, 1, "UP", -1.0, [8.0, 6.0], 8.0),
+                 ("a", 6, 7, 8, 3, 2, "UP", 1.0, [4.0], 5.0),
+                 ("b", 1, 2, 3, 3, 1, "UP", 1.0, [2.0], 3.0)]
+    rows = conn.execute("""
+        SELECT sym, day, cls, n, m FROM public.ticker MATCH_RECOGNIZE (
+          PARTITION BY sym ORDER BY day MEASURES CLASSIFIER() AS cls, COUNT(*) AS n, MATCH_NUMBER() AS m
+          ALL ROWS PER MATCH PATTERN (A DOWN+ UP+)
+          DEFINE DOWN AS DOWN.price < PREV(DOWN.price), UP AS UP.price > PREV(UP.price)) ORDER BY sym, day""").fetchall()
+    assert [(r[0], r[1], r[2], r[3]) for r in rows] == [
+        ("a", 1, "A", 1), ("a", 2, "DOWN", 2), ("a", 3, "DOWN", 3), ("a", 4, "UP", 4), ("a", 5, "UP", 5),
+        ("a", 6, "A", 1), ("a", 7, "DOWN", 2), ("a", 8, "UP", 3),
+        ("b", 1, "A", 1), ("b", 2, "DOWN", 2), ("b", 3, "UP", 3)]
+    # TO NEXT ROW with the partition end: every start that reaches the end in 2-3 rows.
+    rows = conn.execute("""SELECT sym, d, n FROM public.ticker MATCH_RECOGNIZE (PARTITION BY sym ORDER BY day
+        MEASURES COUNT(*) AS n, FIRST(day) AS d AFTER MATCH SKIP TO NEXT ROW PATTERN (A B{1,2} $) DEFINE A AS true)
+        ORDER BY 1, 2""").fetchall()
+    assert rows == [("a", 6, 3), ("a", 7, 2), ("b", 1, 3), ("b", 2, 2)]
+    # Exclusion: the excluded rows are matched but not output.
+    rows = conn.execute("""SELECT sym, day FROM public.ticker MATCH_RECOGNIZE (PARTITION BY sym ORDER BY day
+        MEASURES COUNT(*) AS n ALL ROWS PER MATCH PATTERN (A ({- B -}) C) DEFINE A AS price >= 6, C AS price > 3)
+        WHERE sym = 'a' ORDER BY day""").fetchall()
+    assert rows == [("a", 1), ("a", 3), ("a", 4), ("a", 6)]
+    # PERMUTE: both orders of A and B.
+    n = conn.execute("""SELECT count(*) FROM public.ticker MATCH_RECOGNIZE (PARTITION BY sym ORDER BY day
+        MEASURES COUNT(*) AS n PATTERN (PERMUTE(A, B)) DEFINE A AS price > 7, B AS price < 7)""").fetchone()[0]
+    assert n == 2  # a: (8, 6) = A B, then (9, 5) = A B
+    # No PARTITION BY, a CTE input, and a join on the result.
+    got = conn.execute("""WITH t AS (SELECT * FROM public.ticker WHERE sym = 'a')
+        SELECT m.first_day, t.price FROM t MATCH_RECOGNIZE (ORDER BY day MEASURES FIRST(day) AS first_day
+          PATTERN (UP UP) DEFINE UP AS price > PREV(price)) AS m JOIN t ON t.day = m.first_day""").fetchall()
+    assert got == [(4, 7.0)]
+
+
+def test_errors_keep_the_connection(conn):
+    cases = [
+        ("SELECT * FROM public.ticker MATCH_RECOGNIZE (ORDER BY day MEASURES LAST(zzz) AS q PATTERN (A) DEFINE A AS true)",
+         psycopg.errors.UndefinedColumn),
+        ("SELECT * FROM public.ticker MATCH_RECOGNIZE (ORDER BY day PATTERN (A) )", psycopg.errors.SyntaxError),
+        ("SELECT * FROM public.ticker MATCH_RECOGNIZE (ORDER BY day MEASURES COUNT(*) AS n ALL ROWS PER MATCH "
+         "WITH UNMATCHED ROWS PATTERN (A) DEFINE A AS true)", psycopg.errors.FeatureNotSupported),
+        ("SELECT * FROM public.ticker MATCH_RECOGNIZE (PARTITION BY sym ORDER BY day MEASURES COUNT(*) AS n "
+         "AFTER MATCH SKIP TO FIRST A PATTERN (A B*) DEFINE B AS true)", psycopg.errors.InvalidParameterValue),
+        ("SELECT * FROM public.ticker MATCH_RECOGNIZE (ORDER BY day PATTERN (A) DEFINE Z AS true)",
+         psycopg.errors.SyntaxError),
+    ]
+    for sql, err in cases:
+        with pytest.raises(err):
+            conn.execute(sql)
+    assert conn.execute("SELECT 1").fetchone()[0] == 1
+
+
+def random_pattern(rng):
+    """A pattern over A–D that cannot match the empty string, as (SQL, Python regex)."""
+    elems_sql, elems_py = [], []
+    for i in range(rng.randint(2, 4)):
+        if rng.random() < 0.3:
+            a, b = rng.sample("ABCD", 2)
+            atom_sql, atom_py = f"({a} | {b})", f"(?:{a}|{b})"
+        else:
+            atom_sql = atom_py = rng.choice("ABCD")
+        q = rng.choice(["", "", "+", "*", "?", "{1,2}", "{2}", "{0,3}"]) if i else rng.choice(["", "+", "{2}"])
+        elems_sql.append(atom_sql + q)
+        elems_py.append(atom_py + q)
+    return " ".join(elems_sql), "".join(elems_py)
+
+
+def test_matches_python_re_on_generated_partitions(conn):
+    rng = random.Random(17)
+    rows = []
+    for pid in range(60):
+        for day in range(rng.randint(0, 30)):
+            rows.append((pid, day, rng.choice("AABCD")))
+    with conn.cursor() as cur:
+        cur.execute("CREATE TABLE public.ev (pid bigint, day bigint, ev text)")
+        with cur.copy("COPY public.ev FROM STDIN") as cp:
+            for r in rows:
+                cp.write_row(r)
+    text = {}
+    for pid, day, ev in rows:
+        text[pid] = text.get(pid, "") + ev
+    compared = 0
+    for _ in range(25):
+        sql_pat, py_pat = random_pattern(rng)
+        define = "DEFINE " + ", ".join(f"{x} AS ev = '{x}'" for x in "ABCD" if x in sql_pat)
+        rx = re.compile(py_pat)
+        for skip in ["PAST LAST ROW", "TO NEXT ROW"]:
+            want = []
+            for pid, s in sorted(text.items()):
+                if skip == "PAST LAST ROW":
+                    spans = [m.span() for m in rx.finditer(s)]
+                else:
+                    spans = [m.span() for m in (rx.match(s, p) for p in range(len(s))) if m]
+                for k, (a, b) in enumerate(spans):
+                    want.append((pid, k + 1, a, b - 1, b - a, s[b - 1]))
+            got = conn.execute(f"""SELECT pid, m, f, l, n, c FROM public.ev MATCH_RECOGNIZE (
+                PARTITION BY pid ORDER BY day
+                MEASURES MATCH_NUMBER() AS m, FIRST(day) AS f, LAST(day) AS l, COUNT(*) AS n, CLASSIFIER() AS c
+                AFTER MATCH SKIP {skip} PATTERN ({sql_pat}) {define}) ORDER BY pid, m""").fetchall()
+            assert got == want, (sql_pat, skip, [g for g in got if g not in want][:3], [w for w in want if w not in got][:3])
+            compared += len(want)
+        # ALL ROWS PER MATCH: every matched row with its symbol and running count.
+        want = []
+        for pid, s in sorted(text.items()):
+            for k, m in enumerate(rx.finditer(s)):
+                for i in range(m.start(), m.end()):
+                    want.append((pid, i, s[i], k + 1, i - m.start() + 1))
+        got = conn.execute(f"""SELECT pid, day, c, m, n FROM public.ev MATCH_RECOGNIZE (
+            PARTITION BY pid ORDER BY day MEASURES CLASSIFIER() AS c, MATCH_NUMBER() AS m, COUNT(*) AS n
+            ALL ROWS PER MATCH PATTERN ({sql_pat}) {define}) ORDER BY pid, day""").fetchall()
+        assert got == want, (sql_pat, "all rows")
+    print(f"MATCH_RECOGNIZE: {compared} matches over 25 generated patterns compared with Python re")
