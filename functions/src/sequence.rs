@@ -10,11 +10,12 @@
 //! (ClickHouse measures from the first event `.*` skipped); `sequence_match` of a group
 //! without events is NULL (ClickHouse: 0). A NULL condition counts as false.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, BooleanBuilder, Int64Array, ListArray, ListBuilder, StringBuilder,
-    TimestampMicrosecondArray,
+    Array, ArrayRef, AsArray, BooleanArray, BooleanBuilder, Int64Array, ListArray, ListBuilder,
+    StringArray, StringBuilder, TimestampMicrosecondArray,
 };
 use datafusion::arrow::buffer::OffsetBuffer;
 use datafusion::arrow::compute::cast;
@@ -22,7 +23,7 @@ use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Int64Type, TimeUni
 use datafusion::error::Result;
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::{
-    Accumulator, AggregateUDF, AggregateUDFImpl, GroupsAccumulator, Signature, Volatility,
+    Accumulator, AggregateUDF, AggregateUDFImpl, EmitTo, GroupsAccumulator, Signature, Volatility,
 };
 use datafusion::scalar::ScalarValue;
 
@@ -619,108 +620,237 @@ impl AggregateUDFImpl for NextNode {
         ])
     }
     fn accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
-        let text = |i: usize, what: &str| -> Result<String> {
-            let v = events::literal(&args.exprs[i])
-                .ok_or_else(|| invalid(NEXT_NODE, format!("{what} must be a constant")))?;
-            Ok(events::text_literal(NEXT_NODE, what, v)?
-                .trim()
-                .to_ascii_lowercase())
-        };
-        let forward = match text(0, "direction")?.as_str() {
-            "forward" => true,
-            "backward" => false,
-            other => {
-                return Err(invalid(
-                    NEXT_NODE,
-                    format!("unknown direction '{other}' (forward, backward)"),
-                ));
-            }
-        };
-        let base = match text(1, "base")?.as_str() {
-            "head" => Base::Head,
-            "tail" => Base::Tail,
-            "first_match" => Base::FirstMatch,
-            "last_match" => Base::LastMatch,
-            other => {
-                return Err(invalid(
-                    NEXT_NODE,
-                    format!("unknown base '{other}' (head, tail, first_match, last_match)"),
-                ));
-            }
-        };
-        if (base == Base::Head && !forward) || (base == Base::Tail && forward) {
-            return Err(invalid(
-                NEXT_NODE,
-                "head goes with forward and tail with backward",
-            ));
-        }
-        Ok(Box::new(NextNodeAccumulator {
-            forward,
-            base,
-            events: args.exprs.len() - 5,
-            rows: vec![],
-        }))
+        Ok(Box::new(OneGroup(NextNodeGroups::new(next_node_config(
+            &args,
+        )?))))
+    }
+    fn groups_accumulator_supported(&self, _: AccumulatorArgs) -> bool {
+        true
+    }
+    fn create_groups_accumulator(
+        &self,
+        args: AccumulatorArgs,
+    ) -> Result<Box<dyn GroupsAccumulator>> {
+        Ok(Box::new(NextNodeGroups::new(next_node_config(&args)?)))
     }
 }
 
-#[derive(Debug)]
-struct NextNodeAccumulator {
+/// `sequence_next_node`'s constant arguments.
+#[derive(Debug, Clone, Copy)]
+struct NextNodeConfig {
     forward: bool,
     base: Base,
     events: usize,
-    /// (time, value, events met, base condition met).
-    rows: Vec<(i64, Option<String>, u32, bool)>,
 }
 
-impl Accumulator for NextNodeAccumulator {
-    fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
+fn next_node_config(args: &AccumulatorArgs) -> Result<NextNodeConfig> {
+    let text = |i: usize, what: &str| -> Result<String> {
+        let v = events::literal(&args.exprs[i])
+            .ok_or_else(|| invalid(NEXT_NODE, format!("{what} must be a constant")))?;
+        Ok(events::text_literal(NEXT_NODE, what, v)?
+            .trim()
+            .to_ascii_lowercase())
+    };
+    let forward = match text(0, "direction")?.as_str() {
+        "forward" => true,
+        "backward" => false,
+        other => {
+            return Err(invalid(
+                NEXT_NODE,
+                format!("unknown direction '{other}' (forward, backward)"),
+            ));
+        }
+    };
+    let base = match text(1, "base")?.as_str() {
+        "head" => Base::Head,
+        "tail" => Base::Tail,
+        "first_match" => Base::FirstMatch,
+        "last_match" => Base::LastMatch,
+        other => {
+            return Err(invalid(
+                NEXT_NODE,
+                format!("unknown base '{other}' (head, tail, first_match, last_match)"),
+            ));
+        }
+    };
+    if (base == Base::Head && !forward) || (base == Base::Tail && forward) {
+        return Err(invalid(
+            NEXT_NODE,
+            "head goes with forward and tail with backward",
+        ));
+    }
+    Ok(NextNodeConfig {
+        forward,
+        base,
+        events: args.exprs.len() - 5,
+    })
+}
+
+/// One row: (time, value id, events met, base condition met).
+type NodeRow = (i64, Option<u32>, u32, bool);
+
+/// Per group: its rows, with values interned.
+#[derive(Debug)]
+struct NextNodeGroups {
+    config: NextNodeConfig,
+    names: Vec<String>,
+    index: HashMap<Box<str>, u32>,
+    rows: Vec<Vec<NodeRow>>,
+}
+
+impl NextNodeGroups {
+    fn new(config: NextNodeConfig) -> Self {
+        NextNodeGroups {
+            config,
+            names: vec![],
+            index: HashMap::new(),
+            rows: vec![],
+        }
+    }
+
+    fn grow(&mut self, n: usize) {
+        if self.rows.len() < n {
+            self.rows.resize_with(n, Vec::new);
+        }
+    }
+
+    fn intern(&mut self, v: &str) -> u32 {
+        if let Some(&i) = self.index.get(v) {
+            return i;
+        }
+        let i = self.names.len() as u32;
+        self.names.push(v.to_string());
+        self.index.insert(v.into(), i);
+        i
+    }
+
+    /// Each input row as a node row (None without a time).
+    fn batch_rows(&mut self, values: &[ArrayRef]) -> Result<Vec<Option<NodeRow>>> {
         let ts = events::times(NEXT_NODE, &values[2])?;
         let value = cast(&values[3], &DataType::Utf8)?;
         let value = value.as_string::<i32>();
         let base = events::conditions(NEXT_NODE, &values[4..5])?.remove(0);
-        let conds = events::conditions(NEXT_NODE, &values[5..5 + self.events])?;
+        let conds = events::conditions(NEXT_NODE, &values[5..5 + self.config.events])?;
+        let mut out = Vec::with_capacity(ts.len());
         for (row, t) in ts.into_iter().enumerate() {
-            let Some(t) = t else { continue };
+            let Some(t) = t else {
+                out.push(None);
+                continue;
+            };
             let mut mask = 0u32;
             for (i, c) in conds.iter().enumerate() {
                 if c[row] == Some(true) {
                     mask |= 1 << i;
                 }
             }
-            let v = value.is_valid(row).then(|| value.value(row).to_string());
-            self.rows.push((t, v, mask, base[row] == Some(true)));
+            let v = value.is_valid(row).then(|| self.intern(value.value(row)));
+            out.push(Some((t, v, mask, base[row] == Some(true))));
         }
-        Ok(())
+        Ok(out)
     }
-    fn state(&mut self) -> Result<Vec<ScalarValue>> {
-        let ts = ListArray::from_iter_primitive::<Int64Type, _, _>([Some(
-            self.rows.iter().map(|r| Some(r.0)),
-        )]);
-        let mask = ListArray::from_iter_primitive::<UInt32Type, _, _>([Some(
-            self.rows.iter().map(|r| Some(r.2)),
-        )]);
+
+    /// The result of one group's rows.
+    fn evaluate_rows(&self, rows: &mut [NodeRow]) -> Option<u32> {
+        let c = self.config;
+        let n = c.events;
+        if rows.len() <= n {
+            return None;
+        }
+        // Time, then value (ClickHouse's order), then the rest so that ties are settled.
+        let name = |v: Option<u32>| v.map(|i| self.names[i as usize].as_str());
+        rows.sort_unstable_by(|a, b| (a.0, name(a.1), a.2, a.3).cmp(&(b.0, name(b.1), b.2, b.3)));
+        let first_event = |r: &NodeRow| r.2 & 1 != 0 && r.3;
+        let base = match c.base {
+            Base::Head => rows[0].3.then_some(0),
+            Base::Tail => rows[rows.len() - 1].3.then_some(rows.len() - 1),
+            Base::FirstMatch => rows.iter().position(first_event),
+            Base::LastMatch => rows.iter().rposition(first_event),
+        }?;
+        let at = if c.forward {
+            let ok = (0..n).all(|i| base + i < rows.len() && rows[base + i].2 & (1 << i) != 0);
+            ok.then_some(base + n)
+        } else {
+            let ok = (0..n).all(|i| i < base && rows[base - i].2 & (1 << i) != 0);
+            ok.then(|| base - n)
+        };
+        at.and_then(|k| rows.get(k)).and_then(|r| r.1)
+    }
+
+    fn state_arrays(&self, groups: &[Vec<NodeRow>]) -> Vec<ArrayRef> {
+        let ts = ListArray::from_iter_primitive::<Int64Type, _, _>(
+            groups.iter().map(|g| Some(g.iter().map(|r| Some(r.0)))),
+        );
+        let mask = ListArray::from_iter_primitive::<UInt32Type, _, _>(
+            groups.iter().map(|g| Some(g.iter().map(|r| Some(r.2)))),
+        );
         let mut value = ListBuilder::new(StringBuilder::new());
         let mut base = ListBuilder::new(BooleanBuilder::new());
-        for r in &self.rows {
-            value.values().append_option(r.1.as_deref());
-            base.values().append_value(r.3);
+        for g in groups {
+            for r in g {
+                value
+                    .values()
+                    .append_option(r.1.map(|i| self.names[i as usize].as_str()));
+                base.values().append_value(r.3);
+            }
+            value.append(true);
+            base.append(true);
         }
-        value.append(true);
-        base.append(true);
-        let arrays: Vec<ArrayRef> = vec![
+        vec![
             Arc::new(ts),
             Arc::new(value.finish()),
             Arc::new(mask),
             Arc::new(base.finish()),
-        ];
-        arrays
-            .iter()
-            .map(|a| ScalarValue::try_from_array(a, 0))
-            .collect()
+        ]
     }
-    fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
-        let l = |k: usize| states[k].as_list::<i32>();
-        for row in 0..states[0].len() {
+}
+
+impl GroupsAccumulator for NextNodeGroups {
+    fn update_batch(
+        &mut self,
+        values: &[ArrayRef],
+        group_indices: &[usize],
+        opt_filter: Option<&BooleanArray>,
+        total_num_groups: usize,
+    ) -> Result<()> {
+        self.grow(total_num_groups);
+        let rows = self.batch_rows(values)?;
+        for (row, (&g, r)) in group_indices.iter().zip(rows).enumerate() {
+            if opt_filter.is_some_and(|f| !f.is_valid(row) || !f.value(row)) {
+                continue;
+            }
+            if let Some(r) = r {
+                self.rows[g].push(r);
+            }
+        }
+        Ok(())
+    }
+
+    fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
+        let mut groups = emit_to.take_needed(&mut self.rows);
+        let out: StringArray = groups
+            .iter_mut()
+            .map(|g| {
+                self.evaluate_rows(g)
+                    .map(|i| self.names[i as usize].as_str())
+            })
+            .collect();
+        Ok(Arc::new(out))
+    }
+
+    fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
+        let groups = emit_to.take_needed(&mut self.rows);
+        Ok(self.state_arrays(&groups))
+    }
+
+    fn merge_batch(
+        &mut self,
+        values: &[ArrayRef],
+        group_indices: &[usize],
+        total_num_groups: usize,
+    ) -> Result<()> {
+        self.grow(total_num_groups);
+        let l = |k: usize| values[k].as_list::<i32>();
+        for (row, &g) in group_indices.iter().enumerate() {
             if l(0).is_null(row) {
                 continue;
             }
@@ -737,48 +867,35 @@ impl Accumulator for NextNodeAccumulator {
                 b.as_boolean(),
             );
             for k in 0..t.len() {
-                self.rows.push((
-                    t.value(k),
-                    v.is_valid(k).then(|| v.value(k).to_string()),
-                    m.value(k),
-                    b.value(k),
-                ));
+                let id = v.is_valid(k).then(|| self.intern(v.value(k)));
+                self.rows[g].push((t.value(k), id, m.value(k), b.value(k)));
             }
         }
         Ok(())
     }
-    fn evaluate(&mut self) -> Result<ScalarValue> {
-        let n = self.events;
-        if self.rows.len() <= n {
-            return Ok(ScalarValue::Utf8(None));
-        }
-        // Time, then value (ClickHouse's order), then the rest so that ties are settled.
-        self.rows
-            .sort_unstable_by(|a, b| (a.0, &a.1, a.2, a.3).cmp(&(b.0, &b.1, b.2, b.3)));
-        let rows = &self.rows;
-        let first_event = |r: &(i64, Option<String>, u32, bool)| r.2 & 1 != 0 && r.3;
-        let base = match self.base {
-            Base::Head => rows[0].3.then_some(0),
-            Base::Tail => rows[rows.len() - 1].3.then_some(rows.len() - 1),
-            Base::FirstMatch => rows.iter().position(first_event),
-            Base::LastMatch => rows.iter().rposition(first_event),
-        };
-        let Some(base) = base else {
-            return Ok(ScalarValue::Utf8(None));
-        };
-        let at = if self.forward {
-            let ok = (0..n).all(|i| base + i < rows.len() && rows[base + i].2 & (1 << i) != 0);
-            ok.then_some(base + n)
-        } else {
-            let ok = (0..n).all(|i| i < base && rows[base - i].2 & (1 << i) != 0);
-            ok.then(|| base - n)
-        };
-        Ok(ScalarValue::Utf8(
-            at.and_then(|k| rows.get(k)).and_then(|r| r.1.clone()),
-        ))
+
+    fn convert_to_state(
+        &self,
+        values: &[ArrayRef],
+        opt_filter: Option<&BooleanArray>,
+    ) -> Result<Vec<ArrayRef>> {
+        let mut scratch = NextNodeGroups::new(self.config);
+        let rows = scratch.batch_rows(values)?;
+        let groups: Vec<Vec<NodeRow>> = rows
+            .into_iter()
+            .enumerate()
+            .map(|(row, r)| {
+                let filtered = opt_filter.is_some_and(|f| !f.is_valid(row) || !f.value(row));
+                r.filter(|_| !filtered).into_iter().collect()
+            })
+            .collect();
+        Ok(scratch.state_arrays(&groups))
     }
+
     fn size(&self) -> usize {
-        std::mem::size_of_val(self) + self.rows.capacity() * 56
+        self.rows.iter().map(|r| r.capacity() * 24).sum::<usize>()
+            + self.rows.capacity() * 24
+            + self.names.iter().map(|n| n.len() + 48).sum::<usize>()
     }
 }
 
