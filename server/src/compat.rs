@@ -21,6 +21,14 @@ pub fn parse(
     catalog_parser: &PostgresCompatibilityParser,
     sql: &str,
 ) -> Result<Vec<Statement>, String> {
+    // NPATH is sugar for MATCH_RECOGNIZE.
+    let desugared;
+    let sql = if crate::npath::mentions(sql) {
+        desugared = crate::npath::rewrite(sql).map_err(|e| e.to_string())?;
+        desugared.as_str()
+    } else {
+        sql
+    };
     let dialect = PostgreSqlDialect {};
     let mut plain = Parser::parse_sql(&dialect, sql);
     // PostgreSQL's grammar has no MATCH_RECOGNIZE: such statements use the generic one.

@@ -12,6 +12,7 @@ mod engine;
 mod extension;
 mod match_recognize;
 mod naming;
+mod npath;
 mod scheduler;
 mod session;
 mod settings;

@@ -239,7 +239,16 @@ impl Session {
     }
 
     fn parse_sql(&self, sql: &str) -> Result<Vec<Statement>> {
-        let mut stmts = crate::compat::parse(&self.parser, sql).map_err(SessionError::Syntax)?;
+        // A bug in a rewrite must not take the connection down: a panic is an error.
+        let parsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            crate::compat::parse(&self.parser, sql)
+        }))
+        .map_err(|_| {
+            SessionError::DataFusion(DataFusionError::Internal(
+                "the statement could not be parsed (internal error in a rewrite)".into(),
+            ))
+        })?;
+        let mut stmts = parsed.map_err(SessionError::Syntax)?;
         for s in &mut stmts {
             crate::compat::rewrite(s);
             match s {
@@ -324,7 +333,18 @@ impl Session {
         let guard = self.begin_statement();
         match cmd {
             Command::Sql(stmt) => {
-                let fut = self.dispatch(stmt, None, &guard);
+                // A panic while planning or dispatching is this statement's error; the
+                // connection and the server stay up.
+                use futures::FutureExt;
+                let fut = std::panic::AssertUnwindSafe(self.dispatch(stmt, None, &guard))
+                    .catch_unwind()
+                    .map(|r| {
+                        r.unwrap_or_else(|_| {
+                            Err(SessionError::DataFusion(DataFusionError::Internal(
+                                "internal error while running the statement".into(),
+                            )))
+                        })
+                    });
                 guard.run(fut).await
             }
             Command::Lake(c) => {

@@ -141,3 +141,41 @@ def test_matches_python_re_on_generated_partitions(conn):
             ALL ROWS PER MATCH PATTERN ({sql_pat}) {define}) ORDER BY pid, day""").fetchall()
         assert got == want, (sql_pat, "all rows")
     print(f"MATCH_RECOGNIZE: {compared} matches over 25 generated patterns compared with Python re")
+
+
+def test_npath_is_match_recognize(conn):
+    """NPATH desugars to MATCH_RECOGNIZE: the same rows as the spelled-out clause, and the
+    nPath modes map to the skip rules (checked against Python re as above)."""
+    rng = random.Random(5)
+    rows = [(pid, day, rng.choice("ABC")) for pid in range(40) for day in range(rng.randint(0, 20))]
+    with conn.cursor() as cur:
+        cur.execute("CREATE TABLE public.np (pid bigint, day bigint, page text)")
+        with cur.copy("COPY public.np FROM STDIN") as cp:
+            for r in rows:
+                cp.write_row(r)
+    text = {}
+    for pid, day, page in rows:
+        text[pid] = text.get(pid, "") + page
+    rx = re.compile("AB*C")
+    compared = 0
+    for mode, skip in [("NONOVERLAPPING", "PAST LAST ROW"), ("OVERLAPPING", "TO NEXT ROW")]:
+        got = conn.execute(f"""SELECT pid, first_day, n, path FROM NPATH(ON public.np PARTITION BY pid ORDER BY day
+            MODE({mode}) PATTERN('A.B*.C') SYMBOLS(page = 'A' AS A, page = 'B' AS B, page = 'C' AS C)
+            RESULT(FIRST(day OF A) AS first_day, COUNT(* OF B) AS n, ACCUMULATE(page OF ANY(A, B, C)) AS path))
+            ORDER BY pid, first_day""").fetchall()
+        same = conn.execute(f"""SELECT pid, first_day, n, path FROM public.np MATCH_RECOGNIZE (PARTITION BY pid
+            ORDER BY day MEASURES FIRST(A.day) AS first_day, COUNT(B.*) AS n, ARRAY_AGG(page) AS path
+            AFTER MATCH SKIP {skip} PATTERN (A B* C)
+            DEFINE A AS page = 'A', B AS page = 'B', C AS page = 'C') ORDER BY pid, first_day""").fetchall()
+        assert got == same
+        want = []
+        for pid, s in sorted(text.items()):
+            spans = ([m.span() for m in rx.finditer(s)] if mode == "NONOVERLAPPING"
+                     else [m.span() for m in (rx.match(s, p) for p in range(len(s))) if m])
+            want += [(pid, a, b - a - 2, list(s[a:b])) for a, b in spans]
+        assert got == want
+        compared += len(want)
+    with pytest.raises(psycopg.errors.SyntaxError):
+        conn.execute("SELECT * FROM NPATH(ON public.np ORDER BY day PATTERN('A') SYMBOLS(true AS A) "
+                     "RESULT(LAST_NOTNULL(day OF A) AS d))")
+    print(f"NPATH: {compared} matches equal MATCH_RECOGNIZE and Python re")
