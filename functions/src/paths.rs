@@ -7,6 +7,7 @@
 //! least `session_gap` (default 30 minutes); consecutive repeats collapse into one (unless
 //! `collapse_repeats` is false).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
@@ -583,8 +584,8 @@ impl Around {
     }
 }
 
-/// A row: (time, tiebreak as sortable text, target met, item).
-type AroundRow = (i64, String, bool, Option<String>);
+/// A row: (time, tiebreak as sortable text, target met, item interned).
+type AroundRow = (i64, String, bool, Option<u32>);
 
 /// A tiebreak value as text that sorts like the value (integers offset and zero-padded).
 fn sortable(a: &ArrayRef) -> Result<Vec<String>> {
@@ -667,6 +668,8 @@ impl Around {
             before: self.before,
             n: positive(name, "n", n)?,
             rows: vec![],
+            names: vec![],
+            index: HashMap::new(),
         })
     }
 }
@@ -677,6 +680,9 @@ struct AroundGroups {
     before: bool,
     n: usize,
     rows: Vec<Vec<AroundRow>>,
+    /// Items interned: most journeys repeat a few channels.
+    names: Vec<String>,
+    index: HashMap<Box<str>, u32>,
 }
 
 impl AroundGroups {
@@ -695,22 +701,39 @@ impl AroundGroups {
             Some(a) => sortable(a)?,
             None => vec![String::new(); ts.len()],
         };
-        for (row, t) in ts.into_iter().enumerate() {
+        for (row, (t, tie)) in ts.into_iter().zip(tiebreak).enumerate() {
             let (Some(t), Some(g)) = (t, group(row)) else {
                 continue;
             };
-            let item = items.is_valid(row).then(|| items.value(row).to_string());
-            self.rows[g].push((t, tiebreak[row].clone(), target[row] == Some(true), item));
+            let item = items.is_valid(row).then(|| self.intern(items.value(row)));
+            self.rows[g].push((t, tie, target[row] == Some(true), item));
         }
         Ok(())
     }
 
+    fn intern(&mut self, item: &str) -> u32 {
+        if let Some(&i) = self.index.get(item) {
+            return i;
+        }
+        let i = self.names.len() as u32;
+        self.names.push(item.to_string());
+        self.index.insert(item.into(), i);
+        i
+    }
+
+    fn item(&self, i: Option<u32>) -> Option<&str> {
+        i.map(|i| self.names[i as usize].as_str())
+    }
+
     /// One group's answer.
     fn around(&self, rows: &mut [AroundRow]) -> Option<Vec<String>> {
-        rows.sort_unstable_by(|a, b| (a.0, &a.1, &a.3).cmp(&(b.0, &b.1, &b.3)));
+        rows.sort_unstable_by(|a, b| (a.0, &a.1, self.item(a.3)).cmp(&(b.0, &b.1, self.item(b.3))));
         let at = rows.iter().position(|r| r.2)?;
-        let items =
-            |r: &[AroundRow]| -> Vec<String> { r.iter().filter_map(|x| x.3.clone()).collect() };
+        let items = |r: &[AroundRow]| -> Vec<String> {
+            r.iter()
+                .filter_map(|x| self.item(x.3).map(str::to_string))
+                .collect()
+        };
         Some(if self.before {
             let all = items(&rows[..at]);
             all[all.len().saturating_sub(self.n)..].to_vec()
@@ -735,7 +758,7 @@ impl AroundGroups {
         Arc::new(b.finish())
     }
 
-    fn state_of(groups: &[Vec<AroundRow>]) -> Vec<ArrayRef> {
+    fn state_of(&self, groups: &[Vec<AroundRow>]) -> Vec<ArrayRef> {
         let ts = ListArray::from_iter_primitive::<Int64Type, _, _>(
             groups.iter().map(|g| Some(g.iter().map(|r| Some(r.0)))),
         );
@@ -746,7 +769,7 @@ impl AroundGroups {
             for r in g {
                 tie.values().append_value(&r.1);
                 target.values().append_value(r.2);
-                item.values().append_option(r.3.as_deref());
+                item.values().append_option(self.item(r.3));
             }
             tie.append(true);
             target.append(true);
@@ -778,12 +801,8 @@ impl AroundGroups {
             item.as_string::<i32>(),
         );
         for k in 0..t.len() {
-            self.rows[g].push((
-                t.value(k),
-                tie.value(k).to_string(),
-                target.value(k),
-                item.is_valid(k).then(|| item.value(k).to_string()),
-            ));
+            let it = item.is_valid(k).then(|| self.intern(item.value(k)));
+            self.rows[g].push((t.value(k), tie.value(k).to_string(), target.value(k), it));
         }
     }
 }
@@ -808,7 +827,7 @@ impl GroupsAccumulator for AroundGroups {
     }
     fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
         let groups = emit_to.take_needed(&mut self.rows);
-        Ok(Self::state_of(&groups))
+        Ok(self.state_of(&groups))
     }
     fn merge_batch(
         &mut self,
@@ -832,13 +851,15 @@ impl GroupsAccumulator for AroundGroups {
             before: self.before,
             n: self.n,
             rows: vec![],
+            names: vec![],
+            index: HashMap::new(),
         };
         one.grow(values[0].len());
         one.add(values, |row| {
             let filtered = opt_filter.is_some_and(|f| !f.is_valid(row) || !f.value(row));
             (!filtered).then_some(row)
         })?;
-        Ok(Self::state_of(&one.rows))
+        Ok(one.state_of(&one.rows))
     }
     fn size(&self) -> usize {
         self.rows.iter().map(|g| g.capacity() * 64).sum()
