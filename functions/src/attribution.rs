@@ -260,7 +260,7 @@ impl Options {
 }
 
 /// One touch: (time in µs, channel, is a milestone).
-pub type Touch = (i64, String, bool);
+pub type Touch<'a> = (i64, &'a str, bool);
 
 /// The credited touches of one conversion at `conversion` (µs), with their weights.
 pub fn weights(o: &Options, conversion: i64, touches: &[Touch]) -> Vec<(i64, String, f64)> {
@@ -276,14 +276,15 @@ pub fn weights(o: &Options, conversion: i64, touches: &[Touch]) -> Vec<(i64, Str
         .collect();
     eligible.sort_by(|a, b| {
         a.0.cmp(&b.0)
-            .then_with(|| a.1.cmp(&b.1))
+            .then_with(|| a.1.cmp(b.1))
             .then(b.2.cmp(&a.2))
     });
     if o.dedupe_consecutive {
         eligible.dedup_by(|b, a| a.1 == b.1);
     }
-    if eligible.iter().any(|t| !o.ignore.contains(&t.1)) {
-        eligible.retain(|t| !o.ignore.contains(&t.1));
+    let ignored = |c: &str| o.ignore.iter().any(|i| i == c);
+    if eligible.iter().any(|t| !ignored(t.1)) {
+        eligible.retain(|t| !ignored(t.1));
     }
     let n = eligible.len();
     if n == 0 {
@@ -345,7 +346,7 @@ pub fn weights(o: &Options, conversion: i64, touches: &[Touch]) -> Vec<(i64, Str
         .iter()
         .zip(w)
         .filter(|(_, x)| *x > 0.0)
-        .map(|(t, x)| (t.0, t.1.clone(), x / total))
+        .map(|(t, x)| (t.0, t.1.to_string(), x / total))
         .collect()
 }
 
@@ -587,7 +588,7 @@ impl GroupsAccumulator for WeightsGroups {
                     buffer.extend(
                         touches
                             .iter()
-                            .map(|t| (t.0, self.names[t.1 as usize].clone(), t.2)),
+                            .map(|t| (t.0, self.names[t.1 as usize].as_str(), t.2)),
                     );
                     weights(&self.options, c, &buffer)
                 }
@@ -697,10 +698,8 @@ impl GroupsAccumulator for WeightsGroups {
 mod tests {
     use super::*;
 
-    fn touches(list: &[(i64, &str)]) -> Vec<Touch> {
-        list.iter()
-            .map(|(t, c)| (*t * DAY_US, c.to_string(), false))
-            .collect()
+    fn touches<'a>(list: &[(i64, &'a str)]) -> Vec<Touch<'a>> {
+        list.iter().map(|(t, c)| (*t * DAY_US, *c, false)).collect()
     }
 
     #[test]
