@@ -274,11 +274,7 @@ pub fn weights(o: &Options, conversion: i64, touches: &[Touch]) -> Vec<(i64, Str
             }) && *t >= conversion.saturating_sub(o.lookback)
         })
         .collect();
-    eligible.sort_by(|a, b| {
-        a.0.cmp(&b.0)
-            .then_with(|| a.1.cmp(b.1))
-            .then(b.2.cmp(&a.2))
-    });
+    eligible.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1)).then(b.2.cmp(&a.2)));
     if o.dedupe_consecutive {
         eligible.dedup_by(|b, a| a.1 == b.1);
     }

@@ -74,6 +74,12 @@ enum Entry {
 /// A call's settings.
 #[derive(Debug, Clone)]
 struct Config {
+    /// Condition columns (steps and exclusions).
+    conditions: usize,
+    /// The condition bit of each step.
+    step_bits: Vec<u32>,
+    /// (condition bit, from step, to step), steps 0-based.
+    exclusions: Vec<(u32, usize, usize)>,
     steps: usize,
     window: i64,
     strict: bool,
@@ -135,6 +141,42 @@ fn duration_text(key: &str, v: &str, time_type: &DataType) -> Result<Option<i64>
     events::duration(NAME, key, &value, time_type).map(Some)
 }
 
+/// `exclusions=K:F-T|…`: condition K (1-based among all conditions) is an exclusion between
+/// steps F and T (1-based among the steps). Returns (condition, from, to), 0-based.
+fn exclusion_option(text: &str, conditions: usize) -> Result<Vec<(usize, usize, usize)>> {
+    let mut out = vec![];
+    for part in text.split(',').map(str::trim) {
+        let Some((k, v)) = part.split_once('=') else {
+            continue;
+        };
+        if !k.trim().eq_ignore_ascii_case("exclusions") {
+            continue;
+        }
+        for item in v.split('|').map(str::trim).filter(|i| !i.is_empty()) {
+            let bad = || {
+                invalid(
+                    NAME,
+                    format!("exclusions: '{item}' is not like 4:1-2 (condition:from_step-to_step)"),
+                )
+            };
+            let (cond, span) = item.split_once(':').ok_or_else(bad)?;
+            let (from, to) = span.split_once('-').ok_or_else(bad)?;
+            let num = |x: &str| x.trim().parse::<usize>().ok().filter(|n| *n >= 1);
+            let (Some(cond), Some(from), Some(to)) = (num(cond), num(from), num(to)) else {
+                return Err(bad());
+            };
+            if cond > conditions {
+                return Err(invalid(
+                    NAME,
+                    format!("exclusions: there is no condition {cond}"),
+                ));
+            }
+            out.push((cond - 1, from - 1, to - 1));
+        }
+    }
+    Ok(out)
+}
+
 impl Config {
     fn from_args(args: &AccumulatorArgs, totals: bool) -> Result<Self> {
         let types: Vec<DataType> = args
@@ -146,7 +188,43 @@ impl Config {
         let window = events::literal(&args.exprs[0])
             .ok_or_else(|| invalid(NAME, "window must be a constant"))?;
         let window = events::duration(NAME, "window", window, &types[1])?;
+        let text = if has_options {
+            let v = events::literal(&args.exprs[types.len() - 1])
+                .ok_or_else(|| invalid(NAME, "options must be a constant"))?;
+            events::text_literal(NAME, "options", v)?
+        } else {
+            String::new()
+        };
+        let exclusions = exclusion_option(&text, steps)?;
+        let excluded: Vec<usize> = exclusions.iter().map(|e| e.0).collect();
+        let step_bits: Vec<u32> = (0..steps)
+            .filter(|k| !excluded.contains(k))
+            .map(|k| 1u32 << k)
+            .collect();
+        let conditions = steps;
+        let steps = step_bits.len();
+        if steps == 0 {
+            return Err(invalid(NAME, "at least one condition must be a step"));
+        }
+        for &(_, from, to) in &exclusions {
+            if from >= to || to >= steps {
+                return Err(invalid(
+                    NAME,
+                    format!(
+                        "exclusions: steps {}-{} must be two steps in order, of 1 to {steps}",
+                        from + 1,
+                        to + 1
+                    ),
+                ));
+            }
+        }
         let mut c = Config {
+            conditions,
+            step_bits,
+            exclusions: exclusions
+                .into_iter()
+                .map(|(k, f, t)| (1u32 << k, f, t))
+                .collect(),
             steps,
             window,
             strict: false,
@@ -157,11 +235,7 @@ impl Config {
             optional: vec![false; steps],
             time_type: types[1].clone(),
         };
-        if has_options {
-            let v = events::literal(&args.exprs[types.len() - 1])
-                .ok_or_else(|| invalid(NAME, "options must be a constant"))?;
-            c.parse(&events::text_literal(NAME, "options", v)?)?;
-        }
+        c.parse(&text)?;
         Ok(c)
     }
 
@@ -189,6 +263,8 @@ impl Config {
                 Ok(out)
             };
             match k.as_str() {
+                // Read before the others (it decides which conditions are steps).
+                "exclusions" => {}
                 "order" => {
                     self.strict = match v.to_ascii_lowercase().as_str() {
                         "ordered" => false,
@@ -240,7 +316,7 @@ impl Config {
                         NAME,
                         format!(
                             "unknown option '{other}' (order, entry, step_windows, min_gaps, \
-                             optional_steps)"
+                             optional_steps, exclusions)"
                         ),
                     ));
                 }
@@ -261,6 +337,8 @@ pub struct Attempt {
     pub level: usize,
     /// Per step, the time of its event, or None (not reached, or an optional step skipped).
     pub step_ts: Vec<Option<i64>>,
+    /// An exclusion event happened between its steps.
+    pub excluded: bool,
 }
 
 /// The search over one person's ordered events.
@@ -294,7 +372,7 @@ impl Search<'_> {
     fn fits(&self, p: usize, q: usize, s: usize, t1: i64) -> bool {
         let (tq, mq) = self.ev[q];
         let tp = self.ev[p].0;
-        mq & (1 << s) != 0
+        mq & self.c.step_bits[s] != 0
             && tq - t1 <= self.c.window
             && self.c.step_windows[s].is_none_or(|w| tq - tp <= w)
             && self.c.min_gaps[s].is_none_or(|g| tq - tp >= g)
@@ -347,6 +425,29 @@ impl Search<'_> {
         Ok(best)
     }
 
+    /// Does an exclusion event fall strictly between an exclusion's steps of this chain?
+    /// When the later step was not reached, the span runs to the next reached step, or to
+    /// the end of the window (inclusive).
+    fn excluded(&self, step_ts: &[Option<i64>]) -> bool {
+        let Some(t1) = step_ts[0] else {
+            return false;
+        };
+        self.c.exclusions.iter().any(|&(bit, from, to)| {
+            let Some(lo) = step_ts[from] else {
+                return false;
+            };
+            let hi = step_ts[to..].iter().flatten().next().copied();
+            self.ev.iter().any(|&(t, m)| {
+                m & bit != 0
+                    && t > lo
+                    && match hi {
+                        Some(hi) => t < hi,
+                        None => t <= t1 + self.c.window,
+                    }
+            })
+        })
+    }
+
     /// The attempt entering at event `p`: its best level and earliest chain reaching it.
     fn attempt(&mut self, p: usize) -> Result<Attempt> {
         let t1 = self.ev[p].0;
@@ -374,7 +475,11 @@ impl Search<'_> {
             at = q;
             j = s;
         }
-        Ok(Attempt { level, step_ts })
+        Ok(Attempt {
+            level,
+            excluded: self.excluded(&step_ts),
+            step_ts,
+        })
     }
 }
 
@@ -388,7 +493,9 @@ fn attempts(c: &Config, events: &mut [Event]) -> Result<Vec<Attempt>> {
         ev: &ev,
         budget: 0,
     };
-    let entries: Vec<usize> = (0..ev.len()).filter(|&i| ev[i].1 & 1 != 0).collect();
+    let entries: Vec<usize> = (0..ev.len())
+        .filter(|&i| ev[i].1 & c.step_bits[0] != 0)
+        .collect();
     if c.totals {
         let mut out = vec![];
         let mut after: Option<i64> = None;
@@ -430,6 +537,7 @@ fn attempts(c: &Config, events: &mut [Event]) -> Result<Vec<Attempt>> {
     Ok(vec![best.unwrap_or(Attempt {
         level: 0,
         step_ts: vec![None; c.steps],
+        excluded: false,
     })])
 }
 
@@ -449,6 +557,7 @@ fn attempt_fields(time_type: &DataType) -> Fields {
     Fields::from(vec![
         Field::new("level", DataType::Int32, false),
         Field::new("converted", DataType::Boolean, false),
+        Field::new("excluded", DataType::Boolean, false),
         Field::new("entry_ts", time.clone(), true),
         Field::new(
             "step_ts",
@@ -468,6 +577,7 @@ fn attempt_array(c: &Config, attempts: &[Attempt]) -> Result<StructArray> {
     let n = c.steps;
     let level = Int32Array::from_iter_values(attempts.iter().map(|a| a.level as i32));
     let converted = BooleanArray::from_iter(attempts.iter().map(|a| Some(a.level == n)));
+    let excluded = BooleanArray::from_iter(attempts.iter().map(|a| Some(a.excluded)));
     let entry: Vec<Option<i64>> = attempts
         .iter()
         .map(|a| if a.level > 0 { a.step_ts[0] } else { None })
@@ -496,7 +606,7 @@ fn attempt_array(c: &Config, attempts: &[Attempt]) -> Result<StructArray> {
         .collect();
     let offsets = || OffsetBuffer::from_lengths(vec![n; attempts.len()]);
     let fields = attempt_fields(&c.time_type);
-    let (time_t, gap_t) = match (fields[3].data_type(), fields[4].data_type()) {
+    let (time_t, gap_t) = match (fields[4].data_type(), fields[5].data_type()) {
         (DataType::List(a), DataType::List(b)) => (a.clone(), b.clone()),
         _ => unreachable!("step_ts and step_gap are lists"),
     };
@@ -526,6 +636,7 @@ fn attempt_array(c: &Config, attempts: &[Attempt]) -> Result<StructArray> {
         vec![
             Arc::new(level),
             Arc::new(converted),
+            Arc::new(excluded),
             entry_a,
             Arc::new(ListArray::try_new(time_t, offsets(), ts_a, None)?),
             Arc::new(ListArray::try_new(gap_t, offsets(), gap_a, None)?),
@@ -602,7 +713,7 @@ impl AggregateUDFImpl for FunnelDetail {
 fn groups(args: &AccumulatorArgs, totals: bool) -> Result<EventGroups> {
     let c = Config::from_args(args, totals)?;
     let keep = Keep {
-        conditions: c.steps,
+        conditions: c.conditions,
         drop_null_rows: false,
         keep_unmatched: c.strict,
     };

@@ -707,13 +707,32 @@ def test_top_paths_match_clickhouse_and_posthog_pruning(journeys):
 
 
 def funnel_reference(events, conds, window, strict=False, entry="latest", sw=None, mg=None,
-                     optional=(), totals=False):
-    """Exhaustive reference for funnel_detail / funnel_attempts: enumerate every chain."""
-    n = len(conds)
+                     optional=(), totals=False, exclude=()):
+    """Exhaustive reference for funnel_detail / funnel_attempts: enumerate every chain.
+    `events` are (t, mask over all conditions, id); `exclude` lists (condition, from step,
+    to step), 1-based: those conditions are not steps."""
+    excluded_conds = {k - 1 for k, _, _ in exclude}
+    step_bits = [1 << i for i in range(len(conds)) if i not in excluded_conds]
+    n = len(step_bits)
     sw = sw or [None] * n
     mg = mg or [None] * n
     opt = [i + 1 in optional for i in range(n)]
-    ev = sorted(events)  # (t, mask, id)
+    ordered = sorted(events)  # (t, full mask, id)
+    ev = [(t, sum(1 << s for s, b in enumerate(step_bits) if m & b), i) for t, m, i in ordered]
+
+    def is_excluded(ts):
+        if ts[0] is None:
+            return False
+        for k, f, t in exclude:
+            lo = ts[f - 1]
+            if lo is None:
+                continue
+            later = [x for x in ts[t - 1:] if x is not None]
+            hi = later[0] if later else None
+            for tt, m, _ in ordered:
+                if m & (1 << (k - 1)) and tt > lo and (tt < hi if hi is not None else tt <= ts[0] + window):
+                    return True
+        return False
 
     def attempt(p):
         t1 = ev[p][0]
@@ -749,7 +768,7 @@ def funnel_reference(events, conds, window, strict=False, entry="latest", sw=Non
         ts = [None] * n
         for q, s in chain:
             ts[s] = ev[q][0]
-        return level, ts
+        return level, ts, is_excluded(ts)
 
     entries = [i for i, e in enumerate(ev) if e[1] & 1]
     if totals:
@@ -757,9 +776,9 @@ def funnel_reference(events, conds, window, strict=False, entry="latest", sw=Non
         for p in entries:
             if after is not None and ev[p][0] <= after:
                 continue
-            level, ts = attempt(p)
+            level, ts, ex = attempt(p)
             after = max(t for t in ts if t is not None) if level == n else ev[p][0] + window
-            out.append((level, ts))
+            out.append((level, ts, ex))
         return out
     if entry == "first":
         entries = entries[:1]
@@ -768,7 +787,7 @@ def funnel_reference(events, conds, window, strict=False, entry="latest", sw=Non
         a = attempt(p)
         if best is None or (a[0] >= best[0] if entry == "latest" else a[0] > best[0]):
             best = a
-    return [best or (0, [None] * n)]
+    return [best or (0, [None] * n, False)]
 
 
 def gaps(ts):
@@ -789,6 +808,11 @@ FUNNEL_CASES = [
      {"sw": [None, 400, None, 600], "mg": [None, 50, 0, None]}),
     (["ev = 'A'", "ev = 'B'", "ev = 'C'", "ev IN ('C', 'D')"], 2500, "optional_steps=2|3", {"optional": (2, 3)}),
     (["ev IN ('A', 'X')", "ev = 'B'", "ev = 'C'"], 1000, "step_windows=300|300", {"sw": [None, 300, 300]}),
+    (["ev = 'A'", "ev = 'B'", "ev = 'X'", "ev = 'C'"], 2000, "exclusions=3:1-2", {"exclude": [(3, 1, 2)]}),
+    (["ev = 'X'", "ev = 'A'", "ev IN ('B', 'D')", "ev = 'C'"], 2500, "exclusions=1:1-3, order=strict",
+     {"exclude": [(1, 1, 3)], "strict": True}),
+    (["ev = 'A'", "ev = 'B'", "ev = 'C'", "ev = 'D'"], 1500, "exclusions=4:2-3, optional_steps=2",
+     {"exclude": [(4, 2, 3)], "optional": (2,)}),
 ]
 
 
@@ -805,7 +829,7 @@ def test_funnel_detail_matches_exhaustive_reference(journeys):
             rows.append((pid, rid, t, rng.choice(EVENTS)))
     rng.shuffle(rows)
     load("fd", rows)
-    compared = 0
+    compared = excluded_seen = 0
     for conds, window, opts, ref_opts in FUNNEL_CASES:
         for fn in ["funnel_detail", "funnel_attempts"]:
             if fn == "funnel_attempts" and ref_opts.get("entry"):
@@ -816,16 +840,22 @@ def test_funnel_detail_matches_exhaustive_reference(journeys):
             for pid, rid, t, ev in rows:
                 mask = sum(1 << i for i, c in enumerate(conds) if eval_cond(c, ev))
                 per.setdefault(pid, []).append((t, mask, rid))
+            steps = len(conds) - len(ref_opts.get("exclude", ()))
             for pid, evs in per.items():
                 if not ref_opts.get("strict"):
                     evs = [e for e in evs if e[1]]
                 want = funnel_reference(evs, conds, window, totals=fn == "funnel_attempts", **ref_opts)
                 have = json.loads(got[pid])
                 have = have if fn == "funnel_attempts" else [have]
-                assert [(h["level"], h["step_ts"], h["step_gap"], h["converted"], h["entry_ts"]) for h in have] == \
-                    [(lv, ts, gaps(ts), lv == len(conds), ts[0] if lv else None) for lv, ts in want], (fn, opts, pid)
+                assert [(h["level"], h["step_ts"], h["step_gap"], h["converted"], h["entry_ts"], h["excluded"])
+                        for h in have] == \
+                    [(lv, ts, gaps(ts), lv == steps, ts[0] if lv else None, ex) for lv, ts, ex in want], \
+                    (fn, opts, pid)
                 compared += 1
-    print(f"funnel_detail/funnel_attempts: {compared} persons x settings compared with an exhaustive search")
+                excluded_seen += sum(1 for w in want if w[2])
+    assert excluded_seen > 20, excluded_seen
+    print(f"funnel_detail/funnel_attempts: {compared} persons x settings compared with an exhaustive search "
+          f"({excluded_seen} excluded attempts)")
 
 
 def eval_cond(cond, ev):
