@@ -584,28 +584,55 @@ impl Around {
     }
 }
 
-/// A row: (time, tiebreak as sortable text, target met, item interned).
-type AroundRow = (i64, String, bool, Option<u32>);
+/// A row: (time, tiebreak's place in its group's text, target met, item interned).
+type AroundRow = (i64, (u32, u32), bool, Option<u32>);
 
-/// A tiebreak value as text that sorts like the value (integers offset and zero-padded).
-fn sortable(a: &ArrayRef) -> Result<Vec<String>> {
-    if a.data_type().is_integer() {
-        let i = cast(a, &DataType::Int64)?;
-        return Ok(i
-            .as_primitive::<Int64Type>()
-            .iter()
-            .map(|v| {
-                v.map_or(String::new(), |v| {
-                    format!("{:020}", i128::from(v) + (1i128 << 63))
-                })
-            })
-            .collect());
+/// One group: its rows, and the text of their tiebreaks back to back (one buffer per
+/// group instead of a String per row).
+#[derive(Debug, Default)]
+struct AroundGroup {
+    rows: Vec<AroundRow>,
+    ties: String,
+}
+
+impl AroundGroup {
+    fn push(&mut self, t: i64, tie: &str, target: bool, item: Option<u32>) {
+        let at = self.ties.len() as u32;
+        self.ties.push_str(tie);
+        self.rows.push((t, (at, tie.len() as u32), target, item));
     }
-    let t = cast(a, &DataType::Utf8)?;
-    Ok(t.as_string::<i32>()
-        .iter()
-        .map(|v| v.unwrap_or("").to_string())
-        .collect())
+
+    fn tie(&self, r: &AroundRow) -> &str {
+        &self.ties[r.1.0 as usize..(r.1.0 + r.1.1) as usize]
+    }
+}
+
+/// A tiebreak column's values as text that sorts like the values (integers offset and
+/// zero-padded; NULL is empty).
+enum Tiebreak<'a> {
+    None,
+    Integers(Vec<Option<i64>>),
+    Text(&'a datafusion::arrow::array::StringArray),
+}
+
+impl Tiebreak<'_> {
+    fn write(&self, row: usize, buf: &mut String) {
+        buf.clear();
+        match self {
+            Tiebreak::None => {}
+            Tiebreak::Integers(v) => {
+                if let Some(v) = v[row] {
+                    use std::fmt::Write;
+                    let _ = write!(buf, "{:020}", i128::from(v) + (1i128 << 63));
+                }
+            }
+            Tiebreak::Text(a) => {
+                if a.is_valid(row) {
+                    buf.push_str(a.value(row));
+                }
+            }
+        }
+    }
 }
 
 impl AggregateUDFImpl for Around {
@@ -679,7 +706,7 @@ struct AroundGroups {
     name: &'static str,
     before: bool,
     n: usize,
-    rows: Vec<Vec<AroundRow>>,
+    rows: Vec<AroundGroup>,
     /// Items interned: most journeys repeat a few channels.
     names: Vec<String>,
     index: HashMap<Box<str>, u32>,
@@ -688,7 +715,7 @@ struct AroundGroups {
 impl AroundGroups {
     fn grow(&mut self, n: usize) {
         if self.rows.len() < n {
-            self.rows.resize_with(n, Vec::new);
+            self.rows.resize_with(n, AroundGroup::default);
         }
     }
 
@@ -697,16 +724,26 @@ impl AroundGroups {
         let items = items.as_string::<i32>();
         let ts = events::times(self.name, &values[1])?;
         let target = events::conditions(self.name, &values[2..3])?.remove(0);
+        let text;
         let tiebreak = match values.get(4) {
-            Some(a) => sortable(a)?,
-            None => vec![String::new(); ts.len()],
+            Some(a) if a.data_type().is_integer() => {
+                let i = cast(a, &DataType::Int64)?;
+                Tiebreak::Integers(i.as_primitive::<Int64Type>().iter().collect())
+            }
+            Some(a) => {
+                text = cast(a, &DataType::Utf8)?;
+                Tiebreak::Text(text.as_string::<i32>())
+            }
+            None => Tiebreak::None,
         };
-        for (row, (t, tie)) in ts.into_iter().zip(tiebreak).enumerate() {
+        let mut buf = String::new();
+        for (row, t) in ts.into_iter().enumerate() {
             let (Some(t), Some(g)) = (t, group(row)) else {
                 continue;
             };
             let item = items.is_valid(row).then(|| self.intern(items.value(row)));
-            self.rows[g].push((t, tie, target[row] == Some(true), item));
+            tiebreak.write(row, &mut buf);
+            self.rows[g].push(t, &buf, target[row] == Some(true), item);
         }
         Ok(())
     }
@@ -726,8 +763,13 @@ impl AroundGroups {
     }
 
     /// One group's answer.
-    fn around(&self, rows: &mut [AroundRow]) -> Option<Vec<String>> {
-        rows.sort_unstable_by(|a, b| (a.0, &a.1, self.item(a.3)).cmp(&(b.0, &b.1, self.item(b.3))));
+    fn around(&self, group: &mut AroundGroup) -> Option<Vec<String>> {
+        let mut rows = std::mem::take(&mut group.rows);
+        rows.sort_unstable_by(|a, b| {
+            (a.0, group.tie(a), self.item(a.3)).cmp(&(b.0, group.tie(b), self.item(b.3)))
+        });
+        group.rows = rows;
+        let rows = &group.rows;
         let at = rows.iter().position(|r| r.2)?;
         let items = |r: &[AroundRow]| -> Vec<String> {
             r.iter()
@@ -742,7 +784,7 @@ impl AroundGroups {
         })
     }
 
-    fn finish(&self, groups: &mut [Vec<AroundRow>]) -> ArrayRef {
+    fn finish(&self, groups: &mut [AroundGroup]) -> ArrayRef {
         let mut b = ListBuilder::new(StringBuilder::new());
         for g in groups.iter_mut() {
             match self.around(g) {
@@ -758,16 +800,18 @@ impl AroundGroups {
         Arc::new(b.finish())
     }
 
-    fn state_of(&self, groups: &[Vec<AroundRow>]) -> Vec<ArrayRef> {
+    fn state_of(&self, groups: &[AroundGroup]) -> Vec<ArrayRef> {
         let ts = ListArray::from_iter_primitive::<Int64Type, _, _>(
-            groups.iter().map(|g| Some(g.iter().map(|r| Some(r.0)))),
+            groups
+                .iter()
+                .map(|g| Some(g.rows.iter().map(|r| Some(r.0)))),
         );
         let mut tie = ListBuilder::new(StringBuilder::new());
         let mut target = ListBuilder::new(datafusion::arrow::array::BooleanBuilder::new());
         let mut item = ListBuilder::new(StringBuilder::new());
         for g in groups {
-            for r in g {
-                tie.values().append_value(&r.1);
+            for r in &g.rows {
+                tie.values().append_value(g.tie(r));
                 target.values().append_value(r.2);
                 item.values().append_option(self.item(r.3));
             }
@@ -802,7 +846,7 @@ impl AroundGroups {
         );
         for k in 0..t.len() {
             let it = item.is_valid(k).then(|| self.intern(item.value(k)));
-            self.rows[g].push((t.value(k), tie.value(k).to_string(), target.value(k), it));
+            self.rows[g].push(t.value(k), tie.value(k), target.value(k), it);
         }
     }
 }
@@ -862,7 +906,10 @@ impl GroupsAccumulator for AroundGroups {
         Ok(one.state_of(&one.rows))
     }
     fn size(&self) -> usize {
-        self.rows.iter().map(|g| g.capacity() * 64).sum()
+        self.rows
+            .iter()
+            .map(|g| g.rows.capacity() * 32 + g.ties.capacity() + 48)
+            .sum()
     }
 }
 
