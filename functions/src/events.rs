@@ -254,6 +254,36 @@ pub fn condition_layout(
     Ok((n, has_mode))
 }
 
+/// Coerce `(window, ts, cond1, …, condN [, text])` (the funnels' layout, `n` conditions):
+/// the window an INTERVAL or integer, the time a time type, the conditions boolean, the
+/// trailing text UTF-8.
+pub fn coerce_window_layout(
+    function: &'static str,
+    types: &[DataType],
+    n: usize,
+    has_text: bool,
+) -> Result<Vec<DataType>> {
+    let mut out = types.to_vec();
+    if !(is_interval(&types[0]) || types[0].is_integer()) {
+        return Err(invalid(
+            function,
+            format!("window must be an INTERVAL or an integer, not {}", types[0]),
+        ));
+    }
+    if !is_time_type(&types[1]) {
+        return Err(invalid(
+            function,
+            format!("ts must be a timestamp, date or integer, not {}", types[1]),
+        ));
+    }
+    coerce_conditions(function, &mut out, 2..2 + n)?;
+    if has_text {
+        let last = out.len() - 1;
+        out[last] = DataType::Utf8;
+    }
+    Ok(out)
+}
+
 /// Coerce the condition arguments `out[range]` to boolean (NULL literals become boolean);
 /// other types are an error.
 pub fn coerce_conditions(

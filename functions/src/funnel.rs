@@ -90,25 +90,7 @@ impl AggregateUDFImpl for WindowFunnel {
     }
     fn coerce_types(&self, types: &[DataType]) -> Result<Vec<DataType>> {
         let (steps, has_mode) = shape(types)?;
-        let mut out = types.to_vec();
-        if !(events::is_interval(&types[0]) || types[0].is_integer()) {
-            return Err(invalid(
-                NAME,
-                format!("window must be an INTERVAL or an integer, not {}", types[0]),
-            ));
-        }
-        if !events::is_time_type(&types[1]) {
-            return Err(invalid(
-                NAME,
-                format!("ts must be a timestamp, date or integer, not {}", types[1]),
-            ));
-        }
-        events::coerce_conditions(NAME, &mut out, 2..2 + steps)?;
-        if has_mode {
-            let last = out.len() - 1;
-            out[last] = DataType::Utf8;
-        }
-        Ok(out)
+        events::coerce_window_layout(NAME, types, steps, has_mode)
     }
     fn return_type(&self, _: &[DataType]) -> Result<DataType> {
         Ok(DataType::UInt8)
