@@ -10,7 +10,6 @@
 //! is in that set (GA's "ignore direct"); `last_non_direct` is `last_click` with
 //! `ignore_channels=direct` by default.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
@@ -31,6 +30,7 @@ use datafusion::logical_expr::{
 use crate::error::invalid;
 use crate::events;
 use crate::groups::OneGroup;
+use crate::intern::Interner;
 
 const NAME: &str = "attribution_weights";
 const DAY_US: i64 = 86_400_000_000;
@@ -452,8 +452,7 @@ fn options(args: &AccumulatorArgs) -> Result<Options> {
 #[derive(Debug)]
 struct WeightsGroups {
     options: Options,
-    names: Vec<String>,
-    index: HashMap<Box<str>, u32>,
+    names: Interner,
     touches: Vec<Vec<(i64, u32, bool)>>,
     conversion: Vec<Option<i64>>,
 }
@@ -465,8 +464,7 @@ impl WeightsGroups {
     fn new(options: Options) -> Self {
         WeightsGroups {
             options,
-            names: vec![],
-            index: HashMap::new(),
+            names: Interner::default(),
             touches: vec![],
             conversion: vec![],
         }
@@ -477,16 +475,6 @@ impl WeightsGroups {
             self.touches.resize_with(n, Vec::new);
             self.conversion.resize(n, None);
         }
-    }
-
-    fn intern(&mut self, name: &str) -> u32 {
-        if let Some(&i) = self.index.get(name) {
-            return i;
-        }
-        let i = self.names.len() as u32;
-        self.names.push(name.to_string());
-        self.index.insert(name.into(), i);
-        i
     }
 
     fn rows(&mut self, values: &[ArrayRef]) -> Result<Rows> {
@@ -501,9 +489,11 @@ impl WeightsGroups {
         let mut out = Vec::with_capacity(ts.len());
         for i in 0..ts.len() {
             let touch = match (ts[i], channel.is_valid(i)) {
-                (Some(t), true) => {
-                    Some((t, self.intern(channel.value(i)), milestone[i] == Some(true)))
-                }
+                (Some(t), true) => Some((
+                    t,
+                    self.names.id(channel.value(i)),
+                    milestone[i] == Some(true),
+                )),
                 _ => None,
             };
             out.push((conv[i], touch));
@@ -532,10 +522,7 @@ impl WeightsGroups {
             ))
         };
         let flat: Vec<&(i64, u32, bool)> = groups.iter().flatten().collect();
-        let names: Vec<&str> = flat
-            .iter()
-            .map(|t| self.names[t.1 as usize].as_str())
-            .collect();
+        let names: Vec<&str> = flat.iter().map(|t| self.names.name(t.1)).collect();
         vec![
             list(Arc::new(datafusion::arrow::array::Int64Array::from(
                 flat.iter().map(|t| t.0).collect::<Vec<_>>(),
@@ -581,11 +568,7 @@ impl GroupsAccumulator for WeightsGroups {
             let credited = match c {
                 Some(c) => {
                     buffer.clear();
-                    buffer.extend(
-                        touches
-                            .iter()
-                            .map(|t| (t.0, self.names[t.1 as usize].as_str(), t.2)),
-                    );
+                    buffer.extend(touches.iter().map(|t| (t.0, self.names.name(t.1), t.2)));
                     weights(&self.options, c, &buffer)
                 }
                 None => vec![],
@@ -650,7 +633,7 @@ impl GroupsAccumulator for WeightsGroups {
                 m.as_primitive::<UInt8Type>(),
             );
             for i in 0..t.len() {
-                let id = self.intern(c.value(i));
+                let id = self.names.id(c.value(i));
                 self.touches[g].push((t.value(i), id, m.value(i) != 0));
             }
         }
@@ -686,7 +669,7 @@ impl GroupsAccumulator for WeightsGroups {
             .sum::<usize>()
             + self.touches.capacity() * 24
             + self.conversion.capacity() * 16
-            + self.names.iter().map(|n| n.len() + 48).sum::<usize>()
+            + self.names.size()
     }
 }
 

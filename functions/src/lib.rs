@@ -14,6 +14,7 @@ pub mod funnel;
 pub mod funnel_detail;
 pub mod groups;
 pub mod historical;
+pub mod intern;
 pub mod journeys;
 pub mod ltv;
 pub mod markov;

@@ -7,7 +7,6 @@
 //! least `session_gap` (default 30 minutes); consecutive repeats collapse into one (unless
 //! `collapse_repeats` is false).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
@@ -29,6 +28,7 @@ use datafusion::scalar::ScalarValue;
 use crate::error::invalid;
 use crate::events;
 use crate::groups::OneGroup;
+use crate::intern::Interner;
 
 /// Default session gap: 30 minutes.
 const DEFAULT_GAP_US: i64 = 30 * 60 * 1_000_000;
@@ -695,8 +695,7 @@ impl Around {
             before: self.before,
             n: positive(name, "n", n)?,
             rows: vec![],
-            names: vec![],
-            index: HashMap::new(),
+            names: Interner::default(),
         })
     }
 }
@@ -708,8 +707,7 @@ struct AroundGroups {
     n: usize,
     rows: Vec<AroundGroup>,
     /// Items interned: most journeys repeat a few channels.
-    names: Vec<String>,
-    index: HashMap<Box<str>, u32>,
+    names: Interner,
 }
 
 impl AroundGroups {
@@ -741,25 +739,15 @@ impl AroundGroups {
             let (Some(t), Some(g)) = (t, group(row)) else {
                 continue;
             };
-            let item = items.is_valid(row).then(|| self.intern(items.value(row)));
+            let item = items.is_valid(row).then(|| self.names.id(items.value(row)));
             tiebreak.write(row, &mut buf);
             self.rows[g].push(t, &buf, target[row] == Some(true), item);
         }
         Ok(())
     }
 
-    fn intern(&mut self, item: &str) -> u32 {
-        if let Some(&i) = self.index.get(item) {
-            return i;
-        }
-        let i = self.names.len() as u32;
-        self.names.push(item.to_string());
-        self.index.insert(item.into(), i);
-        i
-    }
-
     fn item(&self, i: Option<u32>) -> Option<&str> {
-        i.map(|i| self.names[i as usize].as_str())
+        i.map(|i| self.names.name(i))
     }
 
     /// One group's answer.
@@ -845,7 +833,7 @@ impl AroundGroups {
             item.as_string::<i32>(),
         );
         for k in 0..t.len() {
-            let it = item.is_valid(k).then(|| self.intern(item.value(k)));
+            let it = item.is_valid(k).then(|| self.names.id(item.value(k)));
             self.rows[g].push(t.value(k), tie.value(k), target.value(k), it);
         }
     }
@@ -895,8 +883,7 @@ impl GroupsAccumulator for AroundGroups {
             before: self.before,
             n: self.n,
             rows: vec![],
-            names: vec![],
-            index: HashMap::new(),
+            names: Interner::default(),
         };
         one.grow(values[0].len());
         one.add(values, |row| {

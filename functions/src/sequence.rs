@@ -10,7 +10,6 @@
 //! (ClickHouse measures from the first event `.*` skipped); `sequence_match` of a group
 //! without events is NULL (ClickHouse: 0). A NULL condition counts as false.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
@@ -30,6 +29,7 @@ use datafusion::scalar::ScalarValue;
 use crate::error::invalid;
 use crate::events;
 use crate::groups::{Event, EventGroups, Keep, OneGroup};
+use crate::intern::Interner;
 
 /// ClickHouse's bound on pattern steps before giving up.
 const MAX_ITERATIONS: usize = 1_000_000;
@@ -693,8 +693,7 @@ type NodeRow = (i64, Option<u32>, u32, bool);
 #[derive(Debug)]
 struct NextNodeGroups {
     config: NextNodeConfig,
-    names: Vec<String>,
-    index: HashMap<Box<str>, u32>,
+    names: Interner,
     rows: Vec<Vec<NodeRow>>,
 }
 
@@ -702,8 +701,7 @@ impl NextNodeGroups {
     fn new(config: NextNodeConfig) -> Self {
         NextNodeGroups {
             config,
-            names: vec![],
-            index: HashMap::new(),
+            names: Interner::default(),
             rows: vec![],
         }
     }
@@ -712,16 +710,6 @@ impl NextNodeGroups {
         if self.rows.len() < n {
             self.rows.resize_with(n, Vec::new);
         }
-    }
-
-    fn intern(&mut self, v: &str) -> u32 {
-        if let Some(&i) = self.index.get(v) {
-            return i;
-        }
-        let i = self.names.len() as u32;
-        self.names.push(v.to_string());
-        self.index.insert(v.into(), i);
-        i
     }
 
     /// Each input row as a node row (None without a time).
@@ -743,7 +731,7 @@ impl NextNodeGroups {
                     mask |= 1 << i;
                 }
             }
-            let v = value.is_valid(row).then(|| self.intern(value.value(row)));
+            let v = value.is_valid(row).then(|| self.names.id(value.value(row)));
             out.push(Some((t, v, mask, base[row] == Some(true))));
         }
         Ok(out)
@@ -757,7 +745,7 @@ impl NextNodeGroups {
             return None;
         }
         // Time, then value (ClickHouse's order), then the rest so that ties are settled.
-        let name = |v: Option<u32>| v.map(|i| self.names[i as usize].as_str());
+        let name = |v: Option<u32>| v.map(|i| self.names.name(i));
         rows.sort_unstable_by(|a, b| (a.0, name(a.1), a.2, a.3).cmp(&(b.0, name(b.1), b.2, b.3)));
         let first_event = |r: &NodeRow| r.2 & 1 != 0 && r.3;
         let base = match c.base {
@@ -789,7 +777,7 @@ impl NextNodeGroups {
             for r in g {
                 value
                     .values()
-                    .append_option(r.1.map(|i| self.names[i as usize].as_str()));
+                    .append_option(r.1.map(|i| self.names.name(i)));
                 base.values().append_value(r.3);
             }
             value.append(true);
@@ -829,10 +817,7 @@ impl GroupsAccumulator for NextNodeGroups {
         let mut groups = emit_to.take_needed(&mut self.rows);
         let out: StringArray = groups
             .iter_mut()
-            .map(|g| {
-                self.evaluate_rows(g)
-                    .map(|i| self.names[i as usize].as_str())
-            })
+            .map(|g| self.evaluate_rows(g).map(|i| self.names.name(i)))
             .collect();
         Ok(Arc::new(out))
     }
@@ -867,7 +852,7 @@ impl GroupsAccumulator for NextNodeGroups {
                 b.as_boolean(),
             );
             for k in 0..t.len() {
-                let id = v.is_valid(k).then(|| self.intern(v.value(k)));
+                let id = v.is_valid(k).then(|| self.names.id(v.value(k)));
                 self.rows[g].push((t.value(k), id, m.value(k), b.value(k)));
             }
         }
@@ -895,7 +880,7 @@ impl GroupsAccumulator for NextNodeGroups {
     fn size(&self) -> usize {
         self.rows.iter().map(|r| r.capacity() * 24).sum::<usize>()
             + self.rows.capacity() * 24
-            + self.names.iter().map(|n| n.len() + 48).sum::<usize>()
+            + self.names.size()
     }
 }
 

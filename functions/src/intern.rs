@@ -1,0 +1,34 @@
+//! Interned text for the aggregates that buffer rows per group (channels, items, values):
+//! a group keeps a `u32` per row instead of a `String`, and the text is stored once.
+
+use std::collections::HashMap;
+
+/// Text values numbered in the order they are first seen.
+#[derive(Debug, Default, Clone)]
+pub struct Interner {
+    names: Vec<String>,
+    index: HashMap<Box<str>, u32>,
+}
+
+impl Interner {
+    /// The number of `s`, giving it the next one if it is new.
+    pub fn id(&mut self, s: &str) -> u32 {
+        if let Some(&i) = self.index.get(s) {
+            return i;
+        }
+        let i = self.names.len() as u32;
+        self.names.push(s.to_string());
+        self.index.insert(s.into(), i);
+        i
+    }
+
+    /// The text of number `id` (from [`Interner::id`]).
+    pub fn name(&self, id: u32) -> &str {
+        &self.names[id as usize]
+    }
+
+    /// Bytes held, roughly.
+    pub fn size(&self) -> usize {
+        self.names.iter().map(|n| 2 * n.len() + 64).sum()
+    }
+}
