@@ -10,16 +10,15 @@ Needs the LTV venv (tests/python_ltv/requirements.txt: lifetimes needs numpy < 2
 import argparse
 import os
 import platform
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
 import numpy as np
 import pandas as pd
-import psycopg
 from lifetimes import BetaGeoFitter, GammaGammaFitter
+
+from common import Touchlake, timed
 
 TRUE = dict(r=0.25, alpha=4.0, a=0.8, b=2.5)
 GG = dict(p=6.0, q=3.8, v=15.0)
@@ -51,33 +50,6 @@ def simulate(n, seed=1):
     m = np.where(x > 0, rng.gamma(GG["p"] * np.maximum(x, 1), 1 / (nu * np.maximum(x, 1))), 0.0)
     return pd.DataFrame({"id": np.arange(n), "frequency": x.astype(float), "recency": np.round(last, 2),
                          "T": T, "monetary": np.round(m, 2)})
-
-
-class Touchlake:
-    def __init__(self, binary, lake, log):
-        self.proc = subprocess.Popen([binary, "serve", "--lake", lake, "--listen", "127.0.0.1:0"],
-                                     stdout=subprocess.PIPE, stderr=log, text=True)
-        for line in self.proc.stdout:
-            if line.startswith("touchlake listening on "):
-                self.url = f"postgresql://touchlake@{line.split()[3]}/touchlake"
-                break
-        else:
-            raise RuntimeError("touchlake did not start")
-        self.conn = psycopg.connect(self.url, autocommit=True)
-
-    def stop(self):
-        self.conn.close()
-        self.proc.kill()
-        self.proc.wait()
-
-
-def timed(fn, runs):
-    times, out = [], None
-    for _ in range(runs):
-        start = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), out
 
 
 def main():

@@ -14,7 +14,6 @@ import datetime
 import os
 import platform
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,8 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from deltalake import DeltaTable
+
+from common import Touchlake, timed
 
 COLUMNS = ["touchpoint_id", "person_id", "occurred_at", "channel", "event_type", "revenue"]
 WEEK = 7 * 86400 * 1_000_000
@@ -240,28 +241,6 @@ def norm(rows):
     return out
 
 
-class Touchlake:
-    def __init__(self, binary, lake, log):
-        self.proc = subprocess.Popen([binary, "serve", "--lake", lake, "--listen", "127.0.0.1:0"],
-                                     stdout=subprocess.PIPE, stderr=log, text=True)
-        for line in self.proc.stdout:
-            if line.startswith("touchlake listening on "):
-                self.url = f"postgresql://touchlake@{line.split()[3]}/touchlake"
-                break
-        else:
-            raise RuntimeError("touchlake did not start")
-        self.conn = psycopg.connect(self.url, autocommit=True)
-
-    def run(self, sql):
-        cur = self.conn.execute(sql)
-        return cur.fetchall() if cur.description else []
-
-    def stop(self):
-        self.conn.close()
-        self.proc.kill()
-        self.proc.wait()
-
-
 class Postgres:
     """A throwaway PostgreSQL cluster (Debian package `postgresql`)."""
 
@@ -313,15 +292,6 @@ class Postgres:
         self.conn.close()
         self._as_owner([os.path.join(self.bin, "pg_ctl"), "-D", self.data, "-m", "immediate", "stop"])
         shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def timed(fn, runs):
-    times, result = [], None
-    for _ in range(runs):
-        t = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times), result
 
 
 def main():
