@@ -29,7 +29,7 @@ use datafusion::logical_expr::{
 
 use crate::error::invalid;
 use crate::events;
-use crate::groups::OneGroup;
+use crate::groups::{OneGroup, skipped};
 use crate::intern::Interner;
 
 const NAME: &str = "attribution_weights";
@@ -547,7 +547,7 @@ impl GroupsAccumulator for WeightsGroups {
         self.grow(total_num_groups);
         let rows = self.rows(values)?;
         for (row, (&g, (conv, touch))) in group_indices.iter().zip(rows).enumerate() {
-            if opt_filter.is_some_and(|f| !f.is_valid(row) || !f.value(row)) {
+            if skipped(opt_filter, row) {
                 continue;
             }
             self.see(g, conv);
@@ -651,7 +651,7 @@ impl GroupsAccumulator for WeightsGroups {
         let mut groups = Vec::with_capacity(rows.len());
         let mut conv = Vec::with_capacity(rows.len());
         for (row, (c, touch)) in rows.into_iter().enumerate() {
-            let filtered = opt_filter.is_some_and(|f| !f.is_valid(row) || !f.value(row));
+            let filtered = skipped(opt_filter, row);
             groups.push(if filtered {
                 vec![]
             } else {

@@ -30,7 +30,7 @@ use datafusion::scalar::ScalarValue;
 use crate::calendar::{self, Calendar, Unit};
 use crate::error::invalid;
 use crate::events;
-use crate::groups::OneGroup;
+use crate::groups::{OneGroup, skipped};
 
 /// Most periods `retention_vector` reports per cohort.
 const MAX_PERIODS: i64 = 1000;
@@ -524,7 +524,7 @@ impl GroupsAccumulator for CohortGroups {
         let rows = self.rows(values)?;
         let mut entries = std::mem::take(&mut self.entries);
         for (row, (&g, e)) in group_indices.iter().zip(rows).enumerate() {
-            if opt_filter.is_some_and(|f| !f.is_valid(row) || !f.value(row)) {
+            if skipped(opt_filter, row) {
                 continue;
             }
             if let Some(e) = e {
@@ -574,7 +574,7 @@ impl GroupsAccumulator for CohortGroups {
             .into_iter()
             .enumerate()
             .map(|(row, e)| {
-                let filtered = opt_filter.is_some_and(|f| !f.is_valid(row) || !f.value(row));
+                let filtered = skipped(opt_filter, row);
                 e.filter(|_| !filtered).into_iter().collect()
             })
             .collect();

@@ -320,3 +320,16 @@ pub fn list_state(
         true,
     ))
 }
+
+/// A list value holding all of `values` (one group's result or state).
+pub fn one_list(values: ArrayRef) -> ScalarValue {
+    ScalarValue::List(Arc::new(datafusion::arrow::array::ListArray::new(
+        Arc::new(datafusion::arrow::datatypes::Field::new_list_field(
+            values.data_type().clone(),
+            true,
+        )),
+        datafusion::arrow::buffer::OffsetBuffer::from_lengths([values.len()]),
+        values,
+        None,
+    )))
+}

@@ -708,15 +708,7 @@ fn groups(args: &AccumulatorArgs, totals: bool) -> Result<EventGroups> {
             if !c.totals {
                 return ScalarValue::try_from_array(&structs, 0);
             }
-            Ok(ScalarValue::List(Arc::new(ListArray::new(
-                Arc::new(Field::new_list_field(
-                    DataType::Struct(attempt_fields(&c.time_type)),
-                    true,
-                )),
-                OffsetBuffer::from_lengths([a.len()]),
-                Arc::new(structs),
-                None,
-            ))))
+            Ok(events::one_list(Arc::new(structs)))
         }),
     ))
 }

@@ -54,6 +54,11 @@ pub fn batch_events(
         .collect())
 }
 
+/// Does a GROUP BY aggregate's FILTER (WHERE …) leave out `row`?
+pub fn skipped(opt_filter: Option<&BooleanArray>, row: usize) -> bool {
+    opt_filter.is_some_and(|f| !f.is_valid(row) || !f.value(row))
+}
+
 /// The three state lists of some event buffers.
 pub fn state_lists<'a>(buffers: impl Iterator<Item = &'a Vec<Event>> + Clone) -> Vec<ArrayRef> {
     let ts = ListArray::from_iter_primitive::<Int64Type, _, _>(
@@ -144,7 +149,7 @@ impl GroupsAccumulator for EventGroups {
         self.grow(total_num_groups);
         let events = batch_events(self.name, values, self.keep)?;
         for (row, (&g, e)) in group_indices.iter().zip(events).enumerate() {
-            if opt_filter.is_some_and(|f| !f.is_valid(row) || !f.value(row)) {
+            if skipped(opt_filter, row) {
                 continue;
             }
             let uid = self.next[g];
@@ -195,7 +200,7 @@ impl GroupsAccumulator for EventGroups {
             .into_iter()
             .enumerate()
             .map(|(row, e)| {
-                let filtered = opt_filter.is_some_and(|f| !f.is_valid(row) || !f.value(row));
+                let filtered = skipped(opt_filter, row);
                 match e {
                     Some((t, mask)) if !filtered => vec![(t, mask, 1)],
                     _ => vec![],

@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, ListArray, StringArray};
-use datafusion::arrow::buffer::OffsetBuffer;
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Float64Type};
 use datafusion::error::Result;
@@ -124,14 +123,7 @@ impl Accumulator for JourneyAccumulator {
     }
     fn state(&mut self) -> Result<Vec<ScalarValue>> {
         let keys: Vec<(&String, &Counts)> = self.journeys.iter().collect();
-        let list = |a: ArrayRef| {
-            ScalarValue::List(Arc::new(ListArray::new(
-                Arc::new(Field::new_list_field(a.data_type().clone(), true)),
-                OffsetBuffer::from_lengths([a.len()]),
-                a,
-                None,
-            )))
-        };
+        let list = events::one_list;
         let mut out = vec![list(Arc::new(StringArray::from_iter_values(
             keys.iter().map(|k| k.0.as_str()),
         )))];

@@ -14,10 +14,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{
-    Array, ArrayRef, Float64Array, ListArray, StringArray, StructArray,
-};
-use datafusion::arrow::buffer::OffsetBuffer;
+use datafusion::arrow::array::{ArrayRef, Float64Array, StringArray, StructArray};
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Fields};
 use datafusion::error::Result;
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
@@ -344,7 +341,7 @@ impl Chain {
             ],
             None,
         )?;
-        Ok(wrap(structs))
+        Ok(events::one_list(Arc::new(structs)))
     }
 
     /// Transition probabilities (from, to, p), in state order.
@@ -387,7 +384,7 @@ impl Chain {
             ],
             None,
         )?;
-        Ok(wrap(structs))
+        Ok(events::one_list(Arc::new(structs)))
     }
 }
 
@@ -427,16 +424,6 @@ fn solve(mut a: Vec<Vec<f64>>, mut b: Vec<f64>) -> Vec<f64> {
         };
     }
     x
-}
-
-fn wrap(structs: StructArray) -> ScalarValue {
-    let n = structs.len();
-    ScalarValue::List(Arc::new(ListArray::new(
-        Arc::new(Field::new_list_field(structs.data_type().clone(), true)),
-        OffsetBuffer::from_lengths([n]),
-        Arc::new(structs),
-        None,
-    )))
 }
 
 #[cfg(test)]

@@ -27,7 +27,7 @@ use datafusion::scalar::ScalarValue;
 
 use crate::error::invalid;
 use crate::events;
-use crate::groups::OneGroup;
+use crate::groups::{OneGroup, skipped};
 use crate::intern::Interner;
 
 /// Default session gap: 30 minutes.
@@ -501,7 +501,7 @@ impl GroupsAccumulator for PathGroups {
     ) -> Result<()> {
         self.grow(total_num_groups);
         self.add(values, |row| {
-            let filtered = opt_filter.is_some_and(|f| !f.is_valid(row) || !f.value(row));
+            let filtered = skipped(opt_filter, row);
             (!filtered).then(|| group_indices[row])
         })
     }
@@ -538,7 +538,7 @@ impl GroupsAccumulator for PathGroups {
         let n = values[0].len();
         one.grow(n);
         one.add(values, |row| {
-            let filtered = opt_filter.is_some_and(|f| !f.is_valid(row) || !f.value(row));
+            let filtered = skipped(opt_filter, row);
             (!filtered).then_some(row)
         })?;
         Ok(Self::state_of(&one.rows))
@@ -849,7 +849,7 @@ impl GroupsAccumulator for AroundGroups {
     ) -> Result<()> {
         self.grow(total_num_groups);
         self.add(values, |row| {
-            let filtered = opt_filter.is_some_and(|f| !f.is_valid(row) || !f.value(row));
+            let filtered = skipped(opt_filter, row);
             (!filtered).then(|| group_indices[row])
         })
     }
@@ -887,7 +887,7 @@ impl GroupsAccumulator for AroundGroups {
         };
         one.grow(values[0].len());
         one.add(values, |row| {
-            let filtered = opt_filter.is_some_and(|f| !f.is_valid(row) || !f.value(row));
+            let filtered = skipped(opt_filter, row);
             (!filtered).then_some(row)
         })?;
         Ok(one.state_of(&one.rows))

@@ -10,7 +10,6 @@ use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, Int32Array, IntervalMonthDayNanoArray, ListArray, StringArray,
     StructArray, UInt64Array,
 };
-use datafusion::arrow::buffer::OffsetBuffer;
 use datafusion::arrow::datatypes::{
     DataType, Field, FieldRef, Fields, Int32Type, Int64Type, IntervalMonthDayNano,
     IntervalMonthDayNanoType, IntervalUnit, UInt64Type,
@@ -255,7 +254,7 @@ impl Accumulator for TopPathsAccumulator {
 
     fn state(&mut self) -> Result<Vec<ScalarValue>> {
         let keys: Vec<(&Key, &EdgeStats)> = self.edges.iter().collect();
-        let list = |a: ArrayRef| ScalarValue::List(Arc::new(wrap(a)));
+        let list = |a: ArrayRef| events::one_list(a);
         Ok(vec![
             list(Arc::new(Int32Array::from_iter_values(
                 keys.iter().map(|(k, _)| k.0),
@@ -390,7 +389,7 @@ impl Accumulator for TopPathsAccumulator {
             ],
             None,
         )?;
-        Ok(ScalarValue::List(Arc::new(wrap(Arc::new(structs)))))
+        Ok(events::one_list(Arc::new(structs)))
     }
 
     fn size(&self) -> usize {
@@ -400,14 +399,4 @@ impl Accumulator for TopPathsAccumulator {
             .sum::<usize>()
             + std::mem::size_of_val(self)
     }
-}
-
-/// One list holding all of `values`.
-fn wrap(values: ArrayRef) -> ListArray {
-    ListArray::new(
-        Arc::new(Field::new_list_field(values.data_type().clone(), true)),
-        OffsetBuffer::from_lengths([values.len()]),
-        values,
-        None,
-    )
 }

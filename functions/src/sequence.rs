@@ -16,7 +16,6 @@ use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, BooleanBuilder, Int64Array, ListArray, ListBuilder,
     StringArray, StringBuilder, TimestampMicrosecondArray,
 };
-use datafusion::arrow::buffer::OffsetBuffer;
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Int64Type, TimeUnit, UInt32Type};
 use datafusion::error::Result;
@@ -28,7 +27,7 @@ use datafusion::scalar::ScalarValue;
 
 use crate::error::invalid;
 use crate::events;
-use crate::groups::{Event, EventGroups, Keep, OneGroup};
+use crate::groups::{Event, EventGroups, Keep, OneGroup, skipped};
 use crate::intern::Interner;
 
 /// ClickHouse's bound on pattern steps before giving up.
@@ -361,12 +360,7 @@ impl Config {
                 } else {
                     Arc::new(TimestampMicrosecondArray::from(times).with_timezone("UTC"))
                 };
-                ScalarValue::List(Arc::new(ListArray::new(
-                    Arc::new(Field::new_list_field(values.data_type().clone(), true)),
-                    OffsetBuffer::from_lengths([values.len()]),
-                    values,
-                    None,
-                )))
+                events::one_list(values)
             }
         })
     }
@@ -803,7 +797,7 @@ impl GroupsAccumulator for NextNodeGroups {
         self.grow(total_num_groups);
         let rows = self.batch_rows(values)?;
         for (row, (&g, r)) in group_indices.iter().zip(rows).enumerate() {
-            if opt_filter.is_some_and(|f| !f.is_valid(row) || !f.value(row)) {
+            if skipped(opt_filter, row) {
                 continue;
             }
             if let Some(r) = r {
@@ -870,7 +864,7 @@ impl GroupsAccumulator for NextNodeGroups {
             .into_iter()
             .enumerate()
             .map(|(row, r)| {
-                let filtered = opt_filter.is_some_and(|f| !f.is_valid(row) || !f.value(row));
+                let filtered = skipped(opt_filter, row);
                 r.filter(|_| !filtered).into_iter().collect()
             })
             .collect();

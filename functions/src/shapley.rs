@@ -16,10 +16,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{
-    Array, ArrayRef, Float64Array, ListArray, StringArray, StructArray,
-};
-use datafusion::arrow::buffer::OffsetBuffer;
+use datafusion::arrow::array::{ArrayRef, Float64Array, StringArray, StructArray};
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Fields};
 use datafusion::error::Result;
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
@@ -383,13 +380,7 @@ fn result(rows: &[(String, f64, f64, f64)]) -> Result<ScalarValue> {
         ],
         None,
     )?;
-    let n = structs.len();
-    Ok(ScalarValue::List(Arc::new(ListArray::new(
-        Arc::new(Field::new_list_field(structs.data_type().clone(), true)),
-        OffsetBuffer::from_lengths([n]),
-        Arc::new(structs),
-        None,
-    ))))
+    Ok(events::one_list(Arc::new(structs)))
 }
 
 #[cfg(test)]

@@ -333,22 +333,11 @@ impl Session {
         let guard = self.begin_statement();
         match cmd {
             Command::Sql(stmt) => {
-                // A panic while planning or dispatching is this statement's error; the
-                // connection and the server stay up.
-                use futures::FutureExt;
-                let fut = std::panic::AssertUnwindSafe(self.dispatch(stmt, None, &guard))
-                    .catch_unwind()
-                    .map(|r| {
-                        r.unwrap_or_else(|_| {
-                            Err(SessionError::DataFusion(DataFusionError::Internal(
-                                "internal error while running the statement".into(),
-                            )))
-                        })
-                    });
+                let fut = unpanicked(self.dispatch(stmt, None, &guard));
                 guard.run(fut).await
             }
             Command::Lake(c) => {
-                let fut = self.lake_command(c);
+                let fut = unpanicked(self.lake_command(c));
                 guard.run(fut).await
             }
         }
@@ -371,7 +360,9 @@ impl Session {
             });
         };
         let plan = match &stmt {
-            Command::Sql(sql) if goes_to_datafusion(sql) => Some(self.plan(sql.clone()).await?),
+            Command::Sql(sql) if goes_to_datafusion(sql) => {
+                Some(unpanicked(self.plan(sql.clone())).await?)
+            }
             Command::Sql(Statement::Copy {
                 source,
                 to: false,
@@ -419,13 +410,13 @@ impl Session {
         // prepared statement must see the data as of its Execute (as in PostgreSQL).
         let plan = match &p.plan {
             Some(_) => Some(
-                self.plan(stmt.clone())
+                unpanicked(self.plan(stmt.clone()))
                     .await?
                     .replace_params_with_values(&params)?,
             ),
             None => None,
         };
-        let fut = self.dispatch(stmt, plan, &guard);
+        let fut = unpanicked(self.dispatch(stmt, plan, &guard));
         guard.run(fut).await
     }
 
@@ -1270,6 +1261,20 @@ fn call_text_args(f: &ast::Function) -> Result<Vec<String>> {
         }
     }
     Ok(out)
+}
+
+/// A panic inside `fut` (planning, running, a lake command) is that statement's error
+/// (XX000): the connection and the server stay up.
+async fn unpanicked<T>(fut: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    use futures::FutureExt;
+    std::panic::AssertUnwindSafe(fut)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|_| {
+            Err(SessionError::DataFusion(DataFusionError::Internal(
+                "internal error while running the statement".into(),
+            )))
+        })
 }
 
 fn is_transaction_end(cmd: &Command) -> bool {
