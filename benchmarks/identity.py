@@ -205,6 +205,9 @@ def main():
             incr.append(s)
             print(f"incremental run {r + 1}: {s:.2f}s {row}", flush=True)
         persons_incr = count_persons(srv.url)
+        with psycopg.connect(srv.url, autocommit=True) as c:
+            unplaced = c.execute("SELECT count(*) FROM unified.touchpoints WHERE person_id IS NULL").fetchone()[0]
+        assert unplaced == 0, f"{unplaced} touchpoints without a person after the incremental runs"
         srv.stop()
     ea, eb = edges(np.arange(n))
     print(f"{len(ea):,} edges", flush=True)

@@ -2,15 +2,12 @@
 //! `id_clean`, `identifier_hash`. NULL in gives NULL out; an unusable configuration
 //! argument (policy, mode, algorithm) is an error (SQLSTATE 22023).
 
-use std::sync::LazyLock;
-
 use datafusion::arrow::datatypes::DataType;
 use datafusion::error::Result;
 use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, TypeSignature,
     Volatility,
 };
-use regex::Regex;
 use rlibphonenumber::{PhoneNumber, PhoneNumberFormat, Region};
 use sha2::Digest;
 use unicode_normalization::UnicodeNormalization;
@@ -241,11 +238,31 @@ const BLOCKED: &[&str] = &[
     "default",
 ];
 
-static ZEROS: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^[0\-]*$").expect("static regex"));
-static EMAIL_SHAPE: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"^[^@\s]+@[^@\s]+\.[^@\s]+$").expect("static regex"));
-static REPEATED_DIGIT: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"^\+?[0-9]+$").expect("static regex"));
+/// All zeros and dashes (or empty): `^[0\-]*$`.
+fn zeros(v: &str) -> bool {
+    v.bytes().all(|b| b == b'0' || b == b'-')
+}
+
+/// The shape of an e-mail address: `^[^@\s]+@[^@\s]+\.[^@\s]+$`.
+fn email_shape(v: &str) -> bool {
+    let Some((local, domain)) = v.split_once('@') else {
+        return false;
+    };
+    let plain = |s: &str| !s.is_empty() && !s.contains('@') && !s.chars().any(char::is_whitespace);
+    // A dot with something on both sides (the dot is one byte).
+    plain(local)
+        && plain(domain)
+        && domain
+            .bytes()
+            .enumerate()
+            .any(|(i, b)| b == b'.' && i > 0 && i + 1 < domain.len())
+}
+
+/// Digits only, with an optional leading `+`: `^\+?[0-9]+$`.
+fn digits_only(v: &str) -> bool {
+    let d = v.strip_prefix('+').unwrap_or(v);
+    !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit())
+}
 
 /// `id_clean(id_type, value [, extra_blocklist])`: the trimmed value, or NULL if it is a
 /// placeholder (all zeros/dashes, `-1`, `null`, `anonymous`, `unknown`, …, or one of the
@@ -253,8 +270,9 @@ static REPEATED_DIGIT: LazyLock<Regex> =
 /// (`email` needs `x@y.z`; `phone` needs at least 5 digits and not one digit repeated).
 pub fn id_clean(id_type: Option<&str>, value: Option<&str>, extra: Option<&str>) -> Option<String> {
     let v = value?.trim();
-    let lower = v.to_lowercase();
-    if ZEROS.is_match(v) || BLOCKED.contains(&lower.as_str()) {
+    // Case-insensitive in ASCII: no other character lowercases to a letter of the list
+    // but the Kelvin sign (to `k`, in none of its words).
+    if zeros(v) || BLOCKED.iter().any(|b| b.eq_ignore_ascii_case(v)) {
         return None;
     }
     if let Some(extra) = extra
@@ -263,13 +281,14 @@ pub fn id_clean(id_type: Option<&str>, value: Option<&str>, extra: Option<&str>)
         return None;
     }
     match id_type.map(|t| t.trim().to_ascii_lowercase()).as_deref() {
-        Some("email") if !EMAIL_SHAPE.is_match(v) => return None,
+        Some("email") if !email_shape(v) => return None,
         Some("phone") => {
-            let digits: Vec<char> = v.chars().filter(|c| c.is_ascii_digit()).collect();
-            if digits.len() < 5 {
+            let mut digits = v.bytes().filter(u8::is_ascii_digit);
+            let first = digits.next();
+            if v.bytes().filter(u8::is_ascii_digit).count() < 5 {
                 return None;
             }
-            if REPEATED_DIGIT.is_match(v) && digits.iter().all(|d| *d == digits[0]) {
+            if digits_only(v) && digits.all(|d| Some(d) == first) {
                 return None;
             }
         }
@@ -309,6 +328,35 @@ pub fn identifier_hash(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use regex::Regex;
+
+    #[test]
+    fn shape_checks_equal_their_regexes() {
+        let zeros_re = Regex::new(r"^[0\-]*$").unwrap();
+        let email_re = Regex::new(r"^[^@\s]+@[^@\s]+\.[^@\s]+$").unwrap();
+        let digits_re = Regex::new(r"^\+?[0-9]+$").unwrap();
+        // Every string of up to 5 characters over an alphabet of the characters that
+        // matter (and a non-ASCII space and letter).
+        let alphabet = ['0', '-', '@', '.', 'a', ' ', '+', '7', '\u{3000}', 'é'];
+        let mut cases = vec![String::new()];
+        let mut frontier = vec![String::new()];
+        for _ in 0..5 {
+            let mut next = vec![];
+            for s in &frontier {
+                for c in alphabet {
+                    next.push(format!("{s}{c}"));
+                }
+            }
+            cases.extend(next.iter().cloned());
+            frontier = next;
+        }
+        for v in &cases {
+            assert_eq!(zeros(v), zeros_re.is_match(v), "{v:?}");
+            assert_eq!(email_shape(v), email_re.is_match(v), "{v:?}");
+            assert_eq!(digits_only(v), digits_re.is_match(v), "{v:?}");
+        }
+        assert!(cases.len() > 100_000);
+    }
 
     #[test]
     fn phones_normalize() {

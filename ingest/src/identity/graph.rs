@@ -210,6 +210,61 @@ pub struct Edge {
     pub last_seen: i64,
 }
 
+/// The identifiers of one type, numbered from 0: a graph is built one type per thread
+/// ([`Graph::from_types`]).
+#[derive(Debug, Default)]
+pub struct TypeNodes {
+    ty: u8,
+    index: FxHashMap<Box<str>, u32>,
+    nodes: Vec<Node>,
+}
+
+impl TypeNodes {
+    /// No identifiers of type `ty` yet.
+    pub fn new(ty: u8) -> Self {
+        TypeNodes {
+            ty,
+            ..Default::default()
+        }
+    }
+
+    /// The type.
+    pub fn ty(&self) -> u8 {
+        self.ty
+    }
+
+    /// The number of `value`, if known.
+    pub fn find(&self, value: &str) -> Option<u32> {
+        self.index.get(value).copied()
+    }
+
+    /// Record one touchpoint at `ts` on identifier `i`.
+    pub fn touch_node(&mut self, i: u32, ts: i64) {
+        let n = &mut self.nodes[i as usize];
+        n.first_seen = n.first_seen.min(ts);
+        n.last_seen = n.last_seen.max(ts);
+        n.touchpoints += 1;
+    }
+
+    /// The number of `value`, created if new; records one touchpoint at `ts`.
+    pub fn touch(&mut self, value: &str, ts: i64) -> u32 {
+        if let Some(i) = self.find(value) {
+            self.touch_node(i, ts);
+            return i;
+        }
+        let i = self.nodes.len() as u32;
+        self.nodes.push(Node {
+            ty: self.ty,
+            value: value.to_string(),
+            first_seen: ts,
+            last_seen: ts,
+            touchpoints: 1,
+        });
+        self.index.insert(value.into(), i);
+        i
+    }
+}
+
 /// Identifiers and the edges between them.
 #[derive(Debug, Default, Clone)]
 pub struct Graph {
@@ -217,17 +272,25 @@ pub struct Graph {
     pub nodes: Vec<Node>,
     /// Per identifier type: value → node (looked up by `&str`, without allocating).
     index: [FxHashMap<Box<str>, u32>; TYPES.len()],
-    edges: FxHashMap<(u32, u32), (i64, i64)>,
+    /// Edge → (first seen, last seen), in [`SHARDS`] maps by a hash of the edge, so that
+    /// [`Graph::link_groups`] fills them in parallel.
+    edges: [FxHashMap<(u32, u32), (i64, i64)>; SHARDS],
+}
+
+/// Edge maps built in parallel (one per core of the machines this runs on).
+const SHARDS: usize = 2;
+
+/// The shard of edge `(a, b)`.
+fn shard(a: u32, b: u32) -> usize {
+    let h = (u64::from(a) << 32 | u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (h >> 63) as usize % SHARDS
 }
 
 impl Graph {
     /// The node of `(ty, value)`, created if new; records one touchpoint at `ts`.
     pub fn touch(&mut self, ty: u8, value: &str, ts: i64) -> u32 {
         if let Some(&i) = self.index[usize::from(ty)].get(value) {
-            let n = &mut self.nodes[i as usize];
-            n.first_seen = n.first_seen.min(ts);
-            n.last_seen = n.last_seen.max(ts);
-            n.touchpoints += 1;
+            self.touch_node(i, ts);
             return i;
         }
         let i = self.nodes.len() as u32;
@@ -240,6 +303,32 @@ impl Graph {
         });
         self.index[usize::from(ty)].insert(value.into(), i);
         i
+    }
+
+    /// A graph of these identifiers (each type's in [`TYPES`] order, one after the
+    /// other) and no edges; returns the number of each type's first node.
+    pub fn from_types(types: Vec<TypeNodes>) -> (Graph, [u32; TYPES.len()]) {
+        let mut g = Graph::default();
+        let mut first = [0u32; TYPES.len()];
+        for mut t in types {
+            let ty = usize::from(t.ty);
+            let base = g.nodes.len() as u32;
+            first[ty] = base;
+            for v in t.index.values_mut() {
+                *v += base;
+            }
+            g.nodes.append(&mut t.nodes);
+            g.index[ty] = t.index;
+        }
+        (g, first)
+    }
+
+    /// Record one touchpoint at `ts` on node `i`.
+    pub fn touch_node(&mut self, i: u32, ts: i64) {
+        let n = &mut self.nodes[i as usize];
+        n.first_seen = n.first_seen.min(ts);
+        n.last_seen = n.last_seen.max(ts);
+        n.touchpoints += 1;
     }
 
     /// The node of `(ty, value)`, if any.
@@ -255,10 +344,12 @@ impl Graph {
         }
         let key = (x.min(y), x.max(y));
         let mut new = false;
-        let e = self.edges.entry(key).or_insert_with(|| {
-            new = true;
-            (ts, ts)
-        });
+        let e = self.edges[shard(key.0, key.1)]
+            .entry(key)
+            .or_insert_with(|| {
+                new = true;
+                (ts, ts)
+            });
         e.0 = e.0.min(ts);
         e.1 = e.1.max(ts);
         new
@@ -281,33 +372,86 @@ impl Graph {
         i
     }
 
-    /// The edges, in application order: by time, then by their endpoints' (type, value),
-    /// independent of the order nodes were created in.
-    pub fn edges(&self) -> Vec<Edge> {
-        // Each node's rank in (type, value) order, so that the sort compares integers.
-        let mut order: Vec<u32> = (0..self.nodes.len() as u32).collect();
+    /// Link every two nodes of each of `n` groups (`group(i)`: a touchpoint's time and
+    /// nodes), [`SHARDS`] edge maps at once, one per thread.
+    pub fn link_groups<'a>(&mut self, n: usize, group: impl Fn(usize) -> (i64, &'a [u32]) + Sync) {
+        // Room for every pair (an upper bound of the new edges, capped): growing a map of
+        // millions of edges rehashes it several times.
+        let pairs: usize = (0..n)
+            .map(|i| {
+                let k = group(i).1.len();
+                k * k.saturating_sub(1) / 2
+            })
+            .sum();
+        std::thread::scope(|scope| {
+            for (s, edges) in self.edges.iter_mut().enumerate() {
+                let group = &group;
+                scope.spawn(move || {
+                    edges.reserve((pairs / SHARDS).min(1 << 24));
+                    for i in 0..n {
+                        let (ts, nodes) = group(i);
+                        for x in 0..nodes.len() {
+                            for y in x + 1..nodes.len() {
+                                let (a, b) = (nodes[x], nodes[y]);
+                                if a == b {
+                                    continue;
+                                }
+                                let key = (a.min(b), a.max(b));
+                                if shard(key.0, key.1) != s {
+                                    continue;
+                                }
+                                let e = edges.entry(key).or_insert((ts, ts));
+                                e.0 = e.0.min(ts);
+                                e.1 = e.1.max(ts);
+                            }
+                        }
+                    }
+                });
+            }
+        });
+    }
+
+    /// The number of edges.
+    pub fn edge_count(&self) -> usize {
+        self.edges.iter().map(|e| e.len()).sum()
+    }
+
+    /// Every edge, in no particular order.
+    pub fn all_edges(&self) -> impl Iterator<Item = Edge> + '_ {
+        self.edges
+            .iter()
+            .flatten()
+            .map(|(&(a, b), &(first_seen, last_seen))| Edge {
+                a,
+                b,
+                first_seen,
+                last_seen,
+            })
+    }
+
+    /// The edges `keep` accepts, in application order: by time, then by their endpoints'
+    /// (type, value), independent of the order nodes were created in.
+    pub fn edges_in_order(&self, keep: impl Fn(&Edge) -> bool) -> Vec<Edge> {
+        let edges: Vec<Edge> = self.all_edges().filter(|e| keep(e)).collect();
+        // The rank of each endpoint in (type, value) order, so that the sort compares
+        // integers.
+        let mut order: Vec<u32> = edges.iter().flat_map(|e| [e.a, e.b]).collect();
+        order.sort_unstable();
+        order.dedup();
         order.sort_unstable_by(|&x, &y| {
             let (nx, ny) = (&self.nodes[x as usize], &self.nodes[y as usize]);
             (nx.ty, nx.value.as_str()).cmp(&(ny.ty, ny.value.as_str()))
         });
-        let mut rank = vec![0u32; self.nodes.len()];
-        for (r, &i) in order.iter().enumerate() {
-            rank[i as usize] = r as u32;
-        }
-        let mut v: Vec<((i64, i64, u32, u32), Edge)> = self
-            .edges
+        let rank: FxHashMap<u32, u32> = order
             .iter()
-            .map(|(&(a, b), &(first_seen, last_seen))| {
-                let (ra, rb) = (rank[a as usize], rank[b as usize]);
-                (
-                    (first_seen, last_seen, ra.min(rb), ra.max(rb)),
-                    Edge {
-                        a,
-                        b,
-                        first_seen,
-                        last_seen,
-                    },
-                )
+            .enumerate()
+            .map(|(r, &i)| (i, r as u32))
+            .collect();
+        let mut v: Vec<((i64, i64, u32, u32), Edge)> = edges
+            .into_iter()
+            .map(|e| {
+                let (ra, rb) = (rank[&e.a], rank[&e.b]);
+                ((e.first_seen, e.last_seen, ra.min(rb), ra.max(rb)), e)
             })
             .collect();
         v.sort_unstable_by_key(|(k, _)| *k);
@@ -394,11 +538,10 @@ pub fn resolve_with(
     pre_guarded: &[bool],
 ) -> Resolution {
     let n = graph.nodes.len();
-    let edges = graph.edges();
 
     // Degree per node and type (distinct neighbours; edges are distinct pairs).
     let mut degree = vec![[0u32; TYPES.len()]; n];
-    for e in &edges {
+    for e in graph.all_edges() {
         let (ta, tb) = (
             graph.nodes[e.a as usize].ty as usize,
             graph.nodes[e.b as usize].ty as usize,
@@ -417,7 +560,99 @@ pub fn resolve_with(
                         .any(|(t, &d)| config.strong[t] && d as usize > max)
         })
         .collect();
+    let unguarded = |e: &Edge| !guarded_flag[e.a as usize] && !guarded_flag[e.b as usize];
 
+    // Manual rules: exclusions are remembered per node; inclusions applied first.
+    let mut forced = vec![];
+    let mut excludes: HashMap<u32, Vec<u32>> = HashMap::new();
+    for r in rules {
+        let (Some(a), Some(b)) = (graph.find(r.a.0, &r.a.1), graph.find(r.b.0, &r.b.1)) else {
+            continue;
+        };
+        if r.include {
+            forced.push((a, b));
+        } else {
+            excludes.entry(a).or_default().push(b);
+            excludes.entry(b).or_default().push(a);
+        }
+    }
+    // Clusters: every unguarded edge and every include pair.
+    let mut clusters = Clusters((0..n as u32).collect());
+    for &(a, b) in &forced {
+        clusters.union(a, b);
+    }
+    for e in graph.all_edges().filter(unguarded) {
+        clusters.union(e.a, e.b);
+    }
+    let cluster: Vec<u32> = (0..n as u32).map(|i| clusters.find(i)).collect();
+
+    // A cluster within every limit and without an excluded identifier is one person,
+    // whatever the order of its edges. Only the others are resolved edge by edge.
+    let mut counts: FxHashMap<u32, [u32; TYPES.len()]> = FxHashMap::default();
+    let limited: Vec<usize> = (0..TYPES.len())
+        .filter(|&t| config.limit[t] != usize::MAX)
+        .collect();
+    if !limited.is_empty() {
+        for (i, node) in graph.nodes.iter().enumerate() {
+            if config.limit[node.ty as usize] != usize::MAX {
+                counts.entry(cluster[i]).or_default()[node.ty as usize] += 1;
+            }
+        }
+    }
+    let mut contested: Vec<bool> = vec![false; n];
+    for (c, k) in &counts {
+        if limited.iter().any(|&t| k[t] as usize > config.limit[t]) {
+            contested[*c as usize] = true;
+        }
+    }
+    for a in excludes.keys() {
+        contested[cluster[*a as usize] as usize] = true;
+    }
+    let is_contested = |i: u32| contested[cluster[i as usize] as usize];
+
+    let mut skipped = vec![];
+    let component = if contested.iter().any(|&c| c) {
+        resolve_contested(
+            graph,
+            config,
+            excludes,
+            &forced,
+            &unguarded,
+            &is_contested,
+            &cluster,
+            &mut skipped,
+        )
+    } else {
+        // Every cluster is one person (include pairs are inside their cluster).
+        cluster.clone()
+    };
+    Resolution {
+        component,
+        guarded: (0..n as u32)
+            .filter(|&i| guarded_flag[i as usize])
+            .collect(),
+        skipped,
+        degree,
+        edges: graph.edge_count(),
+        cluster,
+    }
+}
+
+/// The persons of the contested clusters, applying their edges in order under the limits
+/// and exclude rules (the skipped ones are added to `skipped`); every other node's person
+/// is its cluster.
+#[allow(clippy::too_many_arguments)]
+fn resolve_contested(
+    graph: &Graph,
+    config: &Config,
+    excludes: HashMap<u32, Vec<u32>>,
+    forced: &[(u32, u32)],
+    unguarded: &impl Fn(&Edge) -> bool,
+    is_contested: &impl Fn(u32) -> bool,
+    cluster: &[u32],
+    skipped: &mut Vec<(Edge, Flag)>,
+) -> Vec<u32> {
+    let n = graph.nodes.len();
     let mut uf = UnionFind {
         parent: (0..n as u32).collect(),
         size: vec![1; n],
@@ -430,44 +665,15 @@ pub fn resolve_with(
                 c
             })
             .collect(),
-        excludes: HashMap::new(),
+        excludes,
     };
-
-    // Manual rules: exclusions are remembered per node; inclusions applied first.
-    let mut forced = vec![];
-    for r in rules {
-        let (Some(a), Some(b)) = (graph.find(r.a.0, &r.a.1), graph.find(r.b.0, &r.b.1)) else {
-            continue;
-        };
-        if r.include {
-            forced.push((a, b));
-        } else {
-            uf.excludes.entry(a).or_default().push(b);
-            uf.excludes.entry(b).or_default().push(a);
-        }
-    }
-    // Clusters: every unguarded edge and every include pair.
-    let mut clusters = Clusters((0..n as u32).collect());
-    for &(a, b) in &forced {
-        clusters.union(a, b);
-    }
-    for e in &edges {
-        if !guarded_flag[e.a as usize] && !guarded_flag[e.b as usize] {
-            clusters.union(e.a, e.b);
-        }
-    }
-    for (a, b) in forced {
+    for &(a, b) in forced {
         let (ra, rb) = (uf.find(a), uf.find(b));
         if ra != rb {
             uf.union(ra, rb);
         }
     }
-
-    let mut skipped = vec![];
-    for e in &edges {
-        if guarded_flag[e.a as usize] || guarded_flag[e.b as usize] {
-            continue;
-        }
+    for e in graph.edges_in_order(|e| unguarded(e) && is_contested(e.a)) {
         let (ra, rb) = (uf.find(e.a), uf.find(e.b));
         if ra == rb {
             continue;
@@ -478,26 +684,26 @@ pub fn resolve_with(
                     > config.limit[t]
         });
         if over {
-            skipped.push((*e, Flag::CardinalityViolation));
+            skipped.push((e, Flag::CardinalityViolation));
             continue;
         }
         if excluded(&mut uf, ra, rb) {
-            skipped.push((*e, Flag::Excluded));
+            skipped.push((e, Flag::Excluded));
             continue;
         }
         uf.union(ra, rb);
     }
-    let component = (0..n as u32).map(|i| uf.find(i)).collect();
-    Resolution {
-        component,
-        guarded: (0..n as u32)
-            .filter(|&i| guarded_flag[i as usize])
-            .collect(),
-        skipped,
-        degree,
-        edges: edges.len(),
-        cluster: (0..n as u32).map(|i| clusters.find(i)).collect(),
-    }
+    // Uncontested clusters are their person; a contested one's persons are the
+    // union-find's (its representatives are nodes of that cluster, so never another's).
+    (0..n as u32)
+        .map(|i| {
+            if is_contested(i) {
+                uf.find(i)
+            } else {
+                cluster[i as usize]
+            }
+        })
+        .collect()
 }
 
 /// A plain union-find for clusters.

@@ -26,7 +26,9 @@ use futures::TryStreamExt;
 use touchlake_catalog::Lake;
 
 use super::graph::{self, Graph, TYPES};
-use super::read::{Previous, add_row, for_each_row, int_col, text_col};
+use super::read::{
+    Activity, Placed, Previous, add_raw_row, clean, int_col, link_all, scan, text_col,
+};
 use super::run::{Scope, Work};
 use crate::error::Result;
 
@@ -130,10 +132,16 @@ struct Stored {
 /// The new touchpoints and the clusters they touch, as a graph to resolve. Registers
 /// `touched_persons (p)` in `ctx` for the writes.
 pub(super) async fn load(lake: &Lake, ctx: &SessionContext) -> Result<Work> {
-    let mut new_rows: Vec<(i64, Vec<(u8, String)>)> = vec![];
-    let mut read = for_each_row(ctx, "person_id IS NULL", |t, ids| {
+    let mut placed = Placed::default();
+    let mut new_rows: Vec<(Activity, Vec<(u8, String)>)> = vec![];
+    let mut read = scan(ctx, "person_id IS NULL", |r| {
+        let ids: Vec<(u8, String)> = r
+            .ids
+            .iter()
+            .filter_map(|&(t, v)| clean(t as usize, v).map(|c| (t, c)))
+            .collect();
         if !ids.is_empty() {
-            new_rows.push((t, ids));
+            new_rows.push((placed.activity(r), ids));
         }
     })
     .await?;
@@ -240,13 +248,13 @@ pub(super) async fn load(lake: &Lake, ctx: &SessionContext) -> Result<Work> {
 
     // The previous mapping of the touched part.
     let mut prev = Previous {
-        person_of: stored
-            .iter()
-            .map(|s| ((s.ty, s.value.clone()), s.person.clone()))
-            .collect(),
+        person_of: Default::default(),
         anchor: HashMap::new(),
         first_seen: HashMap::new(),
     };
+    for s in &stored {
+        prev.person_of[usize::from(s.ty)].insert(s.value.clone(), s.person.clone());
+    }
     if let Some((_, p)) = lake.table("unified", "persons").await? {
         ctx.register_table("prev_persons", p)?;
         for b in ctx
@@ -266,12 +274,12 @@ pub(super) async fn load(lake: &Lake, ctx: &SessionContext) -> Result<Work> {
     // The graph: the touched persons' touchpoints, the stored identifiers, the new rows.
     let mut g = Graph::default();
     if !persons.is_empty() {
-        read += for_each_row(
-            ctx,
-            "person_id IN (SELECT p FROM touched_persons)",
-            |t, ids| add_row(&mut g, t, &ids, |_, _| {}),
-        )
+        let from = placed.rows.len();
+        read += scan(ctx, "person_id IN (SELECT p FROM touched_persons)", |r| {
+            add_raw_row(&mut g, &mut placed, r)
+        })
         .await?;
+        placed.link(&mut g, from);
     }
     let mut known = HashSet::new();
     let mut degree: HashMap<u32, [u32; TYPES.len()]> = HashMap::new();
@@ -296,8 +304,10 @@ pub(super) async fn load(lake: &Lake, ctx: &SessionContext) -> Result<Work> {
         .map(|i| !known.contains(&i))
         .collect();
     let mut new_edges = vec![];
-    for (t, ids) in &new_rows {
-        add_row(&mut g, *t, ids, |a, b| new_edges.push((a, b)));
+    for (act, ids) in &new_rows {
+        let nodes: Vec<u32> = ids.iter().map(|(ty, v)| g.touch(*ty, v, act.ts)).collect();
+        link_all(&mut g, &nodes, act.ts, |a, b| new_edges.push((a, b)));
+        placed.push(*act, &nodes);
     }
     for (a, b) in new_edges {
         for (x, y) in [(a, b), (b, a)] {
@@ -315,6 +325,7 @@ pub(super) async fn load(lake: &Lake, ctx: &SessionContext) -> Result<Work> {
         .collect();
     Ok(Work {
         graph: g,
+        placed,
         touchpoints: read,
         pre_guarded,
         foreign,

@@ -3,14 +3,16 @@
 
 use std::collections::HashMap;
 
-use datafusion::arrow::array::{Array, AsArray, Int64Array, RecordBatch, StringArray};
+use datafusion::arrow::array::{
+    Array, AsArray, BooleanArray, Decimal128Array, Int64Array, RecordBatch, StringArray,
+};
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, Int64Type};
+use datafusion::arrow::datatypes::{DataType, Decimal128Type, Int64Type};
 use datafusion::prelude::SessionContext;
 use futures::StreamExt;
 use touchlake_catalog::Lake;
 
-use super::graph::{self, Graph, Rule, TYPES};
+use super::graph::{self, Graph, Rule, TYPES, TypeNodes};
 use super::run::COLUMNS;
 use crate::error::{IngestError, Result};
 
@@ -54,38 +56,146 @@ pub(super) fn int_col(b: &RecordBatch, i: usize) -> Result<Int64Array> {
         .clone())
 }
 
-/// The identifiers of each row of a batch of identifier columns (in [`COLUMNS`] order),
-/// cleaned.
-pub(super) fn row_identifiers(
-    batch: &RecordBatch,
-    first_col: usize,
-) -> Result<Vec<Vec<(u8, String)>>> {
-    let mut cols = vec![];
-    for t in 0..TYPES.len() {
-        cols.push(cast(batch.column(first_col + t), &DataType::Utf8)?);
-    }
-    let cols: Vec<&StringArray> = cols.iter().map(|c| c.as_string::<i32>()).collect();
-    let mut out = Vec::with_capacity(batch.num_rows());
-    for i in 0..batch.num_rows() {
-        let mut ids = vec![];
-        for (t, c) in cols.iter().enumerate() {
-            if c.is_valid(i)
-                && let Some(v) = clean(t, c.value(i))
-            {
-                ids.push((t as u8, v));
-            }
-        }
-        out.push(ids);
-    }
-    Ok(out)
+/// One touchpoint as the identity run reads it: its identifiers as stored (not cleaned
+/// yet) and what it adds to its person's activity.
+pub(super) struct RawRow<'a> {
+    /// `occurred_at`, µs.
+    pub ts: i64,
+    /// `channel`.
+    pub channel: &'a str,
+    /// `event_type = 'purchase'`.
+    pub purchase: bool,
+    /// `revenue`, in cents (scale 2).
+    pub revenue: Option<i128>,
+    /// Non-NULL identifiers in [`COLUMNS`] order: (type, value as stored).
+    pub ids: &'a [(u8, &'a str)],
 }
 
-/// Call `f(occurred_at µs, cleaned identifiers)` for each touchpoint matching `filter`
-/// (SQL over `tp`, or empty for all); returns the number of rows read.
-pub(super) async fn for_each_row(
+/// What a touchpoint adds to its person in `unified.persons`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Activity {
+    /// `occurred_at`, µs.
+    pub ts: i64,
+    /// The channel, numbered by [`Placed::channel`].
+    pub channel: u32,
+    /// A purchase.
+    pub purchase: bool,
+    /// Revenue in cents.
+    pub revenue: Option<i128>,
+}
+
+/// The touchpoints a run places: each one's activity and identifier nodes (in priority
+/// order), so that persons are aggregated without reading the touchpoints again.
+#[derive(Default)]
+pub(super) struct Placed {
+    /// Per touchpoint.
+    pub rows: Vec<Activity>,
+    nodes: Vec<u32>,
+    ends: Vec<u32>,
+    channels: HashMap<String, u32>,
+}
+
+impl Placed {
+    /// The number of a channel name.
+    pub fn channel(&mut self, name: &str) -> u32 {
+        if let Some(&c) = self.channels.get(name) {
+            return c;
+        }
+        let c = self.channels.len() as u32;
+        self.channels.insert(name.to_string(), c);
+        c
+    }
+
+    /// The activity of `row`, with its channel numbered.
+    pub fn activity(&mut self, row: &RawRow) -> Activity {
+        Activity {
+            ts: row.ts,
+            channel: self.channel(row.channel),
+            purchase: row.purchase,
+            revenue: row.revenue,
+        }
+    }
+
+    /// Record a touchpoint and its nodes.
+    pub fn push(&mut self, act: Activity, nodes: &[u32]) {
+        self.rows.push(act);
+        self.nodes.extend_from_slice(nodes);
+        self.ends.push(self.nodes.len() as u32);
+    }
+
+    /// Link the nodes of touchpoints `from..` in `g` (in parallel).
+    pub fn link(&self, g: &mut Graph, from: usize) {
+        g.link_groups(self.rows.len() - from, |i| {
+            (self.rows[from + i].ts, self.nodes(from + i))
+        });
+    }
+
+    /// The nodes of touchpoint `r`.
+    pub fn nodes(&self, r: usize) -> &[u32] {
+        let start = if r == 0 { 0 } else { self.ends[r - 1] as usize };
+        &self.nodes[start..self.ends[r] as usize]
+    }
+}
+
+/// The node of an identifier as stored: found as is (a node's value is clean, and
+/// cleaning is idempotent, so a value found needs no cleaning), else cleaned and found.
+pub(super) fn find_raw(g: &Graph, ty: u8, raw: &str) -> Option<u32> {
+    g.find(ty, raw)
+        .or_else(|| clean(ty as usize, raw).and_then(|v| g.find(ty, &v)))
+}
+
+/// [`find_raw`], creating the node if new (`None` for a blocked value); records one
+/// touchpoint at `ts`.
+pub(super) fn touch_raw(g: &mut Graph, ty: u8, raw: &str, ts: i64) -> Option<u32> {
+    if let Some(i) = g.find(ty, raw) {
+        g.touch_node(i, ts);
+        return Some(i);
+    }
+    clean(ty as usize, raw).map(|v| g.touch(ty, &v, ts))
+}
+
+/// A batch of touchpoints as the identity run reads them.
+pub(super) struct Columns {
+    /// `occurred_at`, µs.
+    pub ts: Int64Array,
+    channel: StringArray,
+    purchase: BooleanArray,
+    revenue: Decimal128Array,
+    /// The identifier columns, in [`COLUMNS`] order, as stored.
+    pub ids: Vec<StringArray>,
+}
+
+impl Columns {
+    /// Rows in the batch.
+    pub fn len(&self) -> usize {
+        self.ts.len()
+    }
+
+    /// The activity of row `i`, its channel numbered in `placed`.
+    pub fn activity(&self, i: usize, placed: &mut Placed) -> Activity {
+        Activity {
+            ts: self.ts.value(i),
+            channel: placed.channel(self.channel_at(i)),
+            purchase: self.purchase.is_valid(i) && self.purchase.value(i),
+            revenue: self.revenue.is_valid(i).then(|| self.revenue.value(i)),
+        }
+    }
+
+    fn channel_at(&self, i: usize) -> &str {
+        if self.channel.is_valid(i) {
+            self.channel.value(i)
+        } else {
+            ""
+        }
+    }
+}
+
+/// Call `f` for each batch of touchpoints matching `filter` (SQL over `tp`, or empty for
+/// all); returns the number of rows read.
+pub(super) async fn scan_columns(
     ctx: &SessionContext,
     filter: &str,
-    mut f: impl FnMut(i64, Vec<(u8, String)>),
+    mut f: impl FnMut(&Columns) -> Result<()>,
 ) -> Result<u64> {
     let filter = if filter.is_empty() {
         String::new()
@@ -94,7 +204,8 @@ pub(super) async fn for_each_row(
     };
     // occurred_at is µs; CAST of a timestamp to BIGINT gives its raw value.
     let sql = format!(
-        "SELECT CAST(occurred_at AS BIGINT), {} FROM tp{filter}",
+        "SELECT CAST(occurred_at AS BIGINT), CAST(channel AS VARCHAR), event_type = 'purchase', \
+         CAST(revenue AS DECIMAL(38, 2)), {} FROM tp{filter}",
         COLUMNS.join(", ")
     );
     let mut stream = ctx.sql(&sql).await?.execute_stream().await?;
@@ -102,23 +213,164 @@ pub(super) async fn for_each_row(
     while let Some(batch) = stream.next().await {
         let batch = batch?;
         rows += batch.num_rows() as u64;
-        let ts = int_col(&batch, 0)?;
-        for (i, ids) in row_identifiers(&batch, 1)?.into_iter().enumerate() {
-            f(ts.value(i), ids);
-        }
+        f(&Columns {
+            ts: int_col(&batch, 0)?,
+            channel: text_col(&batch, 1)?,
+            purchase: batch.column(2).as_boolean().clone(),
+            revenue: batch.column(3).as_primitive::<Decimal128Type>().clone(),
+            ids: (0..TYPES.len())
+                .map(|t| text_col(&batch, 4 + t))
+                .collect::<Result<_>>()?,
+        })?;
     }
     Ok(rows)
 }
 
-/// Add one touchpoint's identifiers to the graph: each a node, each pair an edge.
-/// `new_edge` is called for each edge the graph did not have.
-pub(super) fn add_row(
-    g: &mut Graph,
-    ts: i64,
-    ids: &[(u8, String)],
-    mut new_edge: impl FnMut(u32, u32),
-) {
-    let nodes: Vec<u32> = ids.iter().map(|(ty, v)| g.touch(*ty, v, ts)).collect();
+/// Call `f` for each touchpoint matching `filter` (SQL over `tp`, or empty for all);
+/// returns the number of rows read.
+pub(super) async fn scan(
+    ctx: &SessionContext,
+    filter: &str,
+    mut f: impl FnMut(&RawRow),
+) -> Result<u64> {
+    scan_columns(ctx, filter, |c| {
+        let mut ids: Vec<(u8, &str)> = Vec::with_capacity(TYPES.len());
+        for i in 0..c.len() {
+            ids.clear();
+            for (t, col) in c.ids.iter().enumerate() {
+                if col.is_valid(i) {
+                    ids.push((t as u8, col.value(i)));
+                }
+            }
+            f(&RawRow {
+                ts: c.ts.value(i),
+                channel: c.channel_at(i),
+                purchase: c.purchase.is_valid(i) && c.purchase.value(i),
+                revenue: c.revenue.is_valid(i).then(|| c.revenue.value(i)),
+                ids: &ids,
+            });
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// No node: a NULL or blocked identifier.
+const NO_NODE: u32 = u32::MAX;
+
+/// Bits of a type's own node number while reading (the type is in the bits above).
+const LOCAL_BITS: u32 = 28;
+
+/// The numbers of the identifiers of `col` (type `nodes.ty()`), created if new, into
+/// `out` ([`NO_NODE`] for NULL and blocked values).
+fn intern_column(nodes: &mut TypeNodes, col: &StringArray, ts: &Int64Array, out: &mut Vec<u32>) {
+    out.clear();
+    let ty = nodes.ty();
+    for i in 0..col.len() {
+        if !col.is_valid(i) {
+            out.push(NO_NODE);
+            continue;
+        }
+        let raw = col.value(i);
+        let local = match nodes.find(raw) {
+            Some(l) => {
+                nodes.touch_node(l, ts.value(i));
+                l
+            }
+            None => match clean(usize::from(ty), raw) {
+                Some(v) => nodes.touch(&v, ts.value(i)),
+                None => NO_NODE,
+            },
+        };
+        out.push(local);
+    }
+}
+
+/// Read every touchpoint into a graph of its identifiers and edges, and `placed`.
+/// Identifiers are numbered one type per thread (two at once), edges are linked in
+/// parallel too.
+pub(super) async fn read_all(ctx: &SessionContext) -> Result<(Graph, Placed, u64)> {
+    let mut types: Vec<TypeNodes> = (0..TYPES.len() as u8).map(TypeNodes::new).collect();
+    let mut placed = Placed::default();
+    let mut local: Vec<Vec<u32>> = vec![vec![]; TYPES.len()];
+    let rows = scan_columns(ctx, "", |c| {
+        // Split the types in two halves of about equal work, one per thread.
+        let work: Vec<usize> = c.ids.iter().map(|a| a.len() - a.null_count()).collect();
+        let mut order: Vec<usize> = (0..TYPES.len()).collect();
+        order.sort_by_key(|&t| std::cmp::Reverse(work[t]));
+        let mut second = [false; TYPES.len()];
+        let (mut a, mut b) = (0, 0);
+        for t in order {
+            if a <= b {
+                a += work[t];
+            } else {
+                b += work[t];
+                second[t] = true;
+            }
+        }
+        let mut halves: [Vec<_>; 2] = [vec![], vec![]];
+        for ((nodes, col), out) in types.iter_mut().zip(&c.ids).zip(local.iter_mut()) {
+            halves[usize::from(second[usize::from(nodes.ty())])].push((nodes, col, out));
+        }
+        let [one, two] = halves;
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for (nodes, col, out) in two {
+                    intern_column(nodes, col, &c.ts, out);
+                }
+            });
+            for (nodes, col, out) in one {
+                intern_column(nodes, col, &c.ts, out);
+            }
+        });
+        let mut row = [0u32; TYPES.len()];
+        for i in 0..c.len() {
+            let mut k = 0;
+            for (t, l) in local.iter().enumerate() {
+                if l[i] != NO_NODE {
+                    if l[i] >> LOCAL_BITS != 0 {
+                        return Err(IngestError::Read(format!(
+                            "more than {} distinct {} values",
+                            1u32 << LOCAL_BITS,
+                            TYPES[t]
+                        )));
+                    }
+                    row[k] = (t as u32) << LOCAL_BITS | l[i];
+                    k += 1;
+                }
+            }
+            let act = c.activity(i, &mut placed);
+            placed.push(act, &row[..k]);
+        }
+        Ok(())
+    })
+    .await?;
+    let (mut g, first) = Graph::from_types(types);
+    for n in placed.nodes.iter_mut() {
+        *n = first[(*n >> LOCAL_BITS) as usize] + (*n & ((1 << LOCAL_BITS) - 1));
+    }
+    placed.link(&mut g, 0);
+    Ok((g, placed, rows))
+}
+
+/// Add one touchpoint's identifiers to the graph as nodes and record it in `placed`
+/// (blocked values are no nodes). [`Placed::link`] adds the edges afterwards.
+pub(super) fn add_raw_row(g: &mut Graph, placed: &mut Placed, row: &RawRow) {
+    let mut nodes = [0u32; TYPES.len()];
+    let mut n = 0;
+    for &(ty, v) in row.ids {
+        if let Some(node) = touch_raw(g, ty, v, row.ts) {
+            nodes[n] = node;
+            n += 1;
+        }
+    }
+    let act = placed.activity(row);
+    placed.push(act, &nodes[..n]);
+}
+
+/// Link every pair of `nodes` at `ts`; `new_edge` is called for each edge the graph did
+/// not have.
+pub(super) fn link_all(g: &mut Graph, nodes: &[u32], ts: i64, mut new_edge: impl FnMut(u32, u32)) {
     for x in 0..nodes.len() {
         for y in x + 1..nodes.len() {
             if g.link(nodes[x], nodes[y], ts) {
@@ -178,14 +430,15 @@ pub(super) async fn load_rules(
 
 /// The previous run's mapping: identifier → person, and person → (anchor, first_seen).
 pub(super) struct Previous {
-    pub person_of: HashMap<(u8, String), String>,
+    /// Per identifier type: value → person.
+    pub person_of: [rustc_hash::FxHashMap<String, String>; TYPES.len()],
     pub anchor: HashMap<String, (u8, String)>,
     pub first_seen: HashMap<String, i64>,
 }
 
 pub(super) async fn load_previous(lake: &Lake, ctx: &SessionContext) -> Result<Previous> {
     let mut prev = Previous {
-        person_of: HashMap::new(),
+        person_of: Default::default(),
         anchor: HashMap::new(),
         first_seen: HashMap::new(),
     };
@@ -201,8 +454,8 @@ pub(super) async fn load_previous(lake: &Lake, ctx: &SessionContext) -> Result<P
             let (t, v, p) = (text_col(&b, 0)?, text_col(&b, 1)?, text_col(&b, 2)?);
             for i in 0..b.num_rows() {
                 if let Some(ty) = graph::type_index(t.value(i)) {
-                    prev.person_of
-                        .insert((ty, v.value(i).to_string()), p.value(i).to_string());
+                    prev.person_of[usize::from(ty)]
+                        .insert(v.value(i).to_string(), p.value(i).to_string());
                 }
             }
         }
@@ -224,6 +477,11 @@ pub(super) async fn load_previous(lake: &Lake, ctx: &SessionContext) -> Result<P
 }
 
 impl Previous {
+    /// The previous person of an identifier.
+    pub(super) fn person(&self, ty: u8, value: &str) -> Option<&String> {
+        self.person_of[usize::from(ty)].get(value)
+    }
+
     /// Record persons from a batch of (person_id, first_seen µs, anchor_type,
     /// anchor_value).
     pub(super) fn add_persons(&mut self, b: &RecordBatch) -> Result<()> {

@@ -23,9 +23,9 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use datafusion::arrow::array::{
-    ArrayRef, Int64Array, RecordBatch, StringArray, StringBuilder, TimestampMicrosecondArray,
+    Array, ArrayRef, Int64Array, RecordBatch, StringArray, StringBuilder, TimestampMicrosecondArray,
 };
-use datafusion::arrow::datatypes::{DataType, TimeUnit};
+use datafusion::arrow::datatypes::DataType;
 use datafusion::execution::FunctionRegistry;
 use datafusion::logical_expr::{ColumnarValue, Expr, ScalarUDF, Volatility, create_udf};
 use datafusion::prelude::{SessionContext, col, lit};
@@ -35,7 +35,7 @@ use touchlake_catalog::Lake;
 
 use super::graph::{self, Config, Flag, Graph, Resolution, TYPES};
 use super::read::{
-    Previous, add_row, for_each_row, identity_context, load_previous, load_rules, row_identifiers,
+    Placed, Previous, find_raw, identity_context, load_previous, load_rules, text_col,
 };
 use crate::error::{IngestError, Result};
 use crate::tables;
@@ -80,15 +80,45 @@ pub struct IdentitySummary {
     pub seconds: f64,
 }
 
-/// The blocklist and per-type checks of `id_clean`, applied to every identifier.
-pub fn clean(ty: usize, value: &str) -> Option<String> {
-    touchlake_functions::normalize::id_clean(Some(TYPES[ty]), Some(value), None)
+/// Wall-clock time per phase of a run, logged when the run ends.
+#[derive(Default)]
+struct Phases {
+    last: Option<std::time::Instant>,
+    done: Vec<(&'static str, f64)>,
+}
+
+impl Phases {
+    fn start() -> Self {
+        Phases {
+            last: Some(std::time::Instant::now()),
+            done: vec![],
+        }
+    }
+
+    /// The phase `name` ended now.
+    fn mark(&mut self, name: &'static str) {
+        let now = std::time::Instant::now();
+        if let Some(t) = self.last {
+            self.done.push((name, (now - t).as_secs_f64()));
+        }
+        self.last = Some(now);
+    }
+
+    fn report(&self) -> String {
+        self.done
+            .iter()
+            .map(|(n, s)| format!("{n} {s:.2}s"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 /// The part of the graph a run resolves, and what the previous run knew of it.
 pub(super) struct Work {
     /// Identifiers and links.
     pub graph: Graph,
+    /// The touchpoints this run places (all, or the touched persons' and the new ones).
+    pub placed: Placed,
     /// Touchpoints read.
     pub touchpoints: u64,
     /// Per node: guarded before this run (or outside it).
@@ -114,12 +144,12 @@ pub(super) struct Scope {
 }
 
 async fn load_full(lake: &Lake, ctx: &SessionContext) -> Result<Work> {
-    let mut g = Graph::default();
-    let touchpoints = for_each_row(ctx, "", |t, ids| add_row(&mut g, t, &ids, |_, _| {})).await?;
+    let (g, placed, touchpoints) = super::read::read_all(ctx).await?;
     let prev = load_previous(lake, ctx).await?;
     let n = g.nodes.len();
     Ok(Work {
         graph: g,
+        placed,
         touchpoints,
         pre_guarded: vec![],
         foreign: vec![false; n],
@@ -167,6 +197,7 @@ fn member_of(
 /// full otherwise or with `config.full`.
 pub async fn run(lake: &Lake, config: &Config) -> Result<IdentitySummary> {
     let clock = std::time::Instant::now();
+    let mut phases = Phases::start();
     let run_id = crate::run::new_run_id();
     crate::tables::ensure(lake).await?;
     // No ingest commit of this process lands while touchpoints are rewritten.
@@ -194,23 +225,31 @@ pub async fn run(lake: &Lake, config: &Config) -> Result<IdentitySummary> {
         None => super::incremental::load(lake, &ctx).await?,
         Some(_) => load_full(lake, &ctx).await?,
     };
+    phases.mark("read");
     let mode = if work.scope.is_some() {
         "incremental"
     } else {
         "full"
     };
     let res = graph::resolve_with(&work.graph, config, &rules, &work.pre_guarded);
+    phases.mark("resolve");
     // A person id outlives its anchor (a merged person keeps the survivor's id), so a new
     // person's anchor can hash to the id of a person outside an incremental run: such ids
     // are taken, and the new person's id is salted.
     let mut taken = HashSet::new();
-    let (persons, merges, kept, splits) = loop {
+    let Assigned {
+        persons,
+        merges,
+        kept,
+        splits,
+        whole,
+    } = loop {
         let out = assign_ids(&work.graph, &res, &work.prev, &work.foreign, &taken);
         if work.scope.is_none() {
             break out;
         }
         let fresh: Vec<String> = out
-            .0
+            .persons
             .iter()
             .map(|p| p.id.clone())
             .filter(|id| !work.prev.first_seen.contains_key(id) && !taken.contains(id))
@@ -221,6 +260,7 @@ pub async fn run(lake: &Lake, config: &Config) -> Result<IdentitySummary> {
         }
         taken.extend(clash);
     };
+    phases.mark("ids");
     let nothing_new = work.scope.as_ref().is_some_and(|s| s.new_rows == 0);
 
     // Person per node (u32::MAX: outside this run).
@@ -242,11 +282,35 @@ pub async fn run(lake: &Lake, config: &Config) -> Result<IdentitySummary> {
     let scope = work.scope;
     let stored_degree = work.stored_degree;
     let foreign = work.foreign;
+    let placed = work.placed;
+    let mut guarded = vec![false; work.graph.nodes.len()];
+    for &i in &res.guarded {
+        guarded[i as usize] = true;
+    }
+    // Previous persons whose touchpoints may now belong to another person: all but those
+    // found again whole under their own id, with no identifier newly guarded.
+    let mut changed: HashSet<String> = HashSet::new();
+    if let Some(s) = &scope {
+        let mut stay = whole;
+        for &i in &res.guarded {
+            let newly = !work.pre_guarded.get(i as usize).copied().unwrap_or(false);
+            let n = &work.graph.nodes[i as usize];
+            if newly && let Some(p) = work.prev.person(n.ty, &n.value) {
+                stay.remove(p);
+            }
+        }
+        changed = s
+            .persons
+            .iter()
+            .filter(|p| !stay.contains(*p))
+            .cloned()
+            .collect();
+    }
     let lookup = Arc::new(Lookup {
         graph: work.graph,
         person_of_node,
         ids: persons.iter().map(|p| p.id.clone()).collect(),
-        guarded: res.guarded.iter().copied().collect(),
+        guarded,
     });
     let g = &lookup.graph;
     let person_of_node = &lookup.person_of_node;
@@ -255,29 +319,21 @@ pub async fn run(lake: &Lake, config: &Config) -> Result<IdentitySummary> {
 
     if !nothing_new {
         // Which rows and identities this run rewrites.
-        let (rows_filter, rows_predicate, new_person_ids) = match &scope {
-            None => (String::new(), None, vec![]),
-            Some(s) => {
-                let pred = if s.persons.is_empty() {
+        // Rows whose person may change: the new ones and those of changed persons.
+        let (rows_predicate, new_person_ids) = match &scope {
+            None => (None, vec![]),
+            Some(_) => {
+                let pred = if changed.is_empty() {
                     col("person_id").is_null()
                 } else {
                     col("person_id").is_null().or(member_of(
                         &ctx,
-                        "touchlake_touched_person",
+                        "touchlake_changed_person",
                         "person_id",
-                        s.persons.iter().cloned(),
+                        changed.iter().cloned(),
                     ))
                 };
-                let filter = if s.persons.is_empty() {
-                    "person_id IS NULL".to_string()
-                } else {
-                    "person_id IS NULL OR person_id IN (SELECT p FROM touched_persons)".to_string()
-                };
-                (
-                    filter,
-                    Some(pred),
-                    persons.iter().map(|p| p.id.clone()).collect(),
-                )
+                (Some(pred), persons.iter().map(|p| p.id.clone()).collect())
             }
         };
         let replace = |column: &str, old: &[String], new: Vec<String>| -> Option<Expr> {
@@ -346,9 +402,10 @@ pub async fn run(lake: &Lake, config: &Config) -> Result<IdentitySummary> {
             )
             .await?,
         );
+        phases.mark("identities");
 
         // 2. unified.persons: activity of the rows this run places, plus anchors.
-        let persons_batches = persons_batches(&ctx, g, &persons, &rows_filter).await?;
+        let persons_batches = vec![persons_batch(&lookup, &persons, &placed)?];
         let person_predicate = replace(
             "person_id",
             scope.as_ref().map(|s| s.persons.as_slice()).unwrap_or(&[]),
@@ -363,6 +420,7 @@ pub async fn run(lake: &Lake, config: &Config) -> Result<IdentitySummary> {
             person_predicate.clone(),
         )
         .await?;
+        phases.mark("persons");
 
         // 3. Diagnostics of the part resolved.
         let size_of: Vec<usize> = persons.iter().map(|p| p.members.len()).collect();
@@ -384,6 +442,7 @@ pub async fn run(lake: &Lake, config: &Config) -> Result<IdentitySummary> {
             person_predicate,
         )
         .await?;
+        phases.mark("diagnostics");
 
         // 4. unified.touchpoints.person_id, in one commit.
         let props = deltalake::kernel::transaction::CommitProperties::default()
@@ -432,6 +491,7 @@ pub async fn run(lake: &Lake, config: &Config) -> Result<IdentitySummary> {
         };
         versions.0 = t.version().map(|v| v as i64);
         lake.invalidate("unified", "touchpoints").await;
+        phases.mark("touchpoints");
 
         // 5. Merges.
         if !merges.is_empty() {
@@ -499,36 +559,97 @@ pub async fn run(lake: &Lake, config: &Config) -> Result<IdentitySummary> {
         seconds: clock.elapsed().as_secs_f64(),
     };
     record_run(lake, &summary, versions, &settings).await?;
+    phases.mark("record");
+    tracing::info!(
+        "identity run {run_id} ({mode}): {} in all {:.2}s",
+        phases.report(),
+        clock.elapsed().as_secs_f64()
+    );
+    // Millions of identifier strings take a second or two to free: not on the caller's
+    // time.
+    drop(ctx);
+    let garbage = (lookup, placed, work.prev, persons);
+    std::thread::spawn(move || drop(garbage));
     Ok(summary)
 }
 
-/// Rows of `unified.persons` for this run's persons: activity of the rows matching
-/// `rows_filter` (all rows if empty) placed with `person_of`, plus anchors.
-async fn persons_batches(
-    ctx: &SessionContext,
-    g: &Graph,
-    persons: &[Person],
-    rows_filter: &str,
-) -> Result<Vec<RecordBatch>> {
-    let ts_field = |name: &str| {
-        datafusion::arrow::datatypes::Field::new(
-            name,
-            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-            false,
-        )
-    };
-    let anchors = RecordBatch::try_new(
-        Arc::new(datafusion::arrow::datatypes::Schema::new(vec![
-            datafusion::arrow::datatypes::Field::new("person_id", DataType::Utf8, false),
-            datafusion::arrow::datatypes::Field::new("anchor_type", DataType::Utf8, false),
-            datafusion::arrow::datatypes::Field::new("anchor_value", DataType::Utf8, false),
-            datafusion::arrow::datatypes::Field::new("identifiers", DataType::Int64, false),
-            ts_field("id_first_seen"),
-            ts_field("id_last_seen"),
-        ])),
+/// Rows of `unified.persons` for this run's persons: the activity of the touchpoints
+/// this run placed, and each person's anchor and identifiers.
+fn persons_batch(lookup: &Lookup, persons: &[Person], placed: &Placed) -> Result<RecordBatch> {
+    let g = &lookup.graph;
+    let n = persons.len();
+    let mut first = vec![i64::MAX; n];
+    let mut last = vec![i64::MIN; n];
+    let mut touchpoints = vec![0i64; n];
+    let mut orders = vec![0i64; n];
+    let mut revenue = vec![0i128; n];
+    let mut channels: Vec<(u32, u32)> = Vec::with_capacity(placed.rows.len());
+    for (r, act) in placed.rows.iter().enumerate() {
+        let Some(p) = lookup.person(placed.nodes(r).iter().copied()) else {
+            continue;
+        };
+        let p = p as usize;
+        first[p] = first[p].min(act.ts);
+        last[p] = last[p].max(act.ts);
+        touchpoints[p] += 1;
+        orders[p] += i64::from(act.purchase);
+        revenue[p] += act.revenue.unwrap_or(0);
+        channels.push((p as u32, act.channel));
+    }
+    channels.sort_unstable();
+    channels.dedup();
+    let mut distinct = vec![0i64; n];
+    for (p, _) in channels {
+        distinct[p as usize] += 1;
+    }
+    fn members<'a>(
+        g: &'a Graph,
+        p: &'a Person,
+        f: fn(&graph::Node) -> i64,
+    ) -> impl Iterator<Item = i64> + 'a {
+        p.members.iter().map(move |&m| f(&g.nodes[m as usize]))
+    }
+    let batch = RecordBatch::try_new(
+        tables::persons(),
         vec![
             Arc::new(StringArray::from_iter_values(
                 persons.iter().map(|p| p.id.as_str()),
+            )),
+            ts_array(
+                persons
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| {
+                        if touchpoints[i] > 0 {
+                            Some(first[i])
+                        } else {
+                            members(g, p, |n| n.first_seen).min()
+                        }
+                    })
+                    .collect(),
+            ),
+            ts_array(
+                persons
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| {
+                        if touchpoints[i] > 0 {
+                            Some(last[i])
+                        } else {
+                            members(g, p, |n| n.last_seen).max()
+                        }
+                    })
+                    .collect(),
+            ),
+            Arc::new(Int64Array::from(touchpoints)),
+            Arc::new(Int64Array::from(distinct)),
+            Arc::new(Int64Array::from(orders)),
+            Arc::new(
+                datafusion::arrow::array::Decimal128Array::from(revenue)
+                    .with_precision_and_scale(18, 2)?,
+            ),
+            Arc::new(Int64Array::from_iter_values(
+                persons.iter().map(|p| p.members.len() as i64),
             )),
             Arc::new(StringArray::from_iter_values(
                 persons
@@ -540,65 +661,9 @@ async fn persons_batches(
                     .iter()
                     .map(|p| g.nodes[p.anchor as usize].value.as_str()),
             )),
-            Arc::new(Int64Array::from_iter_values(
-                persons.iter().map(|p| p.members.len() as i64),
-            )),
-            ts_array(
-                persons
-                    .iter()
-                    .map(|p| {
-                        p.members
-                            .iter()
-                            .map(|&m| g.nodes[m as usize].first_seen)
-                            .min()
-                    })
-                    .collect(),
-            ),
-            ts_array(
-                persons
-                    .iter()
-                    .map(|p| {
-                        p.members
-                            .iter()
-                            .map(|&m| g.nodes[m as usize].last_seen)
-                            .max()
-                    })
-                    .collect(),
-            ),
         ],
     )?;
-    let _ = ctx.deregister_table("anchors");
-    ctx.register_batch("anchors", anchors)?;
-    let filter = if rows_filter.is_empty() {
-        String::new()
-    } else {
-        format!("WHERE {rows_filter}")
-    };
-    let out = ctx
-        .sql(&format!(
-            "SELECT a.person_id, coalesce(s.first_seen, a.id_first_seen) AS first_seen, \
-             coalesce(s.last_seen, a.id_last_seen) AS last_seen, coalesce(s.touchpoints, 0) AS touchpoints, \
-             coalesce(s.channels, 0) AS channels, coalesce(s.orders, 0) AS orders, \
-             coalesce(s.revenue, CAST(0 AS DECIMAL(18,2))) AS revenue, a.identifiers, \
-             a.anchor_type, a.anchor_value \
-             FROM anchors a LEFT JOIN (SELECT person_of({ids}) AS person_id, min(occurred_at) AS first_seen, \
-             max(occurred_at) AS last_seen, count(*) AS touchpoints, \
-             count(DISTINCT channel) AS channels, \
-             count(*) FILTER (WHERE event_type = 'purchase') AS orders, \
-             CAST(sum(revenue) AS DECIMAL(18,2)) AS revenue FROM tp {filter} \
-             GROUP BY 1) s ON s.person_id = a.person_id",
-            ids = COLUMNS.join(", ")
-        ))
-        .await?
-        .collect()
-        .await?;
-    let schema = tables::persons();
-    if out.is_empty() {
-        return Ok(vec![RecordBatch::new_empty(schema)]);
-    }
-    out.iter()
-        .map(|b| crate::run::conform_to(b, &schema))
-        .collect()
+    Ok(batch)
 }
 
 async fn count_persons(lake: &Lake) -> Result<u64> {
@@ -633,6 +698,19 @@ struct Merge {
     via: Option<u32>,
 }
 
+/// Persons of a run and how they relate to the previous run's.
+struct Assigned {
+    persons: Vec<Person>,
+    merges: Vec<Merge>,
+    /// Persons that kept an id.
+    kept: u64,
+    /// Previous persons now split over several persons.
+    splits: u64,
+    /// Previous persons found again whole (all their identifiers in one person) under
+    /// their own id.
+    whole: HashSet<String>,
+}
+
 /// Group nodes into persons and give each its id.
 /// Nodes marked `foreign` are outside this run and belong to no person of it; a new
 /// person never gets an id in `taken` (ids of persons outside this run).
@@ -642,13 +720,20 @@ fn assign_ids(
     prev: &Previous,
     foreign: &[bool],
     taken: &HashSet<String>,
-) -> (Vec<Person>, Vec<Merge>, u64, u64) {
-    let mut groups: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
-    for (i, &root) in res.component.iter().enumerate() {
-        if !foreign.get(i).copied().unwrap_or(false) {
-            groups.entry(root).or_default().push(i as u32);
-        }
-    }
+) -> Assigned {
+    // (representative, node), sorted: each person's nodes in a run, persons in the
+    // order of their representatives.
+    let mut order: Vec<(u32, u32)> = res
+        .component
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !foreign.get(*i).copied().unwrap_or(false))
+        .map(|(i, &root)| (root, i as u32))
+        .collect();
+    order.sort_unstable();
+    let groups = order
+        .chunk_by(|a, b| a.0 == b.0)
+        .map(|c| (c[0].0, c.iter().map(|x| x.1).collect::<Vec<u32>>()));
     let rank = |i: u32| {
         let n = &g.nodes[i as usize];
         (n.ty, n.first_seen, n.value.as_str())
@@ -663,7 +748,7 @@ fn assign_ids(
     // Previous persons whose anchor is unknown: their best identifier stands in.
     let mut fallback: HashMap<&str, u32> = HashMap::new();
     for (i, n) in g.nodes.iter().enumerate() {
-        if let Some(pid) = prev.person_of.get(&(n.ty, n.value.clone()))
+        if let Some(pid) = prev.person(n.ty, &n.value)
             && !prev.anchor.contains_key(pid)
         {
             let e = fallback.entry(pid.as_str()).or_insert(i as u32);
@@ -676,13 +761,19 @@ fn assign_ids(
         anchor_home.insert(pid, res.component[node as usize]);
     }
 
-    let mut used: HashSet<String> = prev.first_seen.keys().cloned().collect();
-    used.extend(prev.person_of.values().cloned());
-    used.extend(taken.iter().cloned());
+    // Ids in use: the previous run's, those taken, and those given in this run.
+    let mut used: HashSet<&str> = prev.first_seen.keys().map(String::as_str).collect();
+    used.extend(
+        prev.person_of
+            .iter()
+            .flat_map(|m| m.values().map(String::as_str)),
+    );
+    used.extend(taken.iter().map(String::as_str));
+    let mut given: HashSet<String> = HashSet::new();
     let mut persons = vec![];
     let mut merges = vec![];
     let mut kept = 0u64;
-    let mut split_parts: HashMap<String, u32> = HashMap::new();
+    let mut split_parts: HashMap<&str, u32> = HashMap::new();
     for (root, members) in groups {
         let anchor = *members
             .iter()
@@ -692,7 +783,7 @@ fn assign_ids(
         let mut present: BTreeMap<&str, Option<u32>> = BTreeMap::new();
         for &m in &members {
             let n = &g.nodes[m as usize];
-            if let Some(pid) = prev.person_of.get(&(n.ty, n.value.clone())) {
+            if let Some(pid) = prev.person(n.ty, &n.value) {
                 let via = present.entry(pid.as_str()).or_insert(None);
                 if via.is_none() {
                     *via = Some(m);
@@ -700,7 +791,7 @@ fn assign_ids(
             }
         }
         for pid in present.keys() {
-            *split_parts.entry(pid.to_string()).or_default() += 1;
+            *split_parts.entry(pid).or_default() += 1;
         }
         let mut eligible: Vec<&str> = present
             .keys()
@@ -724,14 +815,14 @@ fn assign_ids(
                 let n = &g.nodes[anchor as usize];
                 let mut id = new_id(TYPES[n.ty as usize], &n.value, "");
                 let mut salt = 0;
-                while used.contains(&id) {
+                while used.contains(id.as_str()) || given.contains(&id) {
                     salt += 1;
                     id = new_id(TYPES[n.ty as usize], &n.value, &salt.to_string());
                 }
                 id
             }
         };
-        used.insert(id.clone());
+        given.insert(id.clone());
         persons.push(Person {
             id,
             anchor,
@@ -739,7 +830,18 @@ fn assign_ids(
         });
     }
     let splits = split_parts.values().filter(|&&n| n > 1).count() as u64;
-    (persons, merges, kept, splits)
+    let whole = persons
+        .iter()
+        .filter(|p| split_parts.get(p.id.as_str()) == Some(&1))
+        .map(|p| p.id.clone())
+        .collect();
+    Assigned {
+        persons,
+        merges,
+        kept,
+        splits,
+        whole,
+    }
 }
 
 fn new_id(ty: &str, value: &str, salt: &str) -> String {
@@ -753,26 +855,30 @@ fn ts_array(v: Vec<Option<i64>>) -> ArrayRef {
 /// What `person_of(…)` needs to place a touchpoint.
 struct Lookup {
     graph: Graph,
+    /// Per node: its person (`u32::MAX`: outside this run).
     person_of_node: Vec<u32>,
+    /// Per person: its id.
     ids: Vec<String>,
-    guarded: HashSet<u32>,
+    /// Per node: taken out by the degree guard.
+    guarded: Vec<bool>,
 }
 
 impl Lookup {
-    fn person(&self, ids: &[(u8, String)]) -> Option<&str> {
-        let nodes: Vec<u32> = ids
-            .iter()
-            .filter_map(|(t, v)| self.graph.find(*t, v))
-            .collect();
-        let nodes: Vec<u32> = nodes
-            .into_iter()
-            .filter(|n| self.person_of_node[*n as usize] != u32::MAX)
-            .collect();
-        let node = nodes
-            .iter()
-            .find(|n| !self.guarded.contains(n))
-            .or(nodes.first())?;
-        Some(self.ids[self.person_of_node[*node as usize] as usize].as_str())
+    /// The person of a touchpoint with these nodes (in priority order): that of its first
+    /// node not guarded, else of its first node, of those inside this run.
+    fn person(&self, nodes: impl Iterator<Item = u32>) -> Option<u32> {
+        let mut fallback = None;
+        for n in nodes {
+            let p = self.person_of_node[n as usize];
+            if p == u32::MAX {
+                continue;
+            }
+            if !self.guarded[n as usize] {
+                return Some(p);
+            }
+            fallback.get_or_insert(p);
+        }
+        fallback
     }
 }
 
@@ -792,11 +898,24 @@ fn person_udf(lookup: Arc<Lookup>) -> ScalarUDF {
                     .enumerate()
                     .map(|(i, a)| (format!("c{i}"), a.clone())),
             )?;
-            let rows = row_identifiers(&batch, 0)
+            let cols: Vec<StringArray> = (0..TYPES.len())
+                .map(|t| text_col(&batch, t))
+                .collect::<Result<_>>()
                 .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
-            let mut b = StringBuilder::with_capacity(rows.len(), rows.len() * 18);
-            for ids in rows {
-                b.append_option(lookup.person(&ids));
+            let g = &lookup.graph;
+            let rows = batch.num_rows();
+            let mut b = StringBuilder::with_capacity(rows, rows * 18);
+            for i in 0..rows {
+                let nodes = cols.iter().enumerate().filter_map(|(t, c)| {
+                    c.is_valid(i)
+                        .then(|| find_raw(g, t as u8, c.value(i)))
+                        .flatten()
+                });
+                b.append_option(
+                    lookup
+                        .person(nodes)
+                        .map(|p| lookup.ids[p as usize].as_str()),
+                );
             }
             Ok(ColumnarValue::Array(Arc::new(b.finish())))
         }),
