@@ -345,45 +345,35 @@ pub async fn run(lake: &Lake, config: &Config) -> Result<IdentitySummary> {
         };
 
         // 1. unified.identities.
-        let kept_nodes: Vec<usize> = (0..g.nodes.len()).filter(|&i| !foreign[i]).collect();
-        let node_cluster = |i: usize| {
-            cluster_ids
-                .get(&res.cluster[i])
-                .map(String::as_str)
-                .unwrap_or_default()
-        };
+        // In person order: a person's identifiers are adjacent (for readers too), and
+        // each person's id and cluster are looked up once.
+        let person_cluster: Vec<&str> = persons
+            .iter()
+            .map(|p| {
+                cluster_ids
+                    .get(&res.cluster[p.anchor as usize])
+                    .map(String::as_str)
+                    .unwrap_or_default()
+            })
+            .collect();
+        let rows: Vec<(usize, usize)> = persons
+            .iter()
+            .enumerate()
+            .flat_map(|(k, p)| p.members.iter().map(move |&m| (m as usize, k)))
+            .collect();
+        let node = |&(i, _): &(usize, usize)| &g.nodes[i];
         let identities = RecordBatch::try_new(
             tables::identities(),
             vec![
-                Arc::new(StringArray::from_iter_values(
-                    kept_nodes.iter().map(|&i| TYPES[g.nodes[i].ty as usize]),
-                )),
-                Arc::new(StringArray::from_iter_values(
-                    kept_nodes.iter().map(|&i| g.nodes[i].value.as_str()),
-                )),
-                Arc::new(StringArray::from_iter_values(
-                    kept_nodes
-                        .iter()
-                        .map(|&i| persons[person_of_node[i] as usize].id.as_str()),
-                )),
-                ts_array(
-                    kept_nodes
-                        .iter()
-                        .map(|&i| Some(g.nodes[i].first_seen))
-                        .collect(),
-                ),
-                ts_array(
-                    kept_nodes
-                        .iter()
-                        .map(|&i| Some(g.nodes[i].last_seen))
-                        .collect(),
-                ),
+                strings(rows.iter().map(|r| TYPES[node(r).ty as usize])),
+                strings(rows.iter().map(|r| node(r).value.as_str())),
+                strings(rows.iter().map(|&(_, k)| persons[k].id.as_str())),
+                ts_array(rows.iter().map(|r| Some(node(r).first_seen)).collect()),
+                ts_array(rows.iter().map(|r| Some(node(r).last_seen)).collect()),
                 Arc::new(Int64Array::from_iter_values(
-                    kept_nodes.iter().map(|&i| g.nodes[i].touchpoints),
+                    rows.iter().map(|r| node(r).touchpoints),
                 )),
-                Arc::new(StringArray::from_iter_values(
-                    kept_nodes.iter().map(|&i| node_cluster(i)),
-                )),
+                strings(rows.iter().map(|&(_, k)| person_cluster[k])),
             ],
         )?;
         let cluster_predicate = replace(
@@ -391,18 +381,6 @@ pub async fn run(lake: &Lake, config: &Config) -> Result<IdentitySummary> {
             scope.as_ref().map(|s| s.clusters.as_slice()).unwrap_or(&[]),
             cluster_ids.values().cloned().collect(),
         );
-        versions.1 = Some(
-            write(
-                &ctx,
-                lake,
-                "unified",
-                "identities",
-                vec![identities],
-                cluster_predicate,
-            )
-            .await?,
-        );
-        phases.mark("identities");
 
         // 2. unified.persons: activity of the rows this run places, plus anchors.
         let persons_batches = vec![persons_batch(&lookup, &persons, &placed)?];
@@ -411,16 +389,6 @@ pub async fn run(lake: &Lake, config: &Config) -> Result<IdentitySummary> {
             scope.as_ref().map(|s| s.persons.as_slice()).unwrap_or(&[]),
             new_person_ids.clone(),
         );
-        write(
-            &ctx,
-            lake,
-            "unified",
-            "persons",
-            persons_batches,
-            person_predicate.clone(),
-        )
-        .await?;
-        phases.mark("persons");
 
         // 3. Diagnostics of the part resolved.
         let size_of: Vec<usize> = persons.iter().map(|p| p.members.len()).collect();
@@ -433,16 +401,7 @@ pub async fn run(lake: &Lake, config: &Config) -> Result<IdentitySummary> {
             &size_of,
             &run_id,
         )?;
-        write(
-            &ctx,
-            lake,
-            "quality",
-            "identity_diagnostics",
-            vec![diagnostics],
-            person_predicate,
-        )
-        .await?;
-        phases.mark("diagnostics");
+        phases.mark("batches");
 
         // 4. unified.touchpoints.person_id, in one commit.
         let props = deltalake::kernel::transaction::CommitProperties::default()
@@ -453,45 +412,80 @@ pub async fn run(lake: &Lake, config: &Config) -> Result<IdentitySummary> {
         let person_expr = ctx
             .udf("person_of")?
             .call(COLUMNS.iter().map(|c| col(*c)).collect());
-        let t = match rows_predicate {
-            None => {
-                let cols: Vec<String> = tables::touchpoints()
-                    .fields()
-                    .iter()
-                    .map(|f| {
-                        if f.name() == "person_id" {
-                            format!("person_of({}) AS person_id", COLUMNS.join(", "))
-                        } else {
-                            f.name().clone()
-                        }
-                    })
-                    .collect();
-                let plan = ctx
-                    .sql(&format!("SELECT {} FROM tp", cols.join(", ")))
-                    .await?
-                    .into_optimized_plan()?;
-                tp_table
-                    .write(vec![])
-                    .with_input_plan(plan)
-                    .with_session_state(Arc::new(ctx.state()))
-                    .with_save_mode(SaveMode::Overwrite)
-                    .with_commit_properties(props)
-                    .await?
-            }
-            Some(pred) => {
-                tp_table
-                    .update()
-                    .with_predicate(pred)
-                    .with_update("person_id", person_expr)
-                    .with_session_state(Arc::new(ctx.state()))
-                    .with_commit_properties(props)
-                    .await?
-                    .0
-            }
+        let ctx = &ctx;
+        let touchpoints = async move {
+            let t = match rows_predicate {
+                None => {
+                    let cols: Vec<String> = tables::touchpoints()
+                        .fields()
+                        .iter()
+                        .map(|f| {
+                            if f.name() == "person_id" {
+                                format!("person_of({}) AS person_id", COLUMNS.join(", "))
+                            } else {
+                                f.name().clone()
+                            }
+                        })
+                        .collect();
+                    let plan = ctx
+                        .sql(&format!("SELECT {} FROM tp", cols.join(", ")))
+                        .await?
+                        .into_optimized_plan()?;
+                    tp_table
+                        .write(vec![])
+                        .with_input_plan(plan)
+                        .with_session_state(Arc::new(ctx.state()))
+                        .with_save_mode(SaveMode::Overwrite)
+                        .with_commit_properties(props)
+                        .await?
+                }
+                Some(pred) => {
+                    tp_table
+                        .update()
+                        .with_predicate(pred)
+                        .with_update("person_id", person_expr)
+                        .with_session_state(Arc::new(ctx.state()))
+                        .with_commit_properties(props)
+                        .await?
+                        .0
+                }
+            };
+            Ok::<_, IngestError>(t.version().map(|v| v as i64))
         };
-        versions.0 = t.version().map(|v| v as i64);
+
+        // The four tables are written at once (each writer is one thread). The run is
+        // recorded only after all of them: a run that stops half way is not continued
+        // incrementally (its identities version is not recorded), the next one is full.
+        let (identities_version, _, _, touchpoints_version) = tokio::try_join!(
+            write(
+                ctx,
+                lake,
+                "unified",
+                "identities",
+                vec![identities],
+                cluster_predicate,
+            ),
+            write(
+                ctx,
+                lake,
+                "unified",
+                "persons",
+                persons_batches,
+                person_predicate.clone(),
+            ),
+            write(
+                ctx,
+                lake,
+                "quality",
+                "identity_diagnostics",
+                vec![diagnostics],
+                person_predicate,
+            ),
+            touchpoints,
+        )?;
+        versions = (touchpoints_version, Some(identities_version));
         lake.invalidate("unified", "touchpoints").await;
-        phases.mark("touchpoints");
+        phases.mark("writes");
 
         // 5. Merges.
         if !merges.is_empty() {
@@ -509,12 +503,8 @@ pub async fn run(lake: &Lake, config: &Config) -> Result<IdentitySummary> {
                 tables::identity_merges(),
                 vec![
                     ts_array(vec![Some(now); m]),
-                    Arc::new(StringArray::from_iter_values(
-                        merges.iter().map(|x| x.from.as_str()),
-                    )),
-                    Arc::new(StringArray::from_iter_values(
-                        merges.iter().map(|x| x.into.as_str()),
-                    )),
+                    strings(merges.iter().map(|x| x.from.as_str())),
+                    strings(merges.iter().map(|x| x.into.as_str())),
                     via(|n| TYPES[n.ty as usize]),
                     via(|n| n.value.as_str()),
                     Arc::new(StringArray::from(vec![run_id.clone(); m])),
@@ -612,9 +602,7 @@ fn persons_batch(lookup: &Lookup, persons: &[Person], placed: &Placed) -> Result
     let batch = RecordBatch::try_new(
         tables::persons(),
         vec![
-            Arc::new(StringArray::from_iter_values(
-                persons.iter().map(|p| p.id.as_str()),
-            )),
+            strings(persons.iter().map(|p| p.id.as_str())),
             ts_array(
                 persons
                     .iter()
@@ -651,16 +639,16 @@ fn persons_batch(lookup: &Lookup, persons: &[Person], placed: &Placed) -> Result
             Arc::new(Int64Array::from_iter_values(
                 persons.iter().map(|p| p.members.len() as i64),
             )),
-            Arc::new(StringArray::from_iter_values(
+            strings(
                 persons
                     .iter()
                     .map(|p| TYPES[g.nodes[p.anchor as usize].ty as usize]),
-            )),
-            Arc::new(StringArray::from_iter_values(
+            ),
+            strings(
                 persons
                     .iter()
                     .map(|p| g.nodes[p.anchor as usize].value.as_str()),
-            )),
+            ),
         ],
     )?;
     Ok(batch)
@@ -849,6 +837,16 @@ fn new_id(ty: &str, value: &str, salt: &str) -> String {
     format!("p_{}", &hex::encode(h)[..16])
 }
 
+/// A text column of `values`.
+fn strings<'a, I: ExactSizeIterator<Item = &'a str>>(values: I) -> ArrayRef {
+    let n = values.len();
+    let mut b = StringBuilder::with_capacity(n, n * 16);
+    for v in values {
+        b.append_value(v);
+    }
+    Arc::new(b.finish())
+}
+
 fn ts_array(v: Vec<Option<i64>>) -> ArrayRef {
     Arc::new(TimestampMicrosecondArray::from(v).with_timezone("UTC"))
 }
@@ -984,21 +982,20 @@ fn diagnostics_batch(
     Ok(RecordBatch::try_new(
         tables::identity_diagnostics(),
         vec![
-            Arc::new(StringArray::from_iter_values(
+            strings(
                 rows.iter()
                     .map(|r| TYPES[g.nodes[r.0 as usize].ty as usize]),
-            )),
-            Arc::new(StringArray::from_iter_values(
-                rows.iter().map(|r| g.nodes[r.0 as usize].value.as_str()),
-            )),
-            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1))),
-            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.2))),
+            ),
+            strings(rows.iter().map(|r| g.nodes[r.0 as usize].value.as_str())),
+            strings(rows.iter().map(|r| r.1)),
+            strings(rows.iter().map(|r| r.2.as_str())),
             Arc::new(StringArray::from_iter_values(
                 rows.iter().map(|r| degree_json(r.0)),
             )),
-            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| {
-                persons[person_of_node[r.0 as usize] as usize].id.as_str()
-            }))),
+            strings(
+                rows.iter()
+                    .map(|r| persons[person_of_node[r.0 as usize] as usize].id.as_str()),
+            ),
             Arc::new(Int64Array::from_iter_values(
                 rows.iter()
                     .map(|r| size_of[person_of_node[r.0 as usize] as usize] as i64),
