@@ -9,7 +9,9 @@
 //! first (inclusive); `step_windows` bound the gap to the previous assigned step and
 //! `min_gaps` set its minimum; with `order=strict` each assigned event must directly follow
 //! the previous one. Per entry (an event meeting step 1) the level is the last step of its
-//! best chain; the reported chain is the earliest one reaching that level.
+//! best chain; the reported chain is the earliest one reaching that level. With
+//! `order=unordered` any step's event enters and the level is the most steps filled by
+//! distinct events within the window of the entry, in any order (a bipartite matching).
 //!
 //! Entry policies: `latest` (default; the most recent entry among those reaching the best
 //! level, as PostHog reports), `earliest_longest` (the earliest such entry, Amplitude),
@@ -83,6 +85,8 @@ struct Config {
     steps: usize,
     window: i64,
     strict: bool,
+    /// Steps in any order (each filled by its own event within the window of the entry).
+    unordered: bool,
     entry: Entry,
     totals: bool,
     /// Per step (index 0 unused): max gap to the previous assigned step.
@@ -228,6 +232,7 @@ impl Config {
             steps,
             window,
             strict: false,
+            unordered: false,
             entry: Entry::Latest,
             totals,
             step_windows: vec![None; steps],
@@ -236,6 +241,18 @@ impl Config {
             time_type: types[1].clone(),
         };
         c.parse(&text)?;
+        if c.unordered
+            && (!c.exclusions.is_empty()
+                || c.optional.contains(&true)
+                || c.step_windows.iter().any(Option::is_some)
+                || c.min_gaps.iter().any(Option::is_some))
+        {
+            return Err(invalid(
+                NAME,
+                "order=unordered takes no exclusions, optional_steps, step_windows or min_gaps \
+                 (they need an order of steps)",
+            ));
+        }
         Ok(c)
     }
 
@@ -266,13 +283,14 @@ impl Config {
                 // Read before the others (it decides which conditions are steps).
                 "exclusions" => {}
                 "order" => {
-                    self.strict = match v.to_ascii_lowercase().as_str() {
-                        "ordered" => false,
-                        "strict" => true,
+                    (self.strict, self.unordered) = match v.to_ascii_lowercase().as_str() {
+                        "ordered" => (false, false),
+                        "strict" => (true, false),
+                        "unordered" => (false, true),
                         other => {
                             return Err(invalid(
                                 NAME,
-                                format!("order '{other}' is not ordered or strict"),
+                                format!("order '{other}' is not ordered, strict or unordered"),
                             ));
                         }
                     }
@@ -450,6 +468,9 @@ impl Search<'_> {
 
     /// The attempt entering at event `p`: its best level and earliest chain reaching it.
     fn attempt(&mut self, p: usize) -> Result<Attempt> {
+        if self.c.unordered {
+            return self.unordered_attempt(p);
+        }
         let t1 = self.ev[p].0;
         let mut memo = HashMap::new();
         let level = self.best(p, 0, t1, &mut memo)?;
@@ -483,6 +504,136 @@ impl Search<'_> {
     }
 }
 
+impl Search<'_> {
+    /// An unordered attempt entering at event `p`: the most steps filled by distinct
+    /// events within the window of `p`, `p` among them (a bipartite matching of steps to
+    /// events). Of those assignments, the steps in order each take the earliest event that
+    /// still allows the most steps.
+    fn unordered_attempt(&mut self, p: usize) -> Result<Attempt> {
+        let t1 = self.ev[p].0;
+        let end = (p..self.ev.len())
+            .find(|&q| self.ev[q].0 - t1 > self.c.window)
+            .unwrap_or(self.ev.len());
+        // Per step, the events (positions) in the window that meet it.
+        let cand: Vec<Vec<usize>> = self
+            .c
+            .step_bits
+            .iter()
+            .map(|&b| (p..end).filter(|&q| self.ev[q].1 & b != 0).collect())
+            .collect();
+        let mut m = Matching {
+            cand: &cand,
+            entry: p,
+            fixed: vec![None; self.c.steps],
+            budget: &mut self.budget,
+        };
+        let level = m.best()?;
+        for s in 0..self.c.steps {
+            for &q in &cand[s] {
+                if m.fixed.contains(&Some(q)) {
+                    continue;
+                }
+                m.fixed[s] = Some(q);
+                if m.best()? == level {
+                    break;
+                }
+                m.fixed[s] = None;
+            }
+        }
+        Ok(Attempt {
+            level,
+            step_ts: m.fixed.iter().map(|q| q.map(|q| self.ev[q].0)).collect(),
+            excluded: false,
+        })
+    }
+}
+
+/// Steps matched to distinct events, some fixed.
+struct Matching<'a> {
+    /// Per step, its candidate events.
+    cand: &'a [Vec<usize>],
+    /// The event that must be used.
+    entry: usize,
+    /// Per step, its fixed event.
+    fixed: Vec<Option<usize>>,
+    budget: &'a mut u64,
+}
+
+impl Matching<'_> {
+    /// The most steps filled, keeping the fixed ones and using the entry event.
+    fn best(&mut self) -> Result<usize> {
+        let fixed = self.fixed.iter().flatten().count();
+        if self.fixed.contains(&Some(self.entry)) {
+            return Ok(fixed + self.free(None)?);
+        }
+        // The entry event fills one of the free steps it meets.
+        let mut best = 0;
+        for s in 0..self.cand.len() {
+            if self.fixed[s].is_none() && self.cand[s].contains(&self.entry) {
+                best = best.max(fixed + 1 + self.free(Some(s))?);
+            }
+        }
+        Ok(best)
+    }
+
+    /// A maximum matching of the free steps (but `skip`) to events not fixed (nor the
+    /// entry when `skip` is given: it fills `skip`). Kuhn's augmenting paths.
+    fn free(&mut self, skip: Option<usize>) -> Result<usize> {
+        let mut taken: HashMap<usize, usize> = HashMap::new();
+        let entry = self.entry;
+        let blocked = |q: usize, fixed: &[Option<usize>]| {
+            fixed.contains(&Some(q)) || (skip.is_some() && q == entry)
+        };
+        let mut size = 0;
+        for s in 0..self.cand.len() {
+            if self.fixed[s].is_some() || Some(s) == skip {
+                continue;
+            }
+            let mut seen = vec![false; self.cand.len()];
+            if self.augment(s, &mut seen, &mut taken, &blocked)? {
+                size += 1;
+            }
+        }
+        Ok(size)
+    }
+
+    fn augment(
+        &mut self,
+        s: usize,
+        seen: &mut [bool],
+        taken: &mut HashMap<usize, usize>,
+        blocked: &impl Fn(usize, &[Option<usize>]) -> bool,
+    ) -> Result<bool> {
+        if seen[s] {
+            return Ok(false);
+        }
+        seen[s] = true;
+        for i in 0..self.cand[s].len() {
+            let q = self.cand[s][i];
+            *self.budget += 1;
+            if *self.budget > BUDGET {
+                return Err(invalid(
+                    NAME,
+                    "a person has too many events for this funnel's search; narrow the window \
+                     or the events",
+                ));
+            }
+            if blocked(q, &self.fixed) {
+                continue;
+            }
+            let free = match taken.get(&q).copied() {
+                None => true,
+                Some(h) => self.augment(h, seen, taken, blocked)?,
+            };
+            if free {
+                taken.insert(q, s);
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+}
+
 /// The attempts of one person's events (sorted by time, mask, arrival): one for uniques,
 /// all for totals.
 fn attempts(c: &Config, events: &mut [Event]) -> Result<Vec<Attempt>> {
@@ -493,8 +644,14 @@ fn attempts(c: &Config, events: &mut [Event]) -> Result<Vec<Attempt>> {
         ev: &ev,
         budget: 0,
     };
+    // Unordered, any step's event enters.
+    let entry_bits = if c.unordered {
+        c.step_bits.iter().fold(0, |a, b| a | b)
+    } else {
+        c.step_bits[0]
+    };
     let entries: Vec<usize> = (0..ev.len())
-        .filter(|&i| ev[i].1 & c.step_bits[0] != 0)
+        .filter(|&i| ev[i].1 & entry_bits != 0)
         .collect();
     if c.totals {
         let mut out = vec![];
@@ -580,7 +737,13 @@ fn attempt_array(c: &Config, attempts: &[Attempt]) -> Result<StructArray> {
     let excluded = BooleanArray::from_iter(attempts.iter().map(|a| Some(a.excluded)));
     let entry: Vec<Option<i64>> = attempts
         .iter()
-        .map(|a| if a.level > 0 { a.step_ts[0] } else { None })
+        .map(|a| {
+            if a.level > 0 {
+                a.step_ts.iter().flatten().min().copied()
+            } else {
+                None
+            }
+        })
         .collect();
     let flat: Vec<Option<i64>> = attempts.iter().flat_map(|a| a.step_ts.clone()).collect();
     let gaps: Vec<Option<i64>> = attempts

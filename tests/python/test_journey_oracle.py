@@ -186,6 +186,7 @@ def test_window_funnel_rejects_bad_arguments(server):
             "SELECT funnel_detail(10, 1, true, true, 'order=sideways')",
             "SELECT funnel_detail(10, 1, true, true, true, 'step_windows=5')",
             "SELECT funnel_detail(10, 1, true, true, 'optional_steps=1')",
+            "SELECT funnel_detail(10, 1, true, true, true, 'order=unordered, step_windows=5|5')",
             "SELECT funnel_attempts(INTERVAL '1 day', now(), true, true, 'min_gaps=5')",
         ]:
             with pytest.raises(psycopg.errors.InvalidParameterValue):
@@ -707,7 +708,7 @@ def test_top_paths_match_clickhouse_and_posthog_pruning(journeys):
 
 
 def funnel_reference(events, conds, window, strict=False, entry="latest", sw=None, mg=None,
-                     optional=(), totals=False, exclude=()):
+                     optional=(), totals=False, exclude=(), unordered=False):
     """Exhaustive reference for funnel_detail / funnel_attempts: enumerate every chain.
     `events` are (t, mask over all conditions, id); `exclude` lists (condition, from step,
     to step), 1-based: those conditions are not steps."""
@@ -770,7 +771,27 @@ def funnel_reference(events, conds, window, strict=False, entry="latest", sw=Non
             ts[s] = ev[q][0]
         return level, ts, is_excluded(ts)
 
-    entries = [i for i, e in enumerate(ev) if e[1] & 1]
+    def unordered_attempt(p):
+        # Every assignment of steps to distinct events within the window of p, p used: the
+        # most steps, then the earliest events in step order (an empty step last).
+        t1 = ev[p][0]
+        near = [q for q in range(p, len(ev)) if ev[q][0] - t1 <= window]
+        best = None
+        for combo in itertools.product(*[[None] + [q for q in near if (ev[q][1] >> s) & 1] for s in range(n)]):
+            used = [q for q in combo if q is not None]
+            if p not in used or len(set(used)) != len(used):
+                continue
+            key = (-len(used), tuple(len(ev) if q is None else q for q in combo))
+            if best is None or key < best[0]:
+                best = (key, combo)
+        combo = best[1]
+        return sum(q is not None for q in combo), [None if q is None else ev[q][0] for q in combo], False
+
+    if unordered:
+        attempt = unordered_attempt  # noqa: F811
+        entries = [i for i, e in enumerate(ev) if e[1]]
+    else:
+        entries = [i for i, e in enumerate(ev) if e[1] & 1]
     if totals:
         out, after = [], None
         for p in entries:
@@ -813,6 +834,11 @@ FUNNEL_CASES = [
      {"exclude": [(1, 1, 3)], "strict": True}),
     (["ev = 'A'", "ev = 'B'", "ev = 'C'", "ev = 'D'"], 1500, "exclusions=4:2-3, optional_steps=2",
      {"exclude": [(4, 2, 3)], "optional": (2,)}),
+    (["ev = 'A'", "ev = 'B'", "ev = 'C'"], 1500, "order=unordered", {"unordered": True}),
+    (["ev IN ('A', 'B')", "ev = 'B'", "ev IN ('C', 'A')"], 1000, "order=unordered, entry=earliest_longest",
+     {"unordered": True, "entry": "earliest_longest"}),
+    (["ev IN ('A', 'B')", "ev IN ('B', 'C')", "ev = 'A'", "ev = 'D'"], 2000, "order=unordered, entry=first",
+     {"unordered": True, "entry": "first"}),
 ]
 
 
@@ -849,7 +875,8 @@ def test_funnel_detail_matches_exhaustive_reference(journeys):
                 have = have if fn == "funnel_attempts" else [have]
                 assert [(h["level"], h["step_ts"], h["step_gap"], h["converted"], h["entry_ts"], h["excluded"])
                         for h in have] == \
-                    [(lv, ts, gaps(ts), lv == steps, ts[0] if lv else None, ex) for lv, ts, ex in want], \
+                    [(lv, ts, gaps(ts), lv == steps, min(t for t in ts if t is not None) if lv else None, ex)
+                     for lv, ts, ex in want], \
                     (fn, opts, pid)
                 compared += 1
                 excluded_seen += sum(1 for w in want if w[2])
