@@ -528,8 +528,8 @@ impl Search<'_> {
             budget: &mut self.budget,
         };
         let level = m.best()?;
-        for s in 0..self.c.steps {
-            for &q in &cand[s] {
+        for (s, qs) in cand.iter().enumerate() {
+            for &q in qs {
                 if m.fixed.contains(&Some(q)) {
                     continue;
                 }
