@@ -247,14 +247,7 @@ pub(super) async fn load(lake: &Lake, ctx: &SessionContext) -> Result<Work> {
     }
 
     // The previous mapping of the touched part.
-    let mut prev = Previous {
-        person_of: Default::default(),
-        anchor: HashMap::new(),
-        first_seen: HashMap::new(),
-    };
-    for s in &stored {
-        prev.person_of[usize::from(s.ty)].insert(s.value.clone(), s.person.clone());
-    }
+    let mut prev = Previous::default();
     if let Some((_, p)) = lake.table("unified", "persons").await? {
         ctx.register_table("prev_persons", p)?;
         for b in ctx
@@ -295,6 +288,7 @@ pub(super) async fn load(lake: &Lake, ctx: &SessionContext) -> Result<Work> {
             (None, Some(i)) => i,
             (None, None) => g.set_node(s.ty, &s.value, s.first_seen, s.last_seen, s.touchpoints),
         };
+        prev.insert(node, &s.person);
         known.insert(node);
     }
     // Identifiers met on those rows that belong to untouched clusters (guarded ones of

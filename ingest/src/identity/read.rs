@@ -3,6 +3,8 @@
 
 use std::collections::HashMap;
 
+use rustc_hash::FxHashMap;
+
 use datafusion::arrow::array::{
     Array, AsArray, BooleanArray, Decimal128Array, Int64Array, RecordBatch, StringArray,
 };
@@ -429,19 +431,28 @@ pub(super) async fn load_rules(
 }
 
 /// The previous run's mapping: identifier → person, and person → (anchor, first_seen).
+/// Persons are numbered and identifiers are this run's graph nodes, so that millions of
+/// identifiers need no text of their own.
+#[derive(Default)]
 pub(super) struct Previous {
-    /// Per identifier type: value → person.
-    pub person_of: [rustc_hash::FxHashMap<String, String>; TYPES.len()],
-    pub anchor: HashMap<String, (u8, String)>,
-    pub first_seen: HashMap<String, i64>,
+    /// Person ids, by number.
+    pub ids: Vec<String>,
+    number: FxHashMap<String, u32>,
+    /// Per node: its previous person's number (`u32::MAX`: none).
+    person_of: Vec<u32>,
+    /// Person number → anchor.
+    pub anchor: FxHashMap<u32, (u8, String)>,
+    /// Person number → first seen (persons with a row in `unified.persons`).
+    first_seen: FxHashMap<u32, i64>,
 }
 
-pub(super) async fn load_previous(lake: &Lake, ctx: &SessionContext) -> Result<Previous> {
-    let mut prev = Previous {
-        person_of: Default::default(),
-        anchor: HashMap::new(),
-        first_seen: HashMap::new(),
-    };
+/// The previous mapping of the identifiers in `g`.
+pub(super) async fn load_previous(
+    lake: &Lake,
+    ctx: &SessionContext,
+    g: &Graph,
+) -> Result<Previous> {
+    let mut prev = Previous::default();
     if let Some((_, p)) = lake.table("unified", "identities").await? {
         ctx.register_table("prev_identities", p)?;
         let mut s = ctx
@@ -453,9 +464,10 @@ pub(super) async fn load_previous(lake: &Lake, ctx: &SessionContext) -> Result<P
             let b = b?;
             let (t, v, p) = (text_col(&b, 0)?, text_col(&b, 1)?, text_col(&b, 2)?);
             for i in 0..b.num_rows() {
-                if let Some(ty) = graph::type_index(t.value(i)) {
-                    prev.person_of[usize::from(ty)]
-                        .insert(v.value(i).to_string(), p.value(i).to_string());
+                if let Some(node) =
+                    graph::type_index(t.value(i)).and_then(|ty| g.find(ty, v.value(i)))
+                {
+                    prev.insert(node, p.value(i));
                 }
             }
         }
@@ -477,9 +489,45 @@ pub(super) async fn load_previous(lake: &Lake, ctx: &SessionContext) -> Result<P
 }
 
 impl Previous {
-    /// The previous person of an identifier.
-    pub(super) fn person(&self, ty: u8, value: &str) -> Option<&String> {
-        self.person_of[usize::from(ty)].get(value)
+    /// The number of person `id`.
+    fn number(&mut self, id: &str) -> u32 {
+        if let Some(&n) = self.number.get(id) {
+            return n;
+        }
+        let n = self.ids.len() as u32;
+        self.ids.push(id.to_string());
+        self.number.insert(id.to_string(), n);
+        n
+    }
+
+    /// Record that the identifier of `node` belonged to person `id`.
+    pub(super) fn insert(&mut self, node: u32, id: &str) {
+        let n = self.number(id);
+        let i = node as usize;
+        if self.person_of.len() <= i {
+            self.person_of.resize(i + 1, u32::MAX);
+        }
+        self.person_of[i] = n;
+    }
+
+    /// The number of the previous person of a node.
+    pub(super) fn person_number(&self, node: u32) -> Option<u32> {
+        self.person_of
+            .get(node as usize)
+            .copied()
+            .filter(|&n| n != u32::MAX)
+    }
+
+    /// The previous person of a node.
+    pub(super) fn person(&self, node: u32) -> Option<&str> {
+        self.person_number(node)
+            .map(|n| self.ids[n as usize].as_str())
+    }
+
+    /// When person `id` was first seen, if it has a row in `unified.persons`.
+    pub(super) fn first_seen_of(&self, id: &str) -> Option<i64> {
+        let n = self.number.get(id)?;
+        self.first_seen.get(n).copied()
     }
 
     /// Record persons from a batch of (person_id, first_seen µs, anchor_type,
@@ -488,15 +536,15 @@ impl Previous {
         let (id, fs) = (text_col(b, 0)?, int_col(b, 1)?);
         let (at, av) = (text_col(b, 2)?, text_col(b, 3)?);
         for i in 0..b.num_rows() {
+            let n = self.number(id.value(i));
             if fs.is_valid(i) {
-                self.first_seen.insert(id.value(i).to_string(), fs.value(i));
+                self.first_seen.insert(n, fs.value(i));
             }
             if at.is_valid(i)
                 && av.is_valid(i)
                 && let Some(ty) = graph::type_index(at.value(i))
             {
-                self.anchor
-                    .insert(id.value(i).to_string(), (ty, av.value(i).to_string()));
+                self.anchor.insert(n, (ty, av.value(i).to_string()));
             }
         }
         Ok(())

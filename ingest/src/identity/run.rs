@@ -30,6 +30,7 @@ use datafusion::execution::FunctionRegistry;
 use datafusion::logical_expr::{ColumnarValue, Expr, ScalarUDF, Volatility, create_udf};
 use datafusion::prelude::{SessionContext, col, lit};
 use deltalake::protocol::SaveMode;
+use rustc_hash::{FxHashMap, FxHashSet};
 use sha2::Digest;
 use touchlake_catalog::Lake;
 
@@ -145,7 +146,7 @@ pub(super) struct Scope {
 
 async fn load_full(lake: &Lake, ctx: &SessionContext) -> Result<Work> {
     let (g, placed, touchpoints) = super::read::read_all(ctx).await?;
-    let prev = load_previous(lake, ctx).await?;
+    let prev = load_previous(lake, ctx, &g).await?;
     let n = g.nodes.len();
     Ok(Work {
         graph: g,
@@ -252,7 +253,7 @@ pub async fn run(lake: &Lake, config: &Config) -> Result<IdentitySummary> {
             .persons
             .iter()
             .map(|p| p.id.clone())
-            .filter(|id| !work.prev.first_seen.contains_key(id) && !taken.contains(id))
+            .filter(|id| work.prev.first_seen_of(id).is_none() && !taken.contains(id))
             .collect();
         let clash = super::incremental::existing_persons(&ctx, fresh).await?;
         if clash.is_empty() {
@@ -294,8 +295,7 @@ pub async fn run(lake: &Lake, config: &Config) -> Result<IdentitySummary> {
         let mut stay = whole;
         for &i in &res.guarded {
             let newly = !work.pre_guarded.get(i as usize).copied().unwrap_or(false);
-            let n = &work.graph.nodes[i as usize];
-            if newly && let Some(p) = work.prev.person(n.ty, &n.value) {
+            if newly && let Some(p) = work.prev.person(i) {
                 stay.remove(p);
             }
         }
@@ -727,41 +727,36 @@ fn assign_ids(
         (n.ty, n.first_seen, n.value.as_str())
     };
     // Where each previous person's anchor is now.
-    let mut anchor_home: HashMap<&str, u32> = HashMap::new();
-    for (pid, (ty, v)) in &prev.anchor {
+    let mut anchor_home: FxHashMap<&str, u32> = FxHashMap::default();
+    for (&pid, (ty, v)) in &prev.anchor {
         if let Some(node) = g.find(*ty, v) {
-            anchor_home.insert(pid.as_str(), res.component[node as usize]);
+            anchor_home.insert(prev.ids[pid as usize].as_str(), res.component[node as usize]);
         }
     }
     // Previous persons whose anchor is unknown: their best identifier stands in.
-    let mut fallback: HashMap<&str, u32> = HashMap::new();
-    for (i, n) in g.nodes.iter().enumerate() {
-        if let Some(pid) = prev.person(n.ty, &n.value)
-            && !prev.anchor.contains_key(pid)
+    let mut fallback: FxHashMap<u32, u32> = FxHashMap::default();
+    for i in 0..g.nodes.len() {
+        if let Some(pid) = prev.person_number(i as u32)
+            && !prev.anchor.contains_key(&pid)
         {
-            let e = fallback.entry(pid.as_str()).or_insert(i as u32);
+            let e = fallback.entry(pid).or_insert(i as u32);
             if rank(i as u32) < rank(*e) {
                 *e = i as u32;
             }
         }
     }
     for (pid, node) in fallback {
-        anchor_home.insert(pid, res.component[node as usize]);
+        anchor_home.insert(prev.ids[pid as usize].as_str(), res.component[node as usize]);
     }
 
     // Ids in use: the previous run's, those taken, and those given in this run.
-    let mut used: HashSet<&str> = prev.first_seen.keys().map(String::as_str).collect();
-    used.extend(
-        prev.person_of
-            .iter()
-            .flat_map(|m| m.values().map(String::as_str)),
-    );
+    let mut used: FxHashSet<&str> = prev.ids.iter().map(String::as_str).collect();
     used.extend(taken.iter().map(String::as_str));
-    let mut given: HashSet<String> = HashSet::new();
+    let mut given: FxHashSet<String> = FxHashSet::default();
     let mut persons = vec![];
     let mut merges = vec![];
     let mut kept = 0u64;
-    let mut split_parts: HashMap<&str, u32> = HashMap::new();
+    let mut split_parts: FxHashMap<&str, u32> = FxHashMap::default();
     for (root, members) in groups {
         let anchor = *members
             .iter()
@@ -770,9 +765,8 @@ fn assign_ids(
         // Previous persons present here, and those whose anchor is here.
         let mut present: BTreeMap<&str, Option<u32>> = BTreeMap::new();
         for &m in &members {
-            let n = &g.nodes[m as usize];
-            if let Some(pid) = prev.person(n.ty, &n.value) {
-                let via = present.entry(pid.as_str()).or_insert(None);
+            if let Some(pid) = prev.person(m) {
+                let via = present.entry(pid).or_insert(None);
                 if via.is_none() {
                     *via = Some(m);
                 }
@@ -786,7 +780,7 @@ fn assign_ids(
             .copied()
             .filter(|pid| anchor_home.get(pid) == Some(&root))
             .collect();
-        eligible.sort_by_key(|pid| (prev.first_seen.get(*pid).copied().unwrap_or(i64::MAX), *pid));
+        eligible.sort_by_key(|pid| (prev.first_seen_of(pid).unwrap_or(i64::MAX), *pid));
         let id = match eligible.first() {
             Some(survivor) => {
                 kept += 1;
