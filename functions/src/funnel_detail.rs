@@ -12,6 +12,8 @@
 //! best chain; the reported chain is the earliest one reaching that level. With
 //! `order=unordered` any step's event enters and the level is the most steps filled by
 //! distinct events within the window of the entry, in any order (a bipartite matching).
+//! `date_from`/`date_to` restrict the entries (conversion horizon): later steps may fall
+//! after `date_to`.
 //!
 //! Entry policies: `latest` (default; the most recent entry among those reaching the best
 //! level, as PostHog reports), `earliest_longest` (the earliest such entry, Amplitude),
@@ -87,6 +89,9 @@ struct Config {
     strict: bool,
     /// Steps in any order (each filled by its own event within the window of the entry).
     unordered: bool,
+    /// Entries only from / up to these times (inclusive); later steps may fall after.
+    entry_from: Option<i64>,
+    entry_to: Option<i64>,
     entry: Entry,
     totals: bool,
     /// Per step (index 0 unused): max gap to the previous assigned step.
@@ -233,6 +238,8 @@ impl Config {
             window,
             strict: false,
             unordered: false,
+            entry_from: None,
+            entry_to: None,
             entry: Entry::Latest,
             totals,
             step_windows: vec![None; steps],
@@ -308,6 +315,8 @@ impl Config {
                         }
                     }
                 }
+                "date_from" => self.entry_from = Some(self.time_option(&k, v, false)?),
+                "date_to" => self.entry_to = Some(self.time_option(&k, v, true)?),
                 "step_windows" => self.step_windows = per_step(self, &k)?,
                 "min_gaps" => self.min_gaps = per_step(self, &k)?,
                 "optional_steps" => {
@@ -334,13 +343,32 @@ impl Config {
                         NAME,
                         format!(
                             "unknown option '{other}' (order, entry, step_windows, min_gaps, \
-                             optional_steps, exclusions)"
+                             optional_steps, exclusions, date_from, date_to)"
                         ),
                     ));
                 }
             }
         }
         Ok(())
+    }
+
+    /// A `date_from`/`date_to` value in the events' time: an integer for integer times,
+    /// else a UTC date or date-time (`2026-01-31`, `2026-01-31 08:00:00`); a date alone as
+    /// `date_to` is the whole day.
+    fn time_option(&self, key: &str, v: &str, end: bool) -> Result<i64> {
+        if self.integer_time() {
+            return v
+                .trim()
+                .parse::<i64>()
+                .map_err(|_| invalid(NAME, format!("{key}: '{v}' is not an integer")));
+        }
+        let t = crate::calendar::local_time(NAME, key, v)?;
+        let date_only = chrono::NaiveDate::parse_from_str(v.trim(), "%Y-%m-%d").is_ok();
+        Ok(if end && date_only {
+            t + 86_400_000_000 - 1
+        } else {
+            t
+        })
     }
 
     fn integer_time(&self) -> bool {
@@ -651,7 +679,11 @@ fn attempts(c: &Config, events: &mut [Event]) -> Result<Vec<Attempt>> {
         c.step_bits[0]
     };
     let entries: Vec<usize> = (0..ev.len())
-        .filter(|&i| ev[i].1 & entry_bits != 0)
+        .filter(|&i| {
+            ev[i].1 & entry_bits != 0
+                && c.entry_from.is_none_or(|f| ev[i].0 >= f)
+                && c.entry_to.is_none_or(|t| ev[i].0 <= t)
+        })
         .collect();
     if c.totals {
         let mut out = vec![];

@@ -187,6 +187,8 @@ def test_window_funnel_rejects_bad_arguments(server):
             "SELECT funnel_detail(10, 1, true, true, true, 'step_windows=5')",
             "SELECT funnel_detail(10, 1, true, true, 'optional_steps=1')",
             "SELECT funnel_detail(10, 1, true, true, true, 'order=unordered, step_windows=5|5')",
+            "SELECT funnel_detail(INTERVAL '1 day', now(), true, true, 'date_from=yesterday')",
+            "SELECT funnel_detail(10, 1, true, true, 'date_to=2026-01-01')",
             "SELECT funnel_attempts(INTERVAL '1 day', now(), true, true, 'min_gaps=5')",
         ]:
             with pytest.raises(psycopg.errors.InvalidParameterValue):
@@ -708,7 +710,7 @@ def test_top_paths_match_clickhouse_and_posthog_pruning(journeys):
 
 
 def funnel_reference(events, conds, window, strict=False, entry="latest", sw=None, mg=None,
-                     optional=(), totals=False, exclude=(), unordered=False):
+                     optional=(), totals=False, exclude=(), unordered=False, entry_range=None):
     """Exhaustive reference for funnel_detail / funnel_attempts: enumerate every chain.
     `events` are (t, mask over all conditions, id); `exclude` lists (condition, from step,
     to step), 1-based: those conditions are not steps."""
@@ -792,6 +794,9 @@ def funnel_reference(events, conds, window, strict=False, entry="latest", sw=Non
         entries = [i for i, e in enumerate(ev) if e[1]]
     else:
         entries = [i for i, e in enumerate(ev) if e[1] & 1]
+    if entry_range:
+        # Entries only inside the range; later steps may fall after its end.
+        entries = [i for i in entries if entry_range[0] <= ev[i][0] <= entry_range[1]]
     if totals:
         out, after = [], None
         for p in entries:
@@ -835,6 +840,9 @@ FUNNEL_CASES = [
     (["ev = 'A'", "ev = 'B'", "ev = 'C'", "ev = 'D'"], 1500, "exclusions=4:2-3, optional_steps=2",
      {"exclude": [(4, 2, 3)], "optional": (2,)}),
     (["ev = 'A'", "ev = 'B'", "ev = 'C'"], 1500, "order=unordered", {"unordered": True}),
+    (["ev = 'A'", "ev = 'B'", "ev = 'C'"], 1500, "date_from=1500, date_to=3500", {"entry_range": (1500, 3500)}),
+    (["ev = 'A'", "ev IN ('B', 'D')", "ev = 'C'"], 1000, "date_to=2500, entry=first",
+     {"entry_range": (-10**9, 2500), "entry": "first"}),
     (["ev IN ('A', 'B')", "ev = 'B'", "ev IN ('C', 'A')"], 1000, "order=unordered, entry=earliest_longest",
      {"unordered": True, "entry": "earliest_longest"}),
     (["ev IN ('A', 'B')", "ev IN ('B', 'C')", "ev = 'A'", "ev = 'D'"], 2000, "order=unordered, entry=first",
@@ -853,6 +861,12 @@ def test_funnel_detail_matches_exhaustive_reference(journeys):
             t += rng.choice([0, 0, 40, 100, 300, 700, 2000])
             rid += 1
             rows.append((pid, rid, t, rng.choice(EVENTS)))
+    # Entries exactly on and just outside the date_from/date_to bounds of the cases.
+    for pid, times in [(300, [1500, 1600, 1700]), (301, [3500, 3600, 3700]), (302, [2500, 2600, 2700]),
+                       (303, [1499, 3501, 3600]), (304, [2501, 2600, 2700])]:
+        for t, ev in zip(times, ["A", "B", "C"]):
+            rid += 1
+            rows.append((pid, rid, t, ev))
     rng.shuffle(rows)
     load("fd", rows)
     compared = excluded_seen = 0

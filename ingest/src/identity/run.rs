@@ -730,7 +730,10 @@ fn assign_ids(
     let mut anchor_home: FxHashMap<&str, u32> = FxHashMap::default();
     for (&pid, (ty, v)) in &prev.anchor {
         if let Some(node) = g.find(*ty, v) {
-            anchor_home.insert(prev.ids[pid as usize].as_str(), res.component[node as usize]);
+            anchor_home.insert(
+                prev.ids[pid as usize].as_str(),
+                res.component[node as usize],
+            );
         }
     }
     // Previous persons whose anchor is unknown: their best identifier stands in.
@@ -746,7 +749,10 @@ fn assign_ids(
         }
     }
     for (pid, node) in fallback {
-        anchor_home.insert(prev.ids[pid as usize].as_str(), res.component[node as usize]);
+        anchor_home.insert(
+            prev.ids[pid as usize].as_str(),
+            res.component[node as usize],
+        );
     }
 
     // Ids in use: the previous run's, those taken, and those given in this run.
