@@ -220,6 +220,7 @@ fn build_context(
         .with_config(config)
         .with_runtime_env(runtime.clone())
         .with_default_features()
+        .with_optimizer_rule(Arc::new(crate::join_exprs::JoinSideExpressions))
         .build();
     let ctx = SessionContext::new_with_state(state);
     let views: Arc<dyn ViewPlanner> = views;

@@ -10,6 +10,7 @@ mod compat;
 mod config;
 mod engine;
 mod extension;
+mod join_exprs;
 mod match_recognize;
 mod naming;
 mod npath;
