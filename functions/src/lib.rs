@@ -8,6 +8,7 @@ pub mod attribution;
 pub mod btyd;
 pub mod calendar;
 pub mod cohorts;
+pub mod date_trunc;
 pub mod error;
 pub mod events;
 pub mod funnel;
@@ -42,6 +43,7 @@ pub fn register_all(registry: &mut dyn FunctionRegistry) -> datafusion::error::R
         .chain(time::functions())
         .chain(ltv::scalars())
         .chain(rfm::scalars())
+        .chain([date_trunc::date_trunc()])
     {
         registry.register_udf(std::sync::Arc::new(udf))?;
     }
