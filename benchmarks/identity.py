@@ -15,17 +15,17 @@ import argparse
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
 import duckdb
 import numpy as np
-import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import DeltaTable, write_deltalake
+
+from common import Touchlake
 
 TYPES = ["user_id", "member_id", "phone", "email", "openid", "device_id", "anonymous_id"]
 # The identifiers each of a person's four touchpoints carries.
@@ -97,33 +97,23 @@ def edges(persons):
     return a, b
 
 
-class Server:
-    def __init__(self, binary, lake):
-        self.log = open(os.path.join(tempfile.gettempdir(), "touchlake-identity-bench.log"), "a")
-        self.proc = subprocess.Popen([binary, "serve", "--lake", lake, "--listen", "127.0.0.1:0"],
-                                     stdout=subprocess.PIPE, stderr=self.log, text=True)
-        for line in self.proc.stdout:
-            if line.startswith("touchlake listening on "):
-                self.url = f"postgresql://touchlake@{line.split()[3]}/touchlake"
-                break
-        else:
-            raise RuntimeError("touchlake did not start")
-
-    def stop(self):
-        self.proc.kill()
-        self.proc.wait()
+LOG = os.path.join(tempfile.gettempdir(), "touchlake-identity-bench.log")
 
 
-def call(url, sql):
-    with psycopg.connect(url, autocommit=True) as c:
-        t = time.perf_counter()
-        row = c.execute(sql).fetchone()
-        return time.perf_counter() - t, row
+def server(binary, lake):
+    """`touchlake serve` on the lake, its log appended to LOG."""
+    return Touchlake(binary, lake, open(LOG, "a"))
 
 
-def count_persons(url):
-    with psycopg.connect(url, autocommit=True) as c:
-        return c.execute("SELECT count(*) FROM unified.persons").fetchone()[0]
+def call(srv, sql):
+    """(seconds, the first row) of `sql` over the server's connection."""
+    t = time.perf_counter()
+    row = srv.run(sql)[0]
+    return time.perf_counter() - t, row
+
+
+def count_persons(srv):
+    return srv.run("SELECT count(*) FROM unified.persons")[0][0]
 
 
 def duckdb_label_propagation(a, b):
@@ -170,11 +160,11 @@ def main():
     extra = max(2, int(n * a.increment))
     full, incr = [], []
     with tempfile.TemporaryDirectory() as work:
-        print(f"server log: {tempfile.gettempdir()}/touchlake-identity-bench.log", flush=True)
+        print(f"server log: {LOG}", flush=True)
         lake = os.path.join(work, "lake")
         os.makedirs(lake)
-        srv = Server(a.binary, lake)
-        call(srv.url, "CALL identity_run()")  # creates the contract tables
+        srv = server(a.binary, lake)
+        call(srv, "CALL identity_run()")  # creates the contract tables
         srv.stop()
         path = os.path.join(lake, "unified", "touchpoints")
         schema = DeltaTable(path).schema().to_arrow()
@@ -184,12 +174,12 @@ def main():
         for lo in range(0, n, step):
             write_deltalake(path, touchpoints(schema, np.arange(lo, min(n, lo + step)), "b", lo), mode="append")
         print(f"loaded {4 * n:,} touchpoints in {time.perf_counter() - t:.1f}s", flush=True)
-        srv = Server(a.binary, lake)
+        srv = server(a.binary, lake)
         for r in range(a.runs):
-            s, row = call(srv.url, "CALL identity_run('mode=full')")
+            s, row = call(srv, "CALL identity_run('mode=full')")
             full.append(s)
             print(f"full run {r + 1}: {s:.2f}s {row}", flush=True)
-        persons_full = count_persons(srv.url)
+        persons_full = count_persons(srv)
         for r in range(a.runs):
             # 1% more touchpoints: half of new persons, half of known persons seen with a
             # new anonymous id (their clusters are resolved again).
@@ -200,13 +190,12 @@ def main():
             write_deltalake(path, touchpoints(schema, new, f"i{r}-", 1000 + r, ROWS[:2]), mode="append")
             write_deltalake(path, touchpoints(schema, known, f"k{r}-", 2000 + r, [["phone", "anonymous_id"]],
                                               {"anonymous_id": known + 10 * n}), mode="append")
-            srv = Server(a.binary, lake)
-            s, row = call(srv.url, "CALL identity_run()")
+            srv = server(a.binary, lake)
+            s, row = call(srv, "CALL identity_run()")
             incr.append(s)
             print(f"incremental run {r + 1}: {s:.2f}s {row}", flush=True)
-        persons_incr = count_persons(srv.url)
-        with psycopg.connect(srv.url, autocommit=True) as c:
-            unplaced = c.execute("SELECT count(*) FROM unified.touchpoints WHERE person_id IS NULL").fetchone()[0]
+        persons_incr = count_persons(srv)
+        unplaced = srv.run("SELECT count(*) FROM unified.touchpoints WHERE person_id IS NULL")[0][0]
         assert unplaced == 0, f"{unplaced} touchpoints without a person after the incremental runs"
         srv.stop()
     ea, eb = edges(np.arange(n))

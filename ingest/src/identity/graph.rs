@@ -197,6 +197,15 @@ pub struct Node {
     pub touchpoints: i64,
 }
 
+impl Node {
+    /// Record one touchpoint at `ts`.
+    fn touch(&mut self, ts: i64) {
+        self.first_seen = self.first_seen.min(ts);
+        self.last_seen = self.last_seen.max(ts);
+        self.touchpoints += 1;
+    }
+}
+
 /// An edge between two nodes (`a < b`), seen from `first_seen` to `last_seen`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Edge {
@@ -240,28 +249,12 @@ impl TypeNodes {
 
     /// Record one touchpoint at `ts` on identifier `i`.
     pub fn touch_node(&mut self, i: u32, ts: i64) {
-        let n = &mut self.nodes[i as usize];
-        n.first_seen = n.first_seen.min(ts);
-        n.last_seen = n.last_seen.max(ts);
-        n.touchpoints += 1;
+        self.nodes[i as usize].touch(ts);
     }
 
     /// The number of `value`, created if new; records one touchpoint at `ts`.
     pub fn touch(&mut self, value: &str, ts: i64) -> u32 {
-        if let Some(i) = self.find(value) {
-            self.touch_node(i, ts);
-            return i;
-        }
-        let i = self.nodes.len() as u32;
-        self.nodes.push(Node {
-            ty: self.ty,
-            value: value.to_string(),
-            first_seen: ts,
-            last_seen: ts,
-            touchpoints: 1,
-        });
-        self.index.insert(value.into(), i);
-        i
+        touch_in(&mut self.index, &mut self.nodes, self.ty, value, ts)
     }
 }
 
@@ -280,6 +273,47 @@ pub struct Graph {
 /// Edge maps built in parallel (one per core of the machines this runs on).
 const SHARDS: usize = 2;
 
+/// The node of `value` in `index` (numbered by its place in `nodes`), created if new;
+/// records one touchpoint at `ts`.
+fn touch_in(
+    index: &mut FxHashMap<Box<str>, u32>,
+    nodes: &mut Vec<Node>,
+    ty: u8,
+    value: &str,
+    ts: i64,
+) -> u32 {
+    if let Some(&i) = index.get(value) {
+        nodes[i as usize].touch(ts);
+        return i;
+    }
+    let i = nodes.len() as u32;
+    nodes.push(Node {
+        ty,
+        value: value.to_string(),
+        first_seen: ts,
+        last_seen: ts,
+        touchpoints: 1,
+    });
+    index.insert(value.into(), i);
+    i
+}
+
+/// Record edge `(x, y)` seen at `ts` in `edges` (self-edges are ignored); returns
+/// whether it is new.
+fn record(edges: &mut FxHashMap<(u32, u32), (i64, i64)>, x: u32, y: u32, ts: i64) -> bool {
+    if x == y {
+        return false;
+    }
+    let mut new = false;
+    let e = edges.entry((x.min(y), x.max(y))).or_insert_with(|| {
+        new = true;
+        (ts, ts)
+    });
+    e.0 = e.0.min(ts);
+    e.1 = e.1.max(ts);
+    new
+}
+
 /// The shard of edge `(a, b)`.
 fn shard(a: u32, b: u32) -> usize {
     let h = (u64::from(a) << 32 | u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
@@ -289,20 +323,13 @@ fn shard(a: u32, b: u32) -> usize {
 impl Graph {
     /// The node of `(ty, value)`, created if new; records one touchpoint at `ts`.
     pub fn touch(&mut self, ty: u8, value: &str, ts: i64) -> u32 {
-        if let Some(&i) = self.index[usize::from(ty)].get(value) {
-            self.touch_node(i, ts);
-            return i;
-        }
-        let i = self.nodes.len() as u32;
-        self.nodes.push(Node {
+        touch_in(
+            &mut self.index[usize::from(ty)],
+            &mut self.nodes,
             ty,
-            value: value.to_string(),
-            first_seen: ts,
-            last_seen: ts,
-            touchpoints: 1,
-        });
-        self.index[usize::from(ty)].insert(value.into(), i);
-        i
+            value,
+            ts,
+        )
     }
 
     /// A graph of these identifiers (each type's in [`TYPES`] order, one after the
@@ -325,10 +352,7 @@ impl Graph {
 
     /// Record one touchpoint at `ts` on node `i`.
     pub fn touch_node(&mut self, i: u32, ts: i64) {
-        let n = &mut self.nodes[i as usize];
-        n.first_seen = n.first_seen.min(ts);
-        n.last_seen = n.last_seen.max(ts);
-        n.touchpoints += 1;
+        self.nodes[i as usize].touch(ts);
     }
 
     /// The node of `(ty, value)`, if any.
@@ -339,20 +363,7 @@ impl Graph {
     /// Record that `x` and `y` were seen together at `ts` (self-edges are ignored).
     /// Returns whether the edge is new.
     pub fn link(&mut self, x: u32, y: u32, ts: i64) -> bool {
-        if x == y {
-            return false;
-        }
-        let key = (x.min(y), x.max(y));
-        let mut new = false;
-        let e = self.edges[shard(key.0, key.1)]
-            .entry(key)
-            .or_insert_with(|| {
-                new = true;
-                (ts, ts)
-            });
-        e.0 = e.0.min(ts);
-        e.1 = e.1.max(ts);
-        new
+        record(&mut self.edges[shard(x.min(y), x.max(y))], x, y, ts)
     }
 
     /// The node of `(ty, value)` with the given activity, replacing what was recorded.
@@ -393,16 +404,9 @@ impl Graph {
                         for x in 0..nodes.len() {
                             for y in x + 1..nodes.len() {
                                 let (a, b) = (nodes[x], nodes[y]);
-                                if a == b {
-                                    continue;
+                                if shard(a.min(b), a.max(b)) == s {
+                                    record(edges, a, b, ts);
                                 }
-                                let key = (a.min(b), a.max(b));
-                                if shard(key.0, key.1) != s {
-                                    continue;
-                                }
-                                let e = edges.entry(key).or_insert((ts, ts));
-                                e.0 = e.0.min(ts);
-                                e.1 = e.1.max(ts);
                             }
                         }
                     }

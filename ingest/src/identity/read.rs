@@ -178,9 +178,17 @@ impl Columns {
         Activity {
             ts: self.ts.value(i),
             channel: placed.channel(self.channel_at(i)),
-            purchase: self.purchase.is_valid(i) && self.purchase.value(i),
-            revenue: self.revenue.is_valid(i).then(|| self.revenue.value(i)),
+            purchase: self.purchase_at(i),
+            revenue: self.revenue_at(i),
         }
+    }
+
+    fn purchase_at(&self, i: usize) -> bool {
+        self.purchase.is_valid(i) && self.purchase.value(i)
+    }
+
+    fn revenue_at(&self, i: usize) -> Option<i128> {
+        self.revenue.is_valid(i).then(|| self.revenue.value(i))
     }
 
     fn channel_at(&self, i: usize) -> &str {
@@ -247,8 +255,8 @@ pub(super) async fn scan(
             f(&RawRow {
                 ts: c.ts.value(i),
                 channel: c.channel_at(i),
-                purchase: c.purchase.is_valid(i) && c.purchase.value(i),
-                revenue: c.revenue.is_valid(i).then(|| c.revenue.value(i)),
+                purchase: c.purchase_at(i),
+                revenue: c.revenue_at(i),
                 ids: &ids,
             });
         }
