@@ -21,13 +21,19 @@
 //! (same arguments) returns every attempt instead, for totals counting: an attempt enters at
 //! a step-1 event and ends when it converts or its window runs out; the next attempt enters
 //! after that (Mixpanel totals).
+//!
+//! `hold_constant` (a key argument after the options) makes one funnel per key value over
+//! the events carrying it (Amplitude/Mixpanel "hold property constant"); exclusion events
+//! count whatever their key. `breakdown=first_touch|last_touch|step_K|all_events` (a value
+//! argument after the options, and after the key) reports a value of the attempt's events,
+//! PostHog's breakdown attribution; `all_events` makes one funnel per value, like a key.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
     ArrayRef, BooleanArray, Int32Array, Int64Array, IntervalMonthDayNanoArray, ListArray,
-    StructArray, TimestampMicrosecondArray,
+    StringArray, StructArray, TimestampMicrosecondArray,
 };
 use datafusion::arrow::buffer::OffsetBuffer;
 use datafusion::arrow::datatypes::{
@@ -68,6 +74,19 @@ struct FunnelDetail {
     signature: Signature,
 }
 
+/// Whose value the `breakdown` field reports (PostHog's breakdown attribution).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Breakdown {
+    /// The attempt's entry event.
+    FirstTouch,
+    /// The attempt's last reached step's event.
+    LastTouch,
+    /// Step K's event (0-based here).
+    Step(usize),
+    /// One funnel per value, over the events carrying it.
+    AllEvents,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Entry {
     Latest,
@@ -101,10 +120,62 @@ struct Config {
     optional: Vec<bool>,
     /// The time type of the events (decides the output types).
     time_type: DataType,
+    /// One funnel per value of the key argument.
+    hold: bool,
+    breakdown: Option<Breakdown>,
+    /// Arguments after the options (the key, the breakdown value).
+    extras: usize,
 }
 
-fn shape(types: &[DataType]) -> Result<(usize, bool)> {
-    events::condition_layout(NAME, "(window, ts, cond1 [, …, condN] [, options])", types)
+/// Where a call's arguments are: `conditions` condition columns after the window and the
+/// time, then maybe the options text, then `extras` value arguments (the hold_constant key
+/// and the breakdown value).
+#[derive(Debug, Clone, Copy)]
+struct Layout {
+    conditions: usize,
+    options: bool,
+    extras: usize,
+}
+
+fn shape(types: &[DataType]) -> Result<Layout> {
+    let usage = "(window, ts, cond1 [, …, condN] [, options [, hold_key] [, breakdown_value]])";
+    if types.len() < 3 {
+        return Err(invalid(NAME, format!("takes {usage}")));
+    }
+    // The options are the first text argument after a condition.
+    let layout = match (3..types.len()).find(|&i| events::is_text(&types[i])) {
+        Some(i) => Layout {
+            conditions: i - 2,
+            options: true,
+            extras: types.len() - i - 1,
+        },
+        None => Layout {
+            conditions: types.len() - 2,
+            options: false,
+            extras: 0,
+        },
+    };
+    if layout.conditions > events::MAX_CONDITIONS {
+        return Err(invalid(
+            NAME,
+            format!(
+                "at most {} conditions, got {}",
+                events::MAX_CONDITIONS,
+                layout.conditions
+            ),
+        ));
+    }
+    if layout.extras > 2 {
+        return Err(invalid(
+            NAME,
+            format!(
+                "after the options come at most the hold_constant key and the breakdown value, \
+                 got {} arguments",
+                layout.extras
+            ),
+        ));
+    }
+    Ok(layout)
 }
 
 /// `30 minutes`, `2 days`; for integer times, an integer in their unit. Empty or `-` is no
@@ -193,12 +264,13 @@ impl Config {
             .iter()
             .map(|f| f.data_type().clone())
             .collect();
-        let (steps, has_options) = shape(&types)?;
+        let layout = shape(&types)?;
+        let steps = layout.conditions;
         let window = events::literal(&args.exprs[0])
             .ok_or_else(|| invalid(NAME, "window must be a constant"))?;
         let window = events::duration(NAME, "window", window, &types[1])?;
-        let text = if has_options {
-            let v = events::literal(&args.exprs[types.len() - 1])
+        let text = if layout.options {
+            let v = events::literal(&args.exprs[2 + steps])
                 .ok_or_else(|| invalid(NAME, "options must be a constant"))?;
             events::text_literal(NAME, "options", v)?
         } else {
@@ -246,8 +318,22 @@ impl Config {
             min_gaps: vec![None; steps],
             optional: vec![false; steps],
             time_type: types[1].clone(),
+            hold: false,
+            breakdown: None,
+            extras: layout.extras,
         };
         c.parse(&text)?;
+        let wanted = c.tags();
+        if layout.extras != wanted {
+            return Err(invalid(
+                NAME,
+                format!(
+                    "the options ask for {wanted} argument(s) after them (the hold_constant key, \
+                     then the breakdown value), got {}",
+                    layout.extras
+                ),
+            ));
+        }
         if c.unordered
             && (!c.exclusions.is_empty()
                 || c.optional.contains(&true)
@@ -265,6 +351,10 @@ impl Config {
 
     fn parse(&mut self, text: &str) -> Result<()> {
         for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            if part.eq_ignore_ascii_case("hold_constant") {
+                self.hold = true;
+                continue;
+            }
             let (k, v) = part
                 .split_once('=')
                 .ok_or_else(|| invalid(NAME, format!("option '{part}' is not key=value")))?;
@@ -315,6 +405,39 @@ impl Config {
                         }
                     }
                 }
+                "hold_constant" => {
+                    self.hold = match v.to_ascii_lowercase().as_str() {
+                        "true" | "on" | "yes" => true,
+                        "false" | "off" | "no" => false,
+                        other => {
+                            return Err(invalid(
+                                NAME,
+                                format!("hold_constant '{other}' is not true or false"),
+                            ));
+                        }
+                    }
+                }
+                "breakdown" => {
+                    let lower = v.to_ascii_lowercase();
+                    self.breakdown = Some(match lower.as_str() {
+                        "first_touch" => Breakdown::FirstTouch,
+                        "last_touch" => Breakdown::LastTouch,
+                        "all_events" => Breakdown::AllEvents,
+                        other => match other.strip_prefix("step_").map(str::parse::<usize>) {
+                            Some(Ok(k)) if k >= 1 && k <= self.steps => Breakdown::Step(k - 1),
+                            _ => {
+                                return Err(invalid(
+                                    NAME,
+                                    format!(
+                                        "breakdown '{v}' is not first_touch, last_touch, \
+                                         all_events or step_1 to step_{}",
+                                        self.steps
+                                    ),
+                                ));
+                            }
+                        },
+                    })
+                }
                 "date_from" => self.entry_from = Some(self.time_option(&k, v, false)?),
                 "date_to" => self.entry_to = Some(self.time_option(&k, v, true)?),
                 "step_windows" => self.step_windows = per_step(self, &k)?,
@@ -343,7 +466,8 @@ impl Config {
                         NAME,
                         format!(
                             "unknown option '{other}' (order, entry, step_windows, min_gaps, \
-                             optional_steps, exclusions, date_from, date_to)"
+                             optional_steps, exclusions, date_from, date_to, hold_constant, \
+                             breakdown)"
                         ),
                     ));
                 }
@@ -374,6 +498,21 @@ impl Config {
     fn integer_time(&self) -> bool {
         self.time_type.is_integer()
     }
+
+    /// The number of tag arguments (after the options): the key, the breakdown value.
+    fn tags(&self) -> usize {
+        usize::from(self.hold) + usize::from(self.breakdown.is_some())
+    }
+
+    /// Does each person get one funnel per key (and breakdown) value?
+    fn partitioned(&self) -> bool {
+        self.hold || self.breakdown == Some(Breakdown::AllEvents)
+    }
+
+    /// The condition bits of the exclusions.
+    fn exclusion_bits(&self) -> u32 {
+        self.exclusions.iter().fold(0, |a, e| a | e.0)
+    }
 }
 
 /// The outcome of one attempt: level and the events (time) assigned to each step.
@@ -385,6 +524,29 @@ pub struct Attempt {
     pub step_ts: Vec<Option<i64>>,
     /// An exclusion event happened between its steps.
     pub excluded: bool,
+    /// Per step, the position of its event in the person's ordered events.
+    pub step_at: Vec<Option<usize>>,
+    /// The position of the entry event.
+    pub entry_at: Option<usize>,
+    /// The breakdown value (see [`Breakdown`]).
+    pub breakdown: Option<String>,
+    /// The held key value.
+    pub held: Option<String>,
+}
+
+impl Attempt {
+    /// The attempt of a person with no entry.
+    fn none(steps: usize) -> Self {
+        Attempt {
+            level: 0,
+            step_ts: vec![None; steps],
+            excluded: false,
+            step_at: vec![None; steps],
+            entry_at: None,
+            breakdown: None,
+            held: None,
+        }
+    }
 }
 
 /// The search over one person's ordered events.
@@ -392,6 +554,8 @@ struct Search<'a> {
     c: &'a Config,
     /// (time, condition mask) in order.
     ev: &'a [(i64, u32)],
+    /// The events that may be exclusions (all of the person's, whatever their key).
+    exclusion_ev: &'a [(i64, u32)],
     budget: u64,
 }
 
@@ -483,7 +647,7 @@ impl Search<'_> {
                 return false;
             };
             let hi = step_ts[to..].iter().flatten().next().copied();
-            self.ev.iter().any(|&(t, m)| {
+            self.exclusion_ev.iter().any(|&(t, m)| {
                 m & bit != 0
                     && t > lo
                     && match hi {
@@ -503,7 +667,9 @@ impl Search<'_> {
         let mut memo = HashMap::new();
         let level = self.best(p, 0, t1, &mut memo)?;
         let mut step_ts = vec![None; self.c.steps];
+        let mut step_at = vec![None; self.c.steps];
         step_ts[0] = Some(t1);
+        step_at[0] = Some(p);
         let (mut at, mut j) = (p, 0usize);
         while j + 1 < level {
             let steps: Vec<usize> = self.next_steps(j).collect();
@@ -521,6 +687,7 @@ impl Search<'_> {
             }
             let Some((q, s)) = next else { break };
             step_ts[s] = Some(self.ev[q].0);
+            step_at[s] = Some(q);
             at = q;
             j = s;
         }
@@ -528,6 +695,10 @@ impl Search<'_> {
             level,
             excluded: self.excluded(&step_ts),
             step_ts,
+            step_at,
+            entry_at: Some(p),
+            breakdown: None,
+            held: None,
         })
     }
 }
@@ -572,6 +743,10 @@ impl Search<'_> {
             level,
             step_ts: m.fixed.iter().map(|q| q.map(|q| self.ev[q].0)).collect(),
             excluded: false,
+            step_at: m.fixed.clone(),
+            entry_at: Some(p),
+            breakdown: None,
+            held: None,
         })
     }
 }
@@ -662,14 +837,13 @@ impl Matching<'_> {
     }
 }
 
-/// The attempts of one person's events (sorted by time, mask, arrival): one for uniques,
-/// all for totals.
-fn attempts(c: &Config, events: &mut [Event]) -> Result<Vec<Attempt>> {
-    events.sort_unstable_by_key(|e| (e.0, e.1, e.2));
-    let ev: Vec<(i64, u32)> = events.iter().map(|e| (e.0, e.1)).collect();
+/// The attempts of some ordered events (time, mask): the best one for uniques (none when
+/// nothing entered), all for totals. Positions in the attempts are into `ev`.
+fn attempts(c: &Config, ev: &[(i64, u32)], exclusion_ev: &[(i64, u32)]) -> Result<Vec<Attempt>> {
     let mut search = Search {
         c,
-        ev: &ev,
+        ev,
+        exclusion_ev,
         budget: 0,
     };
     // Unordered, any step's event enters.
@@ -709,25 +883,115 @@ fn attempts(c: &Config, events: &mut [Event]) -> Result<Vec<Attempt>> {
     let mut best: Option<Attempt> = None;
     for &p in &candidates {
         let a = search.attempt(p)?;
-        let better = match &best {
-            None => true,
-            Some(b) => match c.entry {
-                Entry::Latest => a.level >= b.level,
-                _ => a.level > b.level,
-            },
-        };
-        if better {
+        if best.as_ref().is_none_or(|b| c.better(&a, b)) {
             best = Some(a);
         }
         if c.entry == Entry::EarliestLongest && best.as_ref().is_some_and(|b| b.level == c.steps) {
             break;
         }
     }
-    Ok(vec![best.unwrap_or(Attempt {
-        level: 0,
-        step_ts: vec![None; c.steps],
-        excluded: false,
-    })])
+    Ok(best.into_iter().collect())
+}
+
+impl Config {
+    /// Is attempt `a` preferred to `b` by the entry policy: the best level, then the latest
+    /// entry (`latest`) or the earliest (the others)?
+    fn better(&self, a: &Attempt, b: &Attempt) -> bool {
+        match self.entry {
+            Entry::Latest => (a.level, a.entry_at) >= (b.level, b.entry_at),
+            _ => a.level > b.level || (a.level == b.level && a.entry_at < b.entry_at),
+        }
+    }
+}
+
+/// The attempts of one person's events (ordered by time, mask, tags, arrival; `tags` are in
+/// the events' given order), with their breakdown and held values: one for uniques (level 0
+/// when nothing entered), all for totals in entry order.
+fn person_attempts(
+    c: &Config,
+    events: &[Event],
+    tags: &[Option<Box<str>>],
+) -> Result<Vec<Attempt>> {
+    let k = c.tags();
+    let raw = |i: usize, j: usize| -> Option<&str> {
+        if j < k {
+            tags.get(i * k + j).and_then(|v| v.as_deref())
+        } else {
+            None
+        }
+    };
+    // Events alike in time and conditions are ordered by their tags, so that which of them
+    // fills a step does not depend on arrival (which varies with parallelism).
+    let mut order: Vec<usize> = (0..events.len()).collect();
+    order.sort_unstable_by_key(|&i| (events[i].0, events[i].1, raw(i, 0), raw(i, 1), events[i].2));
+    let ev: Vec<(i64, u32)> = order.iter().map(|&i| (events[i].0, events[i].1)).collect();
+    let tag = |pos: usize, j: usize| raw(order[pos], j);
+    let breakdown_col = usize::from(c.hold);
+    // (held value, all_events value) → positions of the events carrying it.
+    let mut parts: BTreeMap<(Option<&str>, Option<&str>), Vec<usize>> = BTreeMap::new();
+    if c.partitioned() {
+        for pos in 0..ev.len() {
+            let held = if c.hold {
+                match tag(pos, 0) {
+                    Some(v) => Some(v),
+                    None => continue,
+                }
+            } else {
+                None
+            };
+            let value = if c.breakdown == Some(Breakdown::AllEvents) {
+                match tag(pos, breakdown_col) {
+                    Some(v) => Some(v),
+                    None => continue,
+                }
+            } else {
+                None
+            };
+            parts.entry((held, value)).or_default().push(pos);
+        }
+    } else {
+        parts.insert((None, None), (0..ev.len()).collect());
+    }
+    let exclusion_ev: Vec<(i64, u32)> = if c.partitioned() && !c.exclusions.is_empty() {
+        let bits = c.exclusion_bits();
+        ev.iter().copied().filter(|e| e.1 & bits != 0).collect()
+    } else {
+        vec![]
+    };
+    let mut all: Vec<Attempt> = vec![];
+    for ((held, value), positions) in parts {
+        let sub: Vec<(i64, u32)> = positions.iter().map(|&p| ev[p]).collect();
+        let excl = if c.partitioned() { &exclusion_ev } else { &sub };
+        for mut a in attempts(c, &sub, excl)? {
+            // Positions into the person's ordered events.
+            for q in a.step_at.iter_mut().chain([&mut a.entry_at]).flatten() {
+                *q = positions[*q];
+            }
+            let at = match c.breakdown {
+                None | Some(Breakdown::AllEvents) => None,
+                Some(Breakdown::FirstTouch) => a.step_at.iter().flatten().min().copied(),
+                Some(Breakdown::LastTouch) => a.step_at.iter().flatten().max().copied(),
+                Some(Breakdown::Step(s)) => a.step_at[s],
+            };
+            a.breakdown = match c.breakdown {
+                Some(Breakdown::AllEvents) => value.map(str::to_string),
+                _ => at.and_then(|p| tag(p, breakdown_col)).map(str::to_string),
+            };
+            a.held = held.map(str::to_string);
+            all.push(a);
+        }
+    }
+    if c.totals {
+        all.sort_by_key(|a| a.entry_at);
+        return Ok(all);
+    }
+    let mut best: Option<Attempt> = None;
+    for a in all {
+        if best.as_ref().is_none_or(|b| c.better(&a, b)) {
+            best = Some(a);
+        }
+    }
+    Ok(vec![best.unwrap_or_else(|| Attempt::none(c.steps))])
 }
 
 fn attempt_fields(time_type: &DataType) -> Fields {
@@ -758,6 +1022,8 @@ fn attempt_fields(time_type: &DataType) -> Fields {
             DataType::List(Arc::new(Field::new_list_field(gap, true))),
             false,
         ),
+        Field::new("breakdown", DataType::Utf8, true),
+        Field::new("held", DataType::Utf8, true),
     ])
 }
 
@@ -835,6 +1101,12 @@ fn attempt_array(c: &Config, attempts: &[Attempt]) -> Result<StructArray> {
             entry_a,
             Arc::new(ListArray::try_new(time_t, offsets(), ts_a, None)?),
             Arc::new(ListArray::try_new(gap_t, offsets(), gap_a, None)?),
+            Arc::new(StringArray::from_iter(
+                attempts.iter().map(|a| a.breakdown.as_deref()),
+            )),
+            Arc::new(StringArray::from_iter(
+                attempts.iter().map(|a| a.held.as_deref()),
+            )),
         ],
         None,
     )?)
@@ -848,8 +1120,12 @@ impl AggregateUDFImpl for FunnelDetail {
         &self.signature
     }
     fn coerce_types(&self, types: &[DataType]) -> Result<Vec<DataType>> {
-        let (steps, has_options) = shape(types)?;
-        events::coerce_window_layout(NAME, types, steps, has_options)
+        let l = shape(types)?;
+        let head = types.len() - l.extras;
+        let mut out = events::coerce_window_layout(NAME, &types[..head], l.conditions, l.options)?;
+        // The key and the breakdown value are compared as text.
+        out.extend(std::iter::repeat_n(DataType::Utf8, l.extras));
+        Ok(out)
     }
     fn return_type(&self, types: &[DataType]) -> Result<DataType> {
         shape(types)?;
@@ -867,11 +1143,25 @@ impl AggregateUDFImpl for FunnelDetail {
         false
     }
     fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
-        Ok(vec![
+        let types: Vec<DataType> = args
+            .input_fields
+            .iter()
+            .map(|f| f.data_type().clone())
+            .collect();
+        let extras = shape(&types)?.extras;
+        let mut out = vec![
             events::list_state(args.name, "ts", DataType::Int64),
             events::list_state(args.name, "mask", DataType::UInt32),
             events::list_state(args.name, "uid", DataType::UInt64),
-        ])
+        ];
+        for j in 0..extras {
+            out.push(events::list_state(
+                args.name,
+                &format!("tag{j}"),
+                DataType::Utf8,
+            ));
+        }
+        Ok(out)
     }
     fn accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
         Ok(Box::new(OneGroup(groups(&args, self.totals)?)))
@@ -894,11 +1184,13 @@ fn groups(args: &AccumulatorArgs, totals: bool) -> Result<EventGroups> {
         drop_null_rows: false,
         keep_unmatched: c.strict,
     };
-    Ok(EventGroups::new(
+    let tag_columns: Vec<usize> = (0..c.extras).map(|j| 3 + c.conditions + j).collect();
+    Ok(EventGroups::tagged(
         if totals { ATTEMPTS } else { NAME },
         keep,
-        Box::new(move |events| {
-            let a = attempts(&c, events)?;
+        tag_columns,
+        Box::new(move |events, tags| {
+            let a = person_attempts(&c, events, tags)?;
             let structs = attempt_array(&c, &a)?;
             if !c.totals {
                 return ScalarValue::try_from_array(&structs, 0);

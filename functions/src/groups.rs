@@ -1,12 +1,17 @@
 //! Grouped aggregation for the event aggregates (`window_funnel`, `sequence_*`): one
 //! buffer of (time, condition mask, arrival id) per group, filled from whole batches at
 //! once (DataFusion's per-group `Accumulator` path slices every batch per group, which is
-//! slow with many persons). Its state is the same three lists as the row accumulators'.
+//! slow with many persons). Its state is the same three lists as the row accumulators',
+//! plus one list of text per tag column when the function keeps per-event tags
+//! (`funnel_detail`'s hold_constant key and breakdown value).
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, ListArray};
-use datafusion::arrow::datatypes::{Int64Type, UInt32Type, UInt64Type};
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, ListArray, ListBuilder, StringArray, StringBuilder,
+};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Int64Type, UInt32Type, UInt64Type};
 use datafusion::error::Result;
 use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
 use datafusion::scalar::ScalarValue;
@@ -59,8 +64,15 @@ pub fn skipped(opt_filter: Option<&BooleanArray>, row: usize) -> bool {
     opt_filter.is_some_and(|f| !f.is_valid(row) || !f.value(row))
 }
 
-/// The three state lists of some event buffers.
-pub fn state_lists<'a>(buffers: impl Iterator<Item = &'a Vec<Event>> + Clone) -> Vec<ArrayRef> {
+/// One group's event tags: `k` values per event (event-major), in the order of its buffer.
+pub type Tags = Vec<Option<Box<str>>>;
+
+/// The state lists of some event buffers: time, mask and arrival id, then one list of text
+/// per tag column (`k` of them) when `tags` is given.
+pub fn state_lists<'a>(
+    buffers: impl Iterator<Item = &'a Vec<Event>> + Clone,
+    tags: Option<(&[Tags], usize)>,
+) -> Vec<ArrayRef> {
     let ts = ListArray::from_iter_primitive::<Int64Type, _, _>(
         buffers.clone().map(|b| Some(b.iter().map(|e| Some(e.0)))),
     );
@@ -70,7 +82,54 @@ pub fn state_lists<'a>(buffers: impl Iterator<Item = &'a Vec<Event>> + Clone) ->
     let uid = ListArray::from_iter_primitive::<UInt64Type, _, _>(
         buffers.map(|b| Some(b.iter().map(|e| Some(e.2)))),
     );
-    vec![Arc::new(ts), Arc::new(mask), Arc::new(uid)]
+    let mut out: Vec<ArrayRef> = vec![Arc::new(ts), Arc::new(mask), Arc::new(uid)];
+    if let Some((tags, k)) = tags {
+        for j in 0..k {
+            let mut b = ListBuilder::new(StringBuilder::new());
+            for group in tags {
+                for v in group.iter().skip(j).step_by(k) {
+                    b.values().append_option(v.as_deref());
+                }
+                b.append(true);
+            }
+            out.push(Arc::new(b.finish()));
+        }
+    }
+    out
+}
+
+/// Append row `row` of the tag state lists (`k` of them, after the three event lists) to
+/// `tags`, event-major.
+fn merge_tag_row(states: &[ArrayRef], row: usize, k: usize, tags: &mut Tags) {
+    let lists: Vec<ArrayRef> = (0..k)
+        .map(|j| states[3 + j].as_list::<i32>().value(row))
+        .collect();
+    let strings: Vec<&StringArray> = lists.iter().map(|a| a.as_string::<i32>()).collect();
+    let n = strings.first().map_or(0, |a| a.len());
+    for i in 0..n {
+        for s in &strings {
+            tags.push(s.is_valid(i).then(|| s.value(i).into()));
+        }
+    }
+}
+
+/// The tag columns of a batch as text.
+fn tag_arrays(values: &[ArrayRef], columns: &[usize]) -> Result<Vec<StringArray>> {
+    columns
+        .iter()
+        .map(|&c| {
+            Ok(cast(&values[c], &DataType::Utf8)?
+                .as_string::<i32>()
+                .clone())
+        })
+        .collect()
+}
+
+/// Push row `row`'s tags.
+fn push_tags(arrays: &[StringArray], row: usize, tags: &mut Tags) {
+    for a in arrays {
+        tags.push(a.is_valid(row).then(|| a.value(row).into()));
+    }
 }
 
 /// Append row `row` of the state lists to `buffer`, with arrival ids after `next`'s.
@@ -97,8 +156,9 @@ pub fn merge_state_row(states: &[ArrayRef], row: usize, buffer: &mut Vec<Event>,
     }
 }
 
-/// The result of one group's events.
-pub type Finish = Box<dyn Fn(&mut Vec<Event>) -> Result<ScalarValue> + Send + Sync>;
+/// The result of one group's events (and their tags, in buffer order).
+pub type Finish =
+    Box<dyn Fn(&mut Vec<Event>, &[Option<Box<str>>]) -> Result<ScalarValue> + Send + Sync>;
 
 /// A [`GroupsAccumulator`] over event buffers.
 pub struct EventGroups {
@@ -107,6 +167,10 @@ pub struct EventGroups {
     finish: Finish,
     buffers: Vec<Vec<Event>>,
     next: Vec<u64>,
+    /// The argument positions of the tag columns (none for most functions).
+    tag_columns: Vec<usize>,
+    /// Per group, its events' tags.
+    tags: Vec<Tags>,
 }
 
 impl std::fmt::Debug for EventGroups {
@@ -120,13 +184,24 @@ impl std::fmt::Debug for EventGroups {
 
 impl EventGroups {
     /// Buffers for `name`, evaluated per group by `finish`.
-    pub fn new(name: &'static str, keep: Keep, finish: Finish) -> Self {
+    pub fn new(
+        name: &'static str,
+        keep: Keep,
+        finish: impl Fn(&mut Vec<Event>) -> Result<ScalarValue> + Send + Sync + 'static,
+    ) -> Self {
+        Self::tagged(name, keep, vec![], Box::new(move |e, _| finish(e)))
+    }
+
+    /// Buffers that also keep, per event, the text of the arguments at `tag_columns`.
+    pub fn tagged(name: &'static str, keep: Keep, tag_columns: Vec<usize>, finish: Finish) -> Self {
         EventGroups {
             name,
             keep,
             finish,
             buffers: vec![],
             next: vec![],
+            tag_columns,
+            tags: vec![],
         }
     }
 
@@ -134,7 +209,14 @@ impl EventGroups {
         if self.buffers.len() < groups {
             self.buffers.resize_with(groups, Vec::new);
             self.next.resize(groups, 1);
+            if !self.tag_columns.is_empty() {
+                self.tags.resize_with(groups, Vec::new);
+            }
         }
+    }
+
+    fn tag_state(&self) -> usize {
+        self.tag_columns.len()
     }
 }
 
@@ -148,6 +230,7 @@ impl GroupsAccumulator for EventGroups {
     ) -> Result<()> {
         self.grow(total_num_groups);
         let events = batch_events(self.name, values, self.keep)?;
+        let tags = tag_arrays(values, &self.tag_columns)?;
         for (row, (&g, e)) in group_indices.iter().zip(events).enumerate() {
             if skipped(opt_filter, row) {
                 continue;
@@ -156,6 +239,9 @@ impl GroupsAccumulator for EventGroups {
             self.next[g] += 1;
             if let Some((t, mask)) = e {
                 self.buffers[g].push((t, mask, uid));
+                if !tags.is_empty() {
+                    push_tags(&tags, row, &mut self.tags[g]);
+                }
             }
         }
         Ok(())
@@ -164,9 +250,15 @@ impl GroupsAccumulator for EventGroups {
     fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
         let mut buffers = emit_to.take_needed(&mut self.buffers);
         let _ = emit_to.take_needed(&mut self.next);
+        let tags = if self.tag_columns.is_empty() {
+            vec![]
+        } else {
+            emit_to.take_needed(&mut self.tags)
+        };
         let values: Vec<ScalarValue> = buffers
             .iter_mut()
-            .map(|b| (self.finish)(b))
+            .enumerate()
+            .map(|(g, b)| (self.finish)(b, tags.get(g).map_or(&[], |t| t.as_slice())))
             .collect::<Result<_>>()?;
         ScalarValue::iter_to_array(values)
     }
@@ -174,7 +266,16 @@ impl GroupsAccumulator for EventGroups {
     fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
         let buffers = emit_to.take_needed(&mut self.buffers);
         let _ = emit_to.take_needed(&mut self.next);
-        Ok(state_lists(buffers.iter()))
+        let k = self.tag_state();
+        let tags = if k == 0 {
+            vec![]
+        } else {
+            emit_to.take_needed(&mut self.tags)
+        };
+        Ok(state_lists(
+            buffers.iter(),
+            (k > 0).then_some((&tags[..], k)),
+        ))
     }
 
     fn merge_batch(
@@ -184,8 +285,12 @@ impl GroupsAccumulator for EventGroups {
         total_num_groups: usize,
     ) -> Result<()> {
         self.grow(total_num_groups);
+        let k = self.tag_state();
         for (row, &g) in group_indices.iter().enumerate() {
             merge_state_row(values, row, &mut self.buffers[g], &mut self.next[g]);
+            if k > 0 && !values[0].is_null(row) {
+                merge_tag_row(values, row, k, &mut self.tags[g]);
+            }
         }
         Ok(())
     }
@@ -196,18 +301,29 @@ impl GroupsAccumulator for EventGroups {
         opt_filter: Option<&BooleanArray>,
     ) -> Result<Vec<ArrayRef>> {
         // One state per input row: a list of its event, or an empty list.
+        let arrays = tag_arrays(values, &self.tag_columns)?;
+        let k = self.tag_state();
+        let mut tags: Vec<Tags> = vec![];
         let rows: Vec<Vec<Event>> = batch_events(self.name, values, self.keep)?
             .into_iter()
             .enumerate()
             .map(|(row, e)| {
                 let filtered = skipped(opt_filter, row);
-                match e {
-                    Some((t, mask)) if !filtered => vec![(t, mask, 1)],
+                let mut t_row = Tags::new();
+                let out = match e {
+                    Some((t, mask)) if !filtered => {
+                        push_tags(&arrays, row, &mut t_row);
+                        vec![(t, mask, 1)]
+                    }
                     _ => vec![],
+                };
+                if k > 0 {
+                    tags.push(t_row);
                 }
+                out
             })
             .collect();
-        Ok(state_lists(rows.iter()))
+        Ok(state_lists(rows.iter(), (k > 0).then_some((&tags[..], k))))
     }
 
     fn size(&self) -> usize {
@@ -215,6 +331,11 @@ impl GroupsAccumulator for EventGroups {
             .iter()
             .map(|b| b.capacity() * 24)
             .sum::<usize>()
+            + self
+                .tags
+                .iter()
+                .map(|t| t.capacity() * 16 + t.iter().flatten().map(|v| v.len()).sum::<usize>())
+                .sum::<usize>()
             + self.buffers.capacity() * 32
             + self.next.capacity() * 8
     }

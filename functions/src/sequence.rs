@@ -244,7 +244,7 @@ impl Sequence {
         Ok(EventGroups::new(
             c.name,
             c.keep(),
-            Box::new(move |events| c.evaluate(events)),
+            move |events: &mut Vec<Event>| c.evaluate(events),
         ))
     }
 }

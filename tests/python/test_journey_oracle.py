@@ -190,12 +190,22 @@ def test_window_funnel_rejects_bad_arguments(server):
             "SELECT funnel_detail(INTERVAL '1 day', now(), true, true, 'date_from=yesterday')",
             "SELECT funnel_detail(10, 1, true, true, 'date_to=2026-01-01')",
             "SELECT funnel_attempts(INTERVAL '1 day', now(), true, true, 'min_gaps=5')",
+            "SELECT funnel_detail(10, 1, true, true, 'hold_constant')",
+            "SELECT funnel_detail(10, 1, true, true, 'hold_constant=maybe', 'k')",
+            "SELECT funnel_detail(10, 1, true, true, 'breakdown=step_3', 'web')",
+            "SELECT funnel_detail(10, 1, true, true, 'breakdown=middle_touch', 'web')",
+            "SELECT funnel_detail(10, 1, true, true, 'entry=first', 'web')",
+            "SELECT funnel_detail(10, 1, true, true, 'hold_constant', 'k', 'web')",
         ]:
             with pytest.raises(psycopg.errors.InvalidParameterValue):
                 conn.execute(sql)
         # A condition that is not boolean: no such function for these types.
         with pytest.raises(psycopg.errors.UndefinedFunction, match="conditions must be boolean"):
             conn.execute("SELECT window_funnel(10, 1, 'yes', true)")
+        # Three values after the options: no such function either.
+        with pytest.raises(psycopg.errors.UndefinedFunction, match="at most the hold_constant key"):
+            conn.execute("SELECT funnel_detail(10, 1, true, true, 'hold_constant, breakdown=first_touch', "
+                         "'k', 'web', 'x')")
         assert conn.execute("SELECT 1").fetchone()[0] == 1
 
 
@@ -710,10 +720,13 @@ def test_top_paths_match_clickhouse_and_posthog_pruning(journeys):
 
 
 def funnel_reference(events, conds, window, strict=False, entry="latest", sw=None, mg=None,
-                     optional=(), totals=False, exclude=(), unordered=False, entry_range=None):
+                     optional=(), totals=False, exclude=(), unordered=False, entry_range=None,
+                     exclusion_events=None, with_ids=False):
     """Exhaustive reference for funnel_detail / funnel_attempts: enumerate every chain.
     `events` are (t, mask over all conditions, id); `exclude` lists (condition, from step,
-    to step), 1-based: those conditions are not steps."""
+    to step), 1-based: those conditions are not steps; `exclusion_events` (t, mask, id) are
+    the events that may exclude (default: `events`). With `with_ids` each attempt also
+    carries the ids of its step events."""
     excluded_conds = {k - 1 for k, _, _ in exclude}
     step_bits = [1 << i for i in range(len(conds)) if i not in excluded_conds]
     n = len(step_bits)
@@ -732,7 +745,7 @@ def funnel_reference(events, conds, window, strict=False, entry="latest", sw=Non
                 continue
             later = [x for x in ts[t - 1:] if x is not None]
             hi = later[0] if later else None
-            for tt, m, _ in ordered:
+            for tt, m, _ in (ordered if exclusion_events is None else exclusion_events):
                 if m & (1 << (k - 1)) and tt > lo and (tt < hi if hi is not None else tt <= ts[0] + window):
                     return True
         return False
@@ -768,10 +781,11 @@ def funnel_reference(events, conds, window, strict=False, entry="latest", sw=Non
 
         rec([(p, 0)])
         level, chain = -best[0], best[1]
-        ts = [None] * n
+        ts, ids = [None] * n, [None] * n
         for q, s in chain:
             ts[s] = ev[q][0]
-        return level, ts, is_excluded(ts)
+            ids[s] = ev[q][2]
+        return level, ts, is_excluded(ts), ids
 
     def unordered_attempt(p):
         # Every assignment of steps to distinct events within the window of p, p used: the
@@ -787,7 +801,8 @@ def funnel_reference(events, conds, window, strict=False, entry="latest", sw=Non
             if best is None or key < best[0]:
                 best = (key, combo)
         combo = best[1]
-        return sum(q is not None for q in combo), [None if q is None else ev[q][0] for q in combo], False
+        return (sum(q is not None for q in combo), [None if q is None else ev[q][0] for q in combo], False,
+                [None if q is None else ev[q][2] for q in combo])
 
     if unordered:
         attempt = unordered_attempt  # noqa: F811
@@ -802,10 +817,10 @@ def funnel_reference(events, conds, window, strict=False, entry="latest", sw=Non
         for p in entries:
             if after is not None and ev[p][0] <= after:
                 continue
-            level, ts, ex = attempt(p)
+            level, ts, ex, ids = attempt(p)
             after = max(t for t in ts if t is not None) if level == n else ev[p][0] + window
-            out.append((level, ts, ex))
-        return out
+            out.append((level, ts, ex, ids))
+        return out if with_ids else [a[:3] for a in out]
     if entry == "first":
         entries = entries[:1]
     best = None
@@ -813,7 +828,9 @@ def funnel_reference(events, conds, window, strict=False, entry="latest", sw=Non
         a = attempt(p)
         if best is None or (a[0] >= best[0] if entry == "latest" else a[0] > best[0]):
             best = a
-    return [best or (0, [None] * n, False)]
+    if with_ids:
+        return [best] if best else []
+    return [best[:3] if best else (0, [None] * n, False)]
 
 
 def gaps(ts):
@@ -897,6 +914,123 @@ def test_funnel_detail_matches_exhaustive_reference(journeys):
     assert excluded_seen > 20, excluded_seen
     print(f"funnel_detail/funnel_attempts: {compared} persons x settings compared with an exhaustive search "
           f"({excluded_seen} excluded attempts)")
+
+
+def keyed_reference(rows, conds, window, hold, breakdown, totals=False, **ref_opts):
+    """funnel_detail/funnel_attempts with hold_constant and breakdown, on top of the
+    exhaustive reference: one funnel per key (and all_events value) over the events
+    carrying it, exclusions from any event; the breakdown read from the attempt's events.
+    `rows` are (t, mask, key, value); events are ordered by time, mask, key, value."""
+    steps = len(conds) - len(ref_opts.get("exclude", ()))
+    nk = lambda v: (0, "") if v is None else (1, v)  # noqa: E731
+    ordered = sorted(rows, key=lambda r: (r[0], r[1], nk(r[2]) if hold else (0, ""), nk(r[3])))
+    if not ref_opts.get("strict"):
+        ordered = [r for r in ordered if r[1]]
+    everyone = [(t, m, i) for i, (t, m, _, _) in enumerate(ordered)]
+    parts = {}
+    for i, (t, m, k, v) in enumerate(ordered):
+        if (hold and k is None) or (breakdown == "all_events" and v is None):
+            continue
+        parts.setdefault((k if hold else None, v if breakdown == "all_events" else None), []).append((t, m, i))
+    found = []
+    for (k, v), evs in parts.items():
+        for level, ts, ex, ids in funnel_reference(evs, conds, window, totals=totals, exclusion_events=everyone,
+                                                   with_ids=True, **ref_opts):
+            filled = [i for i in ids if i is not None]
+            if breakdown == "first_touch":
+                at = min(filled)
+            elif breakdown == "last_touch":
+                at = max(filled)
+            elif breakdown and breakdown.startswith("step_"):
+                at = ids[int(breakdown[5:]) - 1]
+            else:
+                at = None
+            value = v if breakdown == "all_events" else (ordered[at][3] if at is not None else None)
+            found.append((min(filled), level, ts, ex, value, k))
+    if totals:
+        return [f[1:] for f in sorted(found)]
+    if not found:
+        return [(0, [None] * steps, False, None, None)]
+    if ref_opts.get("entry", "latest") == "latest":
+        best = max(found, key=lambda f: (f[1], f[0]))
+    else:
+        best = max(found, key=lambda f: (f[1], -f[0]))
+    return [best[1:]]
+
+
+KEYED_CASES = [
+    (["ev = 'A'", "ev = 'B'", "ev = 'C'"], 1500, "hold_constant", True, None, {}),
+    (["ev = 'A'", "ev = 'B'", "ev = 'X'", "ev = 'C'"], 2000, "hold_constant, exclusions=3:1-2", True, None,
+     {"exclude": [(3, 1, 2)]}),
+    (["ev = 'A'", "ev = 'B'", "ev = 'C'"], 1500, "breakdown=first_touch", False, "first_touch", {}),
+    (["ev IN ('A', 'D')", "ev = 'B'", "ev = 'C'"], 1500, "breakdown=last_touch, entry=earliest_longest", False,
+     "last_touch", {"entry": "earliest_longest"}),
+    (["ev = 'A'", "ev = 'B'", "ev = 'C'"], 2500, "breakdown=step_2", False, "step_2", {}),
+    (["ev = 'A'", "ev = 'B'", "ev = 'C'"], 1500, "breakdown=all_events", False, "all_events", {}),
+    (["ev = 'A'", "ev IN ('A', 'B')", "ev = 'C'"], 2000, "order=strict, hold_constant=true, breakdown=first_touch",
+     True, "first_touch", {"strict": True}),
+    (["ev = 'A'", "ev = 'B'", "ev = 'C'"], 1500, "order=unordered, hold_constant, breakdown=last_touch", True,
+     "last_touch", {"unordered": True}),
+    (["ev = 'A'", "ev = 'B'", "ev = 'C'", "ev = 'D'"], 2000, "hold_constant, entry=first, breakdown=all_events",
+     True, "all_events", {"entry": "first"}),
+    (["ev = 'A'", "ev = 'B'", "ev = 'C'"], 1500, "hold_constant, optional_steps=2, breakdown=step_3", True,
+     "step_3", {"optional": (2,)}),
+]
+
+
+def test_funnel_detail_hold_constant_and_breakdown_match_reference(journeys):
+    conn, _ = journeys
+    rng = random.Random(33)
+    rows = []
+    rid = 0
+    for pid in range(250):
+        t = rng.randint(0, 3000)
+        for _ in range(rng.randint(0, 12)):
+            t += rng.choice([0, 0, 40, 100, 300, 700, 2000])
+            rid += 1
+            rows.append((pid, rid, t, rng.choice(EVENTS), rng.choice(["s1", "s2", "s3", None]),
+                         rng.choice(["web", "app", "pos", None])))
+    rng.shuffle(rows)
+    with conn.cursor() as cur:
+        cur.execute("CREATE TABLE public.j_fdk (pid bigint, id bigint, ts bigint, ev text, k text, b text)")
+        with cur.copy("COPY public.j_fdk (pid, id, ts, ev, k, b) FROM STDIN") as cp:
+            for r in rows:
+                cp.write_row(r)
+    compared = differs = 0
+    for conds, window, opts, hold, breakdown, ref_opts in KEYED_CASES:
+        extra = (", k" if hold else "") + (", b" if breakdown else "")
+        for fn in ["funnel_detail", "funnel_attempts"]:
+            if fn == "funnel_attempts" and ref_opts.get("entry"):
+                continue
+            got = ours(conn, f"SELECT pid, {fn}({window}, ts, {', '.join(conds)}, '{opts}'{extra}) "
+                             "FROM public.j_fdk GROUP BY pid")
+            per = {}
+            for pid, _, t, ev, k, b in rows:
+                per.setdefault(pid, []).append((t, sum(1 << i for i, c in enumerate(conds) if eval_cond(c, ev)), k, b))
+            steps = len(conds) - len(ref_opts.get("exclude", ()))
+            for pid, evs in per.items():
+                want = keyed_reference(evs, conds, window, hold, breakdown, totals=fn == "funnel_attempts",
+                                       **ref_opts)
+                have = json.loads(got[pid])
+                have = have if fn == "funnel_attempts" else [have]
+                assert [(h["level"], h["step_ts"], h["converted"], h["excluded"], h["breakdown"], h["held"])
+                        for h in have] == \
+                    [(lv, ts, lv == steps, ex, value, key) for lv, ts, ex, value, key in want], (fn, opts, pid)
+                compared += 1
+            # Holding the key must change some answers, or the test shows nothing.
+            if hold and fn == "funnel_detail":
+                plain = ours(conn, f"SELECT pid, window_funnel({window}, ts, {', '.join(conds[:steps])}) "
+                                   "FROM public.j_fdk GROUP BY pid")
+                differs += sum(1 for pid in per if json.loads(got[pid])["level"] != plain[pid])
+    assert differs > 20, differs
+    # Without GROUP BY (one group): the same as the grouped answer.
+    one = ours(conn, "SELECT 7, funnel_detail(1500, ts, ev = 'A', ev = 'B', ev = 'C', 'hold_constant, "
+                     "breakdown=first_touch', k, b) FROM public.j_fdk WHERE pid = 7")
+    grouped = ours(conn, "SELECT pid, funnel_detail(1500, ts, ev = 'A', ev = 'B', ev = 'C', 'hold_constant, "
+                         "breakdown=first_touch', k, b) FROM public.j_fdk WHERE pid = 7 GROUP BY pid")
+    assert one == grouped
+    print(f"funnel_detail/funnel_attempts with hold_constant/breakdown: {compared} persons x settings compared "
+          f"with an exhaustive search ({differs} persons whose level the held key changed)")
 
 
 def eval_cond(cond, ev):
