@@ -17,7 +17,9 @@
 //!
 //! Entry policies: `latest` (default; the most recent entry among those reaching the best
 //! level, as PostHog reports), `earliest_longest` (the earliest such entry, Amplitude),
-//! `first` (only the first step-1 event may enter, Mixpanel uniques). `funnel_attempts`
+//! `first` (only the first step-1 event may enter, Mixpanel uniques), `optimized_reentry`
+//! (Mixpanel: before step 2 the latest step-1 event is the entry, later steps take their
+//! first event, attempts follow one another). `funnel_attempts`
 //! (same arguments) returns every attempt instead, for totals counting: an attempt enters at
 //! a step-1 event and ends when it converts or its window runs out; the next attempt enters
 //! after that (Mixpanel totals).
@@ -92,6 +94,9 @@ enum Entry {
     Latest,
     EarliestLongest,
     First,
+    /// Mixpanel's optimized re-entry: attempts one after another; before step 2 the most
+    /// recent step-1 event is the entry, later steps take their first event.
+    OptimizedReentry,
 }
 
 /// A call's settings.
@@ -323,6 +328,13 @@ impl Config {
             extras: layout.extras,
         };
         c.parse(&text)?;
+        if c.entry == Entry::OptimizedReentry && (c.unordered || c.optional.contains(&true)) {
+            return Err(invalid(
+                NAME,
+                "entry=optimized_reentry takes no order=unordered or optional_steps (each step \
+                 takes its first event in order)",
+            ));
+        }
         let wanted = c.tags();
         if layout.extras != wanted {
             return Err(invalid(
@@ -397,10 +409,14 @@ impl Config {
                         "latest" => Entry::Latest,
                         "earliest_longest" => Entry::EarliestLongest,
                         "first" => Entry::First,
+                        "optimized_reentry" => Entry::OptimizedReentry,
                         other => {
                             return Err(invalid(
                                 NAME,
-                                format!("entry '{other}' is not latest, earliest_longest or first"),
+                                format!(
+                                    "entry '{other}' is not latest, earliest_longest, first or \
+                                     optimized_reentry"
+                                ),
                             ));
                         }
                     }
@@ -704,6 +720,102 @@ impl Search<'_> {
 }
 
 impl Search<'_> {
+    /// Mixpanel's optimized re-entry, attempt after attempt over the entry events `entries`
+    /// (positions, in order). While step 2 is not reached, every step-1 event may be the
+    /// entry, each within its own window; step 2 is the first event that fits after one of
+    /// them, and the entry is the latest one it fits. Each later step takes the first event
+    /// that fits after the previous step. An attempt ends when it converts or its entry's
+    /// window runs out (at step 1: the window of the last step-1 event); the next one
+    /// enters at the first entry event after that.
+    fn reentry_attempts(&self, entries: &[usize]) -> Vec<Attempt> {
+        let (ev, c) = (self.ev, self.c);
+        let is_entry = {
+            let mut v = vec![false; ev.len()];
+            for &p in entries {
+                v[p] = true;
+            }
+            v
+        };
+        let mut out = vec![];
+        let mut next = entries.first().copied();
+        while let Some(start) = next {
+            // Step 1: the open entries, latest last, and the latest entry.
+            let mut open: Vec<usize> = vec![start];
+            let mut latest = start;
+            let mut chain: Vec<usize> = vec![];
+            let mut q = start + 1;
+            let end;
+            loop {
+                if q >= ev.len() {
+                    end = None;
+                    break;
+                }
+                let t = ev[q].0;
+                if chain.is_empty() {
+                    open.retain(|&p| t - ev[p].0 <= c.window);
+                    if open.is_empty() {
+                        // The last entry's window ran out before `q`.
+                        end = Some(q);
+                        break;
+                    }
+                    if let Some(&p) = open.iter().rev().find(|&&p| self.fits(p, q, 1, ev[p].0)) {
+                        chain = vec![p, q];
+                    } else if is_entry[q] {
+                        open.push(q);
+                        latest = q;
+                    }
+                } else {
+                    let (t1, last) = (ev[chain[0]].0, chain[chain.len() - 1]);
+                    if t - t1 > c.window {
+                        end = Some(q);
+                        break;
+                    }
+                    if self.fits(last, q, chain.len(), t1) {
+                        chain.push(q);
+                    }
+                }
+                if chain.len() == c.steps {
+                    end = Some(q + 1);
+                    break;
+                }
+                q += 1;
+            }
+            if chain.is_empty() {
+                chain.push(latest);
+            }
+            let mut step_ts = vec![None; c.steps];
+            let mut step_at = vec![None; c.steps];
+            for (s, &p) in chain.iter().enumerate() {
+                step_ts[s] = Some(ev[p].0);
+                step_at[s] = Some(p);
+            }
+            out.push(Attempt {
+                level: chain.len(),
+                excluded: self.excluded(&step_ts),
+                step_ts,
+                step_at,
+                entry_at: Some(chain[0]),
+                breakdown: None,
+                held: None,
+            });
+            // The next attempt enters at the first entry event from `end` on, after the
+            // attempt's last event and its time (a converted attempt ends at its last step).
+            let converted = chain.len() == c.steps;
+            let last_t = if converted {
+                ev[chain[chain.len() - 1]].0
+            } else {
+                ev[chain[0]].0 + c.window
+            };
+            next = end.and_then(|e| {
+                entries
+                    .iter()
+                    .copied()
+                    .find(|&p| p >= e && ev[p].0 > last_t)
+            });
+        }
+        out
+    }
+
     /// An unordered attempt entering at event `p`: the most steps filled by distinct
     /// events within the window of `p`, `p` among them (a bipartite matching of steps to
     /// events). Of those assignments, the steps in order each take the earliest event that
@@ -859,6 +971,19 @@ fn attempts(c: &Config, ev: &[(i64, u32)], exclusion_ev: &[(i64, u32)]) -> Resul
                 && c.entry_to.is_none_or(|t| ev[i].0 <= t)
         })
         .collect();
+    if c.entry == Entry::OptimizedReentry {
+        let all = search.reentry_attempts(&entries);
+        if c.totals {
+            return Ok(all);
+        }
+        // The first attempt reaching the best level (the first conversion, if any).
+        let best = all.iter().map(|a| a.level).max();
+        return Ok(all
+            .into_iter()
+            .find(|a| Some(a.level) == best)
+            .into_iter()
+            .collect());
+    }
     if c.totals {
         let mut out = vec![];
         let mut after: Option<i64> = None;
