@@ -221,6 +221,7 @@ fn build_context(
         .with_runtime_env(runtime.clone())
         .with_default_features()
         .with_optimizer_rule(Arc::new(crate::join_exprs::JoinSideExpressions))
+        .with_analyzer_rule(Arc::new(crate::timestamp_text::TimestampText))
         .build();
     let ctx = SessionContext::new_with_state(state);
     let views: Arc<dyn ViewPlanner> = views;

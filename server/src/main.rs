@@ -17,6 +17,7 @@ mod npath;
 mod scheduler;
 mod session;
 mod settings;
+mod timestamp_text;
 mod wire;
 
 use std::path::PathBuf;

@@ -269,3 +269,55 @@ async fn oids_survive_restart_and_new_tables() {
         .get(0);
     assert_eq!(col, "x");
 }
+
+/// PostgreSQL reads `2026-03-01 13:00` as a timestamp (no seconds): in casts, typed
+/// literals, INSERT, comparisons and COPY.
+#[tokio::test]
+async fn timestamps_without_seconds_are_read_as_postgres_does() {
+    use futures::SinkExt;
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path());
+    let c = srv.connect().await;
+    let same: bool = c
+        .query_one(
+            "SELECT '2026-03-01 13:00'::timestamp = TIMESTAMP '2026-03-01 13:00:00' \
+             AND timestamptz '2026-03-01 13:00+08' = TIMESTAMPTZ '2026-03-01 05:00:00+00'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(same);
+    c.batch_execute(
+        "CREATE TABLE public.visits (id bigint, at timestamp); \
+         INSERT INTO public.visits VALUES (1, '2026-03-01 13:00'), (2, '2026-03-01T14:30');",
+    )
+    .await
+    .unwrap();
+    let sink = c
+        .copy_in("COPY public.visits (id, at) FROM STDIN (FORMAT csv)")
+        .await
+        .expect("copy_in");
+    let mut sink = Box::pin(sink);
+    sink.send(bytes::Bytes::from_static(b"3,2026-03-01 15:45\n"))
+        .await
+        .expect("send");
+    sink.as_mut().finish().await.expect("finish");
+    let rows = c
+        .query(
+            "SELECT id, CAST(date_part('hour', at) * 100 + date_part('minute', at) AS bigint) FROM public.visits \
+             WHERE at >= '2026-03-01 13:00' ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap();
+    let got: Vec<(i64, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(got, vec![(1, 1300), (2, 1430), (3, 1545)]);
+    // Text that is not a time still fails, with PostgreSQL's code, and the session goes on.
+    let e = c
+        .query_one("SELECT '2026-03-01 1x:00'::timestamp", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(e.code().map(|c| c.code()), Some("22P02"), "{e}");
+    assert_eq!(count(&c, "SELECT count(*) FROM public.visits").await, 3);
+}

@@ -265,7 +265,7 @@ impl Session {
                 {
                     completed = Arc::new(
                         text.iter()
-                            .map(|v| v.map(with_seconds))
+                            .map(|v| v.map(crate::timestamp_text::with_seconds))
                             .collect::<StringArray>(),
                     ) as ArrayRef;
                     input = &completed;
@@ -329,28 +329,6 @@ impl Session {
             .await?;
         }
         Ok(CopyDone { rows, notice: None })
-    }
-}
-
-/// A timestamp text with the seconds PostgreSQL lets one leave out (`2026-03-01 13:00` →
-/// `2026-03-01 13:00:00`, also before a zone); other text unchanged.
-fn with_seconds(v: &str) -> std::borrow::Cow<'_, str> {
-    let b = v.as_bytes();
-    // `YYYY-MM-DD HH:MM` then the end, a zone or a sign.
-    let shaped = b.len() >= 16
-        && b[4] == b'-'
-        && b[7] == b'-'
-        && (b[10] == b' ' || b[10] == b'T')
-        && b[13] == b':'
-        && [0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15]
-            .iter()
-            .all(|&i| b[i].is_ascii_digit())
-        && b.get(16)
-            .is_none_or(|c| !c.is_ascii_digit() && *c != b':' && *c != b'.');
-    if shaped {
-        std::borrow::Cow::Owned(format!("{}:00{}", &v[..16], &v[16..]))
-    } else {
-        std::borrow::Cow::Borrowed(v)
     }
 }
 
@@ -438,26 +416,4 @@ fn copy_options(options: &[CopyOption], legacy: &[CopyLegacyOption]) -> Result<C
         ));
     }
     Ok(opts)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::with_seconds;
-
-    #[test]
-    fn timestamps_without_seconds_get_them() {
-        for (given, want) in [
-            ("2026-03-01 13:00", "2026-03-01 13:00:00"),
-            ("2026-03-01T13:00", "2026-03-01T13:00:00"),
-            ("2026-03-01 13:00+08", "2026-03-01 13:00:00+08"),
-            ("2026-03-01 13:00 UTC", "2026-03-01 13:00:00 UTC"),
-            ("2026-03-01 13:00:05", "2026-03-01 13:00:05"),
-            ("2026-03-01 13:00:05.25", "2026-03-01 13:00:05.25"),
-            ("2026-03-01", "2026-03-01"),
-            ("13:00", "13:00"),
-            ("2026-03-01 13:0x", "2026-03-01 13:0x"),
-        ] {
-            assert_eq!(with_seconds(given), want, "{given}");
-        }
-    }
 }
