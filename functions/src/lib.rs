@@ -31,6 +31,7 @@ pub mod sessions;
 pub mod shapley;
 pub mod special;
 pub mod time;
+pub mod to_char;
 
 use datafusion::execution::FunctionRegistry;
 
@@ -43,7 +44,7 @@ pub fn register_all(registry: &mut dyn FunctionRegistry) -> datafusion::error::R
         .chain(time::functions())
         .chain(ltv::scalars())
         .chain(rfm::scalars())
-        .chain([date_trunc::date_trunc()])
+        .chain([date_trunc::date_trunc(), to_char::to_char()])
     {
         registry.register_udf(std::sync::Arc::new(udf))?;
     }

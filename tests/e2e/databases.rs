@@ -15,7 +15,7 @@ fn free_port() -> u16 {
 
 /// A throwaway PostgreSQL cluster (Debian's `postgresql` package), run as the
 /// `postgres` user when the tests run as root.
-struct Postgres {
+pub(crate) struct Postgres {
     dir: tempfile::TempDir,
     port: u16,
     bin: std::path::PathBuf,
@@ -36,7 +36,7 @@ impl Postgres {
         out.expect("run a PostgreSQL tool")
     }
 
-    fn start() -> Postgres {
+    pub(crate) fn start() -> Postgres {
         let bin = std::fs::read_dir("/usr/lib/postgresql")
             .expect("PostgreSQL server installed (Debian package postgresql)")
             .filter_map(|e| e.ok())
@@ -84,7 +84,7 @@ impl Postgres {
         pg
     }
 
-    fn conn(&self) -> String {
+    pub(crate) fn conn(&self) -> String {
         format!(
             "host=127.0.0.1 port={} user=postgres dbname=postgres",
             self.port

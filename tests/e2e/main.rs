@@ -4,6 +4,7 @@ mod badinput;
 mod catalog;
 mod databases;
 mod demo;
+mod formatting;
 mod ingest;
 mod protocol;
 mod psql;
