@@ -101,11 +101,9 @@ def sessions_sql(gap):
 
 
 QUERIES["Q3 sessions and bounce rate"] = {
-    "touchlake": """SELECT count(*) AS sessions, sum(CASE WHEN n = 1 THEN 1 ELSE 0 END) AS bounced,
-        round(CAST(sum(CASE WHEN n = 1 THEN 1 ELSE 0 END) AS numeric) / count(*), 4) AS bounce_rate
-      FROM (SELECT person_id, s, count(*) AS n FROM (
-        SELECT person_id, sessionize(occurred_at, INTERVAL '30 minutes')
-               OVER (PARTITION BY person_id ORDER BY occurred_at) AS s FROM T) x GROUP BY 1, 2) y""",
+    "touchlake": """SELECT count(*) AS sessions, sum(CASE WHEN s['events'] = 1 THEN 1 ELSE 0 END) AS bounced,
+        round(CAST(sum(CASE WHEN s['events'] = 1 THEN 1 ELSE 0 END) AS numeric) / count(*), 4) AS bounce_rate
+      FROM (SELECT unnest(sessions(occurred_at, INTERVAL '30 minutes')) AS s FROM T GROUP BY person_id) y""",
     "chdb": """SELECT count() AS sessions, countIf(length(s) = 1) AS bounced, round(bounced / sessions, 4) AS bounce_rate
       FROM (SELECT arraySort(groupArray(toUnixTimestamp64Micro(occurred_at))) AS ts,
                    arraySplit((x, d) -> d >= 1800000000, ts, arrayDifference(ts)) AS ss

@@ -27,6 +27,7 @@ pub mod retention;
 pub mod rfm;
 pub mod sankey;
 pub mod sequence;
+pub mod session_list;
 pub mod sessions;
 pub mod shapley;
 pub mod special;
@@ -56,6 +57,7 @@ pub fn register_all(registry: &mut dyn FunctionRegistry) -> datafusion::error::R
         attribution::attribution_weights(),
         shapley::shapley_attribution(),
         historical::historical_ltv(),
+        session_list::sessions(),
     ]
     .into_iter()
     .chain(sequence::functions())

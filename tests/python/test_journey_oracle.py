@@ -337,6 +337,66 @@ def test_window_functions_match_duckdb(journeys):
           "(max_duration with a Python loop)")
 
 
+def test_sessions_aggregate_matches_duckdb(journeys):
+    conn, load = journeys
+    rows = generate(9)
+    # Some NULL times (ignored) and persons whose rows are all NULL (no sessions).
+    rows = [(p, i, None if i % 13 == 0 or p % 50 == 7 else t, e) for p, i, t, e in rows]
+    load("ses", rows)
+    duck = duckdb.connect()
+    duck.execute("CREATE TABLE s (pid BIGINT, id BIGINT, ts BIGINT)")
+    duck.executemany("INSERT INTO s VALUES (?, ?, ?)", [(p, i, t) for p, i, t, _ in rows])
+    # Sessions in window SQL: a new one where the gap to the previous time is >= 300.
+    ref_sql = """SELECT pid, list(struct_pack(session := sn, started_at := st, ended_at := en, events := n,
+                                            duration := en - st) ORDER BY sn)
+                 FROM (SELECT pid, sn, min(ts) AS st, max(ts) AS en, count(*) AS n
+                       FROM (SELECT pid, ts, 1 + SUM(f) OVER (PARTITION BY pid ORDER BY ts ROWS UNBOUNDED PRECEDING) AS sn
+                             FROM (SELECT pid, ts, CASE WHEN ts - LAG(ts) OVER (PARTITION BY pid ORDER BY ts) >= 300
+                                                        THEN 1 ELSE 0 END AS f FROM s WHERE ts IS NOT NULL))
+                       GROUP BY pid, sn) GROUP BY pid"""
+    want = {pid: [tuple(x.values()) for x in lst] for pid, lst in duck.execute(ref_sql).fetchall()}
+    pids = {r[0] for r in rows}
+    got = ours(conn, "SELECT pid, sessions(ts, 300) FROM public.j_ses GROUP BY pid")
+    compared = 0
+    for pid in pids:
+        have = [(x["session"], x["started_at"], x["ended_at"], x["events"], x["duration"])
+                for x in json.loads(got[pid])]
+        assert have == want.get(pid, []), pid
+        compared += 1
+    assert sum(1 for p in pids if p not in want) > 3
+    # Timestamps and an INTERVAL gap: the same sessions, as timestamps and intervals.
+    with conn.cursor() as cur:
+        cur.execute("""SELECT pid, count(*), sum(CASE WHEN s['events'] = 1 THEN 1 ELSE 0 END),
+                              CAST(sum(date_part('epoch', s['duration'])) AS bigint),
+                              CAST(min(date_part('epoch', s['started_at'])) AS bigint)
+                       FROM (SELECT pid, unnest(sessions(to_timestamp(ts), INTERVAL '5 minutes')) AS s
+                             FROM public.j_ses GROUP BY pid) x GROUP BY pid""")
+        stamped = {r[0]: r[1:] for r in cur.fetchall()}
+    for pid, lst in want.items():
+        assert stamped[pid] == (len(lst), sum(1 for x in lst if x[3] == 1), sum(x[4] for x in lst),
+                                min(x[1] for x in lst)), pid
+    # max_duration has no window-SQL form: a Python loop is the reference.
+    got = ours(conn, "SELECT pid, sessions(ts, 300, 1000) FROM public.j_ses GROUP BY pid")
+    ref = {}
+    for pid, _, t, _ in sorted((r for r in rows if r[2] is not None), key=lambda r: (r[0], r[2])):
+        cur_ = ref.setdefault(pid, [])
+        if cur_ and not (t > cur_[-1][1] and (t - cur_[-1][1] >= 300 or t - cur_[-1][0] >= 1000)):
+            cur_[-1][1] = t
+            cur_[-1][2] += 1
+        else:
+            cur_.append([t, t, 1])
+    for pid in pids:
+        have = [(x["started_at"], x["ended_at"], x["events"]) for x in json.loads(got[pid])]
+        assert have == [tuple(x) for x in ref.get(pid, [])], pid
+        compared += 1
+    # Bad arguments: a clear error, the session goes on.
+    for sql in ["SELECT sessions(1, -5)", "SELECT sessions(now(), INTERVAL '1 month')",
+                "SELECT sessions(1, ts) FROM public.j_ses"]:
+        with pytest.raises(psycopg.errors.InvalidParameterValue):
+            conn.execute(sql)
+    print(f"sessions: {compared} persons x settings compared with DuckDB window SQL and a Python loop")
+
+
 def ch_paths(path, gap, collapse=True, start=None, end=None, limit=5):
     """The paths SQL in ClickHouse (arraySort/arraySplit/arrayFilter/indexOf/arraySlice, as
     PostHog's paths query builds them): per person, sessions split at `gap`, repeats
