@@ -8,9 +8,12 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, ListArray, ListBuilder, StringArray, StringBuilder,
+    Array, ArrayRef, AsArray, BooleanArray, Int64Array, ListArray, ListBuilder, StringArray,
+    StringBuilder, UInt32Array, UInt64Array,
 };
+use datafusion::arrow::buffer::OffsetBuffer;
 use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::Field;
 use datafusion::arrow::datatypes::{DataType, Int64Type, UInt32Type, UInt64Type};
 use datafusion::error::Result;
 use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
@@ -39,20 +42,49 @@ pub fn batch_events(
     keep: Keep,
 ) -> Result<Vec<Option<(i64, u32)>>> {
     let ts = events::times(function, &values[1])?;
-    let conds = events::conditions(function, &values[2..2 + keep.conditions])?;
-    Ok(ts
-        .iter()
-        .enumerate()
-        .map(|(row, t)| {
-            let t = (*t)?;
-            let mut mask = 0u32;
-            for (i, c) in conds.iter().enumerate() {
-                match c[row] {
-                    Some(true) => mask |= 1 << i,
-                    Some(false) => {}
-                    None if keep.drop_null_rows => return None,
-                    None => {}
+    let n = ts.len();
+    // Each row's mask, and whether a condition was NULL, built a column at a time from
+    // the boolean bits.
+    let mut masks = vec![0u32; n];
+    let mut has_null = vec![false; n];
+    for (i, c) in values[2..2 + keep.conditions].iter().enumerate() {
+        let b: ArrayRef = match c.data_type() {
+            DataType::Boolean => c.clone(),
+            DataType::Null => {
+                has_null.iter_mut().for_each(|h| *h = true);
+                continue;
+            }
+            t if t.is_integer() => cast(c, &DataType::Boolean)?,
+            other => {
+                return Err(crate::error::invalid(
+                    function,
+                    format!("conditions must be boolean, not {other}"),
+                ));
+            }
+        };
+        let b = b.as_boolean();
+        let bit = 1u32 << i;
+        for row in b.values().set_indices() {
+            masks[row] |= bit;
+        }
+        if let Some(nulls) = b.nulls() {
+            for row in 0..n {
+                if nulls.is_null(row) {
+                    has_null[row] = true;
+                    // A NULL condition is not true.
+                    masks[row] &= !bit;
                 }
+            }
+        }
+    }
+    Ok(ts
+        .into_iter()
+        .zip(masks)
+        .zip(has_null)
+        .map(|((t, mask), null)| {
+            let t = t?;
+            if null && keep.drop_null_rows {
+                return None;
             }
             (mask != 0 || keep.keep_unmatched).then_some((t, mask))
         })
@@ -73,16 +105,34 @@ pub fn state_lists<'a>(
     buffers: impl Iterator<Item = &'a Vec<Event>> + Clone,
     tags: Option<(&[Tags], usize)>,
 ) -> Vec<ArrayRef> {
-    let ts = ListArray::from_iter_primitive::<Int64Type, _, _>(
-        buffers.clone().map(|b| Some(b.iter().map(|e| Some(e.0)))),
+    // Three flat buffers and one set of offsets.
+    let total: usize = buffers.clone().map(Vec::len).sum();
+    let (mut ts, mut mask, mut uid) = (
+        Vec::with_capacity(total),
+        Vec::with_capacity(total),
+        Vec::with_capacity(total),
     );
-    let mask = ListArray::from_iter_primitive::<UInt32Type, _, _>(
-        buffers.clone().map(|b| Some(b.iter().map(|e| Some(e.1)))),
-    );
-    let uid = ListArray::from_iter_primitive::<UInt64Type, _, _>(
-        buffers.map(|b| Some(b.iter().map(|e| Some(e.2)))),
-    );
-    let mut out: Vec<ArrayRef> = vec![Arc::new(ts), Arc::new(mask), Arc::new(uid)];
+    for b in buffers.clone() {
+        for e in b {
+            ts.push(e.0);
+            mask.push(e.1);
+            uid.push(e.2);
+        }
+    }
+    let offsets = OffsetBuffer::from_lengths(buffers.map(Vec::len));
+    let list = |values: ArrayRef| -> ArrayRef {
+        Arc::new(ListArray::new(
+            Arc::new(Field::new_list_field(values.data_type().clone(), true)),
+            offsets.clone(),
+            values,
+            None,
+        ))
+    };
+    let mut out: Vec<ArrayRef> = vec![
+        list(Arc::new(Int64Array::from(ts))),
+        list(Arc::new(UInt32Array::from(mask))),
+        list(Arc::new(UInt64Array::from(uid))),
+    ];
     if let Some((tags, k)) = tags {
         for j in 0..k {
             let mut b = ListBuilder::new(StringBuilder::new());
@@ -142,17 +192,22 @@ pub fn merge_state_row(states: &[ArrayRef], row: usize, buffer: &mut Vec<Event>,
     if ts.is_null(row) {
         return;
     }
-    let (t, m, u) = (ts.value(row), mask.value(row), uid.value(row));
-    let (t, m, u) = (
-        t.as_primitive::<Int64Type>(),
-        m.as_primitive::<UInt32Type>(),
-        u.as_primitive::<UInt64Type>(),
-    );
+    // Straight from the flat buffers (state lists hold no NULL values); the three lists
+    // share their lengths but not necessarily their offsets.
+    let span = |l: &ListArray| {
+        let o = l.value_offsets();
+        (o[row] as usize, o[row + 1] as usize)
+    };
+    let ((t0, t1), (m0, _), (u0, _)) = (span(ts), span(mask), span(uid));
+    let t = &ts.values().as_primitive::<Int64Type>().values()[t0..t1];
+    let m = &mask.values().as_primitive::<UInt32Type>().values()[m0..m0 + t.len()];
+    let u = &uid.values().as_primitive::<UInt64Type>().values()[u0..u0 + t.len()];
     let offset = *next;
+    buffer.reserve(t.len());
     for i in 0..t.len() {
-        let id = u.value(i) + offset;
+        let id = u[i] + offset;
         *next = (*next).max(id + 1);
-        buffer.push((t.value(i), m.value(i), id));
+        buffer.push((t[i], m[i], id));
     }
 }
 
