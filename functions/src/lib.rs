@@ -33,6 +33,7 @@ pub mod shapley;
 pub mod special;
 pub mod time;
 pub mod to_char;
+pub mod to_timestamp;
 
 use datafusion::execution::FunctionRegistry;
 
@@ -45,7 +46,12 @@ pub fn register_all(registry: &mut dyn FunctionRegistry) -> datafusion::error::R
         .chain(time::functions())
         .chain(ltv::scalars())
         .chain(rfm::scalars())
-        .chain([date_trunc::date_trunc(), to_char::to_char()])
+        .chain([
+            date_trunc::date_trunc(),
+            to_char::to_char(),
+            to_timestamp::to_timestamp(),
+            to_timestamp::to_date(),
+        ])
     {
         registry.register_udf(std::sync::Arc::new(udf))?;
     }

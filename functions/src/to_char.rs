@@ -34,7 +34,7 @@ struct ToChar {
 
 /// How a text pattern is spelled: `MONTH`, `Month` or `month`.
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Case {
+pub(crate) enum Case {
     Upper,
     Title,
     Lower,
@@ -52,7 +52,7 @@ impl Case {
 
 /// One pattern of a date/time template.
 #[derive(Debug, Clone, PartialEq)]
-enum Part {
+pub(crate) enum Part {
     Text(String),
     /// A number: which, its width when zero-padded.
     Number(Field, usize),
@@ -69,7 +69,7 @@ enum Part {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Field {
+pub(crate) enum Field {
     Year,
     Year3,
     Year2,
@@ -102,10 +102,10 @@ enum Field {
 
 /// A parsed pattern with its modifiers: fill mode (no padding) and an ordinal suffix.
 #[derive(Debug, Clone, PartialEq)]
-struct Token {
-    part: Part,
-    fill: bool,
-    ordinal: Option<Case>,
+pub(crate) struct Token {
+    pub(crate) part: Part,
+    pub(crate) fill: bool,
+    pub(crate) ordinal: Option<Case>,
 }
 
 /// Patterns, longest first where one is a prefix of another. The bool: the spelling's case
@@ -236,7 +236,7 @@ fn part_of(pattern: &str, spelled: &str, fill: bool) -> Option<Part> {
 }
 
 /// Parse a date/time template.
-fn parse_template(t: &str) -> Vec<Token> {
+pub(crate) fn parse_template(t: &str) -> Vec<Token> {
     let chars: Vec<char> = t.chars().collect();
     let mut out: Vec<Token> = vec![];
     let mut text = String::new();
@@ -318,7 +318,7 @@ fn parse_template(t: &str) -> Vec<Token> {
     out
 }
 
-const MONTHS: [&str; 12] = [
+pub(crate) const MONTHS: [&str; 12] = [
     "January",
     "February",
     "March",
@@ -332,7 +332,7 @@ const MONTHS: [&str; 12] = [
     "November",
     "December",
 ];
-const DAYS: [&str; 7] = [
+pub(crate) const DAYS: [&str; 7] = [
     "Sunday",
     "Monday",
     "Tuesday",

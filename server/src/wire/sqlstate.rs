@@ -148,11 +148,8 @@ fn datafusion_code(d: &DataFusionError) -> (&'static str, String) {
             if let Some(s) = inner.downcast_ref::<SessionError>() {
                 return classify(s);
             }
-            if inner
-                .downcast_ref::<touchlake_functions::FunctionError>()
-                .is_some()
-            {
-                return ("22023", msg);
+            if let Some(f) = inner.downcast_ref::<touchlake_functions::FunctionError>() {
+                return (f.sqlstate(), msg);
             }
             if let Some(m) = inner.downcast_ref::<crate::match_recognize::MatchError>() {
                 use crate::match_recognize::MatchError as M;
