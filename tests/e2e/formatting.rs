@@ -154,6 +154,21 @@ async fn rows(c: &tokio_postgres::Client, sql: &str) -> Vec<Option<String>> {
         .collect()
 }
 
+/// The first column of a query's rows as text (a bigint or a text column).
+async fn as_text(c: &tokio_postgres::Client, sql: &str) -> Vec<Option<String>> {
+    c.query(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .iter()
+        .map(|r| {
+            r.try_get::<_, i64>(0)
+                .map(|v| v.to_string())
+                .ok()
+                .or_else(|| r.get::<_, Option<String>>(0))
+        })
+        .collect()
+}
+
 fn values(items: &[String], quote: bool) -> String {
     items
         .iter()
@@ -317,30 +332,7 @@ async fn to_timestamp_and_to_date_match_postgresql() {
                     "SELECT CAST(to_date(v, '{t}') AS text) FROM (VALUES {tv}) AS x(i, v) ORDER BY i"
                 ),
             ] {
-                let want: Vec<Option<String>> = src
-                    .query(&sql, &[])
-                    .await
-                    .unwrap_or_else(|e| panic!("PostgreSQL: {sql}: {e}"))
-                    .iter()
-                    .map(|r| {
-                        r.try_get::<_, i64>(0)
-                            .map(|v| v.to_string())
-                            .ok()
-                            .or_else(|| r.get::<_, Option<String>>(0))
-                    })
-                    .collect();
-                let got: Vec<Option<String>> = ours
-                    .query(&sql, &[])
-                    .await
-                    .unwrap_or_else(|e| panic!("{sql}: {e}"))
-                    .iter()
-                    .map(|r| {
-                        r.try_get::<_, i64>(0)
-                            .map(|v| v.to_string())
-                            .ok()
-                            .or_else(|| r.get::<_, Option<String>>(0))
-                    })
-                    .collect();
+                let (want, got) = (as_text(&src, &sql).await, as_text(&ours, &sql).await);
                 for (k, (w, g)) in want.iter().zip(&got).enumerate() {
                     assert_eq!(g, w, "{zone}: '{}' read as '{t}'", texts[k]);
                 }

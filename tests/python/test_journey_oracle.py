@@ -895,6 +895,19 @@ def funnel_reference(events, conds, window, strict=False, entry="latest", sw=Non
     return [best[:3] if best else (0, [None] * n, False)]
 
 
+def events_by_person(rows, conds, strict=False):
+    """Per person, its events as (t, condition mask, id); without strict order, only the
+    rows meeting a condition (the others are no events)."""
+    per = {}
+    for pid, rid, t, ev in rows:
+        mask = sum(1 << i for i, c in enumerate(conds) if eval_cond(c, ev))
+        if mask or strict:
+            per.setdefault(pid, []).append((t, mask, rid))
+        else:
+            per.setdefault(pid, [])
+    return per
+
+
 def gaps(ts):
     out, prev = [], None
     for i, t in enumerate(ts):
@@ -955,14 +968,9 @@ def test_funnel_detail_matches_exhaustive_reference(journeys):
                 continue
             opt_arg = f", '{opts}'" if opts else ""
             got = ours(conn, f"SELECT pid, {fn}({window}, ts, {', '.join(conds)}{opt_arg}) FROM public.j_fd GROUP BY pid")
-            per = {}
-            for pid, rid, t, ev in rows:
-                mask = sum(1 << i for i, c in enumerate(conds) if eval_cond(c, ev))
-                per.setdefault(pid, []).append((t, mask, rid))
+            per = events_by_person(rows, conds, ref_opts.get("strict"))
             steps = len(conds) - len(ref_opts.get("exclude", ()))
             for pid, evs in per.items():
-                if not ref_opts.get("strict"):
-                    evs = [e for e in evs if e[1]]
                 want = funnel_reference(evs, conds, window, totals=fn == "funnel_attempts", **ref_opts)
                 have = json.loads(got[pid])
                 have = have if fn == "funnel_attempts" else [have]
@@ -1214,14 +1222,9 @@ def test_funnel_detail_optimized_reentry(journeys):
                              "FROM public.j_re GROUP BY pid")
             latest = ours(conn, f"SELECT pid, {fn}({window}, ts, {', '.join(conds)}{', ' + repr(opts) if opts else ''}) "
                                 "FROM public.j_re GROUP BY pid")
-            per = {}
-            for pid, rid, t, ev in rows:
-                mask = sum(1 << i for i, c in enumerate(conds) if eval_cond(c, ev))
-                per.setdefault(pid, []).append((t, mask, rid))
+            per = events_by_person(rows, conds, ref_opts.get("strict"))
             steps = len(conds) - len(ref_opts.get("exclude", ()))
             for pid, evs in per.items():
-                if not ref_opts.get("strict"):
-                    evs = [e for e in evs if e[1]]
                 want = reentry_reference(evs, conds, window, totals=fn == "funnel_attempts", **ref_opts)
                 have = json.loads(got[pid])
                 have = have if fn == "funnel_attempts" else [have]
