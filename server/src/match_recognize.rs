@@ -76,7 +76,99 @@ pub fn mentions(sql: &str) -> bool {
 
 /// Parse SQL that uses `MATCH_RECOGNIZE` (PostgreSQL's grammar has no such clause).
 pub fn parse(sql: &str) -> Result<Vec<Statement>, String> {
-    Parser::parse_sql(&GenericDialect {}, sql).map_err(|e| e.to_string())
+    Parser::parse_sql(&GenericDialect {}, &mark_reluctant(sql)).map_err(|e| e.to_string())
+}
+
+/// The symbol that stands for a reluctant quantifier's `?` once [`mark_reluctant`] wrote it.
+const RELUCTANT: &str = "__touchlake_reluctant__";
+
+/// sqlparser does not read reluctant quantifiers (`*?`, `+?`, `??`, `{n,m}?`). Inside each
+/// `PATTERN (…)` the `?` after a quantifier becomes the symbol [`RELUCTANT`], which the
+/// compiler reads back as "this repetition takes as few rows as it can".
+fn mark_reluctant(sql: &str) -> String {
+    let b = sql.as_bytes();
+    let lower = sql.to_ascii_lowercase();
+    let mut out = String::with_capacity(sql.len() + 32);
+    let (mut copied, mut from) = (0usize, 0usize);
+    while let Some(rel) = lower[from..].find("pattern") {
+        let k = from + rel;
+        from = k + 7;
+        let word = (k == 0 || !(b[k - 1].is_ascii_alphanumeric() || b[k - 1] == b'_'))
+            && b.get(k + 7)
+                .is_none_or(|c| !(c.is_ascii_alphanumeric() || *c == b'_'));
+        let mut j = k + 7;
+        while j < b.len() && b[j].is_ascii_whitespace() {
+            j += 1;
+        }
+        if !word || b.get(j) != Some(&b'(') {
+            continue;
+        }
+        out.push_str(&sql[copied..=j]);
+        let (mut p, mut depth, mut after_quantifier) = (j + 1, 1usize, false);
+        while p < b.len() && depth > 0 {
+            let c = b[p];
+            match c {
+                b'{' if b.get(p + 1) == Some(&b'-') => {
+                    out.push_str("{-");
+                    p += 2;
+                    after_quantifier = false;
+                    continue;
+                }
+                b'-' if b.get(p + 1) == Some(&b'}') => {
+                    out.push_str("-}");
+                    p += 2;
+                    after_quantifier = false;
+                    continue;
+                }
+                b'{' => {
+                    let end = sql[p..].find('}').map_or(b.len(), |e| p + e + 1);
+                    out.push_str(&sql[p..end]);
+                    p = end;
+                    after_quantifier = true;
+                    continue;
+                }
+                b'?' if after_quantifier => {
+                    out.push(' ');
+                    out.push_str(RELUCTANT);
+                    out.push(' ');
+                    after_quantifier = false;
+                }
+                b'*' | b'+' | b'?' => {
+                    out.push(c as char);
+                    after_quantifier = true;
+                }
+                b'(' => {
+                    depth += 1;
+                    out.push('(');
+                    after_quantifier = false;
+                }
+                b')' => {
+                    depth -= 1;
+                    out.push(')');
+                    after_quantifier = false;
+                }
+                c if c.is_ascii_whitespace() => out.push(c as char),
+                _ => {
+                    // One whole character (names may be non-ASCII).
+                    let ch = sql[p..].chars().next().unwrap_or(' ');
+                    out.push(ch);
+                    p += ch.len_utf8();
+                    after_quantifier = false;
+                    continue;
+                }
+            }
+            p += 1;
+        }
+        copied = p;
+        from = p.max(from);
+    }
+    out.push_str(&sql[copied..]);
+    out
+}
+
+/// Is `p` the reluctance marker?
+fn is_reluctant_mark(p: &MatchRecognizePattern) -> bool {
+    matches!(p, MatchRecognizePattern::Symbol(MatchRecognizeSymbol::Named(i)) if i.value == RELUCTANT)
 }
 
 /// The outermost MATCH_RECOGNIZE clauses of a statement, in order.
@@ -344,7 +436,9 @@ fn collect_symbols(p: &MatchRecognizePattern, out: &mut Vec<Ident>) {
     use MatchRecognizePattern as P;
     match p {
         P::Symbol(MatchRecognizeSymbol::Named(i)) | P::Exclude(MatchRecognizeSymbol::Named(i)) => {
-            out.push(i.clone())
+            if i.value != RELUCTANT {
+                out.push(i.clone())
+            }
         }
         P::Symbol(_) | P::Exclude(_) => {}
         P::Permute(s) => {
@@ -426,8 +520,24 @@ impl Compiler<'_> {
                 self.compile(&P::Alternation(alts), excluded)
             }
             P::Concat(ps) => {
-                for p in ps {
-                    self.compile(p, excluded)?;
+                let mut k = 0;
+                while k < ps.len() {
+                    let reluctant = ps.get(k + 1).is_some_and(is_reluctant_mark);
+                    match (&ps[k], reluctant) {
+                        (P::Repetition(p, q), true) => {
+                            self.repetition(p, q, true, excluded)?;
+                            k += 2;
+                        }
+                        (p, _) if is_reluctant_mark(p) => {
+                            return Err(MatchError::Invalid(
+                                "a reluctant ? must follow a quantifier".into(),
+                            ));
+                        }
+                        (p, _) => {
+                            self.compile(p, excluded)?;
+                            k += 1;
+                        }
+                    }
                 }
                 Ok(())
             }
@@ -451,43 +561,60 @@ impl Compiler<'_> {
                 }
                 Ok(())
             }
-            P::Repetition(p, q) => {
-                let (min, max) = match q {
-                    RepetitionQuantifier::ZeroOrMore => (0, None),
-                    RepetitionQuantifier::OneOrMore => (1, None),
-                    RepetitionQuantifier::AtMostOne => (0, Some(1)),
-                    RepetitionQuantifier::Exactly(n) => (*n, Some(*n)),
-                    RepetitionQuantifier::AtLeast(n) => (*n, None),
-                    RepetitionQuantifier::AtMost(n) => (0, Some(*n)),
-                    RepetitionQuantifier::Range(a, b) => (*a, Some(*b)),
-                };
-                for _ in 0..min {
+            P::Repetition(p, q) => self.repetition(p, q, false, excluded),
+        }
+    }
+
+    /// `p` repeated by `q`: as many times as it can (greedy), or as few (reluctant).
+    fn repetition(
+        &mut self,
+        p: &MatchRecognizePattern,
+        q: &RepetitionQuantifier,
+        reluctant: bool,
+        excluded: bool,
+    ) -> Result<(), MatchError> {
+        // The preferred branch of a split first: the body (greedy) or past it (reluctant).
+        let order = |body: usize, past: usize| {
+            if reluctant {
+                Inst::Split(past, body)
+            } else {
+                Inst::Split(body, past)
+            }
+        };
+        let (min, max) = match q {
+            RepetitionQuantifier::ZeroOrMore => (0, None),
+            RepetitionQuantifier::OneOrMore => (1, None),
+            RepetitionQuantifier::AtMostOne => (0, Some(1)),
+            RepetitionQuantifier::Exactly(n) => (*n, Some(*n)),
+            RepetitionQuantifier::AtLeast(n) => (*n, None),
+            RepetitionQuantifier::AtMost(n) => (0, Some(*n)),
+            RepetitionQuantifier::Range(a, b) => (*a, Some(*b)),
+        };
+        for _ in 0..min {
+            self.compile(p, excluded)?;
+        }
+        match max {
+            None => {
+                // L: split(body, end); body; jmp L
+                let split = self.emit(Inst::Split(0, 0))?;
+                self.compile(p, excluded)?;
+                self.emit(Inst::Jmp(split))?;
+                let end = self.prog.len();
+                self.prog[split] = order(split + 1, end);
+            }
+            Some(max) => {
+                let mut splits = vec![];
+                for _ in min..max {
+                    splits.push(self.emit(Inst::Split(0, 0))?);
                     self.compile(p, excluded)?;
                 }
-                match max {
-                    None => {
-                        // L: split(body, end); body; jmp L
-                        let split = self.emit(Inst::Split(0, 0))?;
-                        self.compile(p, excluded)?;
-                        self.emit(Inst::Jmp(split))?;
-                        let end = self.prog.len();
-                        self.prog[split] = Inst::Split(split + 1, end);
-                    }
-                    Some(max) => {
-                        let mut splits = vec![];
-                        for _ in min..max {
-                            splits.push(self.emit(Inst::Split(0, 0))?);
-                            self.compile(p, excluded)?;
-                        }
-                        let end = self.prog.len();
-                        for s in splits {
-                            self.prog[s] = Inst::Split(s + 1, end);
-                        }
-                    }
+                let end = self.prog.len();
+                for s in splits {
+                    self.prog[s] = order(s + 1, end);
                 }
-                Ok(())
             }
         }
+        Ok(())
     }
 }
 
@@ -1160,6 +1287,21 @@ impl Drop for TempTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reluctant_marks_only_quantifiers_in_the_pattern() {
+        let m = |s: &str| mark_reluctant(s).replace(RELUCTANT, "R");
+        assert_eq!(
+            m(
+                "SELECT '?' FROM t MATCH_RECOGNIZE (ORDER BY x PATTERN (A*? B+? C?? D{1,2}? E? ({- F -})) DEFINE A AS y = '?')"
+            ),
+            "SELECT '?' FROM t MATCH_RECOGNIZE (ORDER BY x PATTERN (A* R  B+ R  C? R  D{1,2} R  E? ({- F -})) DEFINE A AS y = '?')"
+        );
+        assert_eq!(
+            m("PATTERN(A)  pattern_x (B*?)"),
+            "PATTERN(A)  pattern_x (B*?)"
+        );
+    }
 
     fn program(pattern: &str, symbols: &[&str]) -> (Clause, Vec<Inst>) {
         let sql = format!(

@@ -63,6 +63,27 @@ def test_hand_checked_cases(conn):
     assert got == [(4, 7.0)]
 
 
+def test_reluctant_quantifiers(conn):
+    # A X*? UP (X any row): up to the first rise after A; greedy X* reaches the last rise.
+    def run(q):
+        return conn.execute(f"""
+            SELECT sym, n, c FROM public.ticker MATCH_RECOGNIZE (
+              PARTITION BY sym ORDER BY day MEASURES COUNT(*) AS n, CLASSIFIER() AS c
+              PATTERN (A X{q} UP) DEFINE UP AS price > PREV(price)) ORDER BY sym, n""").fetchall()
+    assert run("*?") == [("a", 4, "UP"), ("a", 4, "UP"), ("b", 3, "UP")]
+    assert run("*") == [("a", 8, "UP"), ("b", 3, "UP")]
+    assert run("{0,5}?") == run("*?")
+    short = conn.execute("""
+        SELECT sym, n FROM public.ticker MATCH_RECOGNIZE (
+          PARTITION BY sym ORDER BY day MEASURES COUNT(*) AS n
+          PATTERN (A DOWN*?) DEFINE DOWN AS price < PREV(price)) ORDER BY sym, n""").fetchall()
+    assert all(n == 1 for _, n in short) and len(short) == 11
+    with pytest.raises(psycopg.errors.SyntaxError):
+        conn.execute("SELECT * FROM public.ticker MATCH_RECOGNIZE (ORDER BY day PATTERN (A __touchlake_reluctant__) "
+                      "DEFINE A AS true)")
+    assert conn.execute("SELECT 1").fetchone()[0] == 1
+
+
 def test_errors_keep_the_connection(conn):
     cases = [
         ("SELECT * FROM public.ticker MATCH_RECOGNIZE (ORDER BY day MEASURES LAST(zzz) AS q PATTERN (A) DEFINE A AS true)",
@@ -81,8 +102,9 @@ def test_errors_keep_the_connection(conn):
     assert conn.execute("SELECT 1").fetchone()[0] == 1
 
 
-def random_pattern(rng):
-    """A pattern over A–D that cannot match the empty string, as (SQL, Python regex)."""
+def random_pattern(rng, reluctant=False):
+    """A pattern over A–D that cannot match the empty string, as (SQL, Python regex); with
+    `reluctant`, half the quantifiers are reluctant (`*?`, `+?`, `??`, `{n,m}?`)."""
     elems_sql, elems_py = [], []
     for i in range(rng.randint(2, 4)):
         if rng.random() < 0.3:
@@ -91,13 +113,16 @@ def random_pattern(rng):
         else:
             atom_sql = atom_py = rng.choice("ABCD")
         q = rng.choice(["", "", "+", "*", "?", "{1,2}", "{2}", "{0,3}"]) if i else rng.choice(["", "+", "{2}"])
+        if reluctant and q and rng.random() < 0.5:
+            q += "?"
         elems_sql.append(atom_sql + q)
         elems_py.append(atom_py + q)
     return " ".join(elems_sql), "".join(elems_py)
 
 
-def test_matches_python_re_on_generated_partitions(conn):
-    rng = random.Random(17)
+@pytest.mark.parametrize("reluctant", [False, True])
+def test_matches_python_re_on_generated_partitions(conn, reluctant):
+    rng = random.Random(17 + reluctant)
     rows = []
     for pid in range(60):
         for day in range(rng.randint(0, 30)):
@@ -111,8 +136,10 @@ def test_matches_python_re_on_generated_partitions(conn):
     for pid, day, ev in rows:
         text[pid] = text.get(pid, "") + ev
     compared = 0
+    reluctant_seen = 0
     for _ in range(25):
-        sql_pat, py_pat = random_pattern(rng)
+        sql_pat, py_pat = random_pattern(rng, reluctant)
+        reluctant_seen += sql_pat.count("?") - sql_pat.count("??") if reluctant else 0
         define = "DEFINE " + ", ".join(f"{x} AS ev = '{x}'" for x in "ABCD" if x in sql_pat)
         rx = re.compile(py_pat)
         for skip in ["PAST LAST ROW", "TO NEXT ROW"]:
@@ -140,7 +167,9 @@ def test_matches_python_re_on_generated_partitions(conn):
             PARTITION BY pid ORDER BY day MEASURES CLASSIFIER() AS c, MATCH_NUMBER() AS m, COUNT(*) AS n
             ALL ROWS PER MATCH PATTERN ({sql_pat}) {define}) ORDER BY pid, day""").fetchall()
         assert got == want, (sql_pat, "all rows")
-    print(f"MATCH_RECOGNIZE: {compared} matches over 25 generated patterns compared with Python re")
+    assert not reluctant or reluctant_seen > 5, reluctant_seen
+    print(f"MATCH_RECOGNIZE: {compared} matches over 25 generated patterns compared with Python re"
+          + (f" ({reluctant_seen} reluctant quantifiers)" if reluctant else ""))
 
 
 def test_npath_is_match_recognize(conn):
