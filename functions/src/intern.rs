@@ -1,24 +1,35 @@
 //! Interned text for the aggregates that buffer rows per group (channels, items, values):
 //! a group keeps a `u32` per row instead of a `String`, and the text is stored once.
 
-use std::collections::HashMap;
+use datafusion::common::HashMap;
 
 /// Text values numbered in the order they are first seen.
 #[derive(Debug, Default, Clone)]
 pub struct Interner {
     names: Vec<String>,
     index: HashMap<Box<str>, u32>,
+    /// The number given last: runs of one value skip the hash.
+    last: Option<u32>,
 }
 
 impl Interner {
     /// The number of `s`, giving it the next one if it is new.
     pub fn id(&mut self, s: &str) -> u32 {
-        if let Some(&i) = self.index.get(s) {
-            return i;
+        if let Some(l) = self.last
+            && self.names[l as usize] == s
+        {
+            return l;
         }
-        let i = self.names.len() as u32;
-        self.names.push(s.to_string());
-        self.index.insert(s.into(), i);
+        let i = match self.index.get(s) {
+            Some(&i) => i,
+            None => {
+                let i = self.names.len() as u32;
+                self.names.push(s.to_string());
+                self.index.insert(s.into(), i);
+                i
+            }
+        };
+        self.last = Some(i);
         i
     }
 

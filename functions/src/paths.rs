@@ -10,8 +10,8 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, Int32Builder, IntervalMonthDayNanoBuilder, ListArray,
-    ListBuilder, StringBuilder, StructArray,
+    Array, ArrayRef, AsArray, BooleanArray, Int32Builder, Int64Array, IntervalMonthDayNanoBuilder,
+    ListArray, ListBuilder, StringBuilder, StructArray,
 };
 use datafusion::arrow::buffer::OffsetBuffer;
 use datafusion::arrow::compute::cast;
@@ -789,10 +789,13 @@ impl AroundGroups {
     }
 
     fn state_of(&self, groups: &[AroundGroup]) -> Vec<ArrayRef> {
-        let ts = ListArray::from_iter_primitive::<Int64Type, _, _>(
-            groups
-                .iter()
-                .map(|g| Some(g.rows.iter().map(|r| Some(r.0)))),
+        let ts = ListArray::new(
+            Arc::new(Field::new_list_field(DataType::Int64, true)),
+            OffsetBuffer::from_lengths(groups.iter().map(|g| g.rows.len())),
+            Arc::new(Int64Array::from_iter_values(
+                groups.iter().flat_map(|g| g.rows.iter().map(|r| r.0)),
+            )),
+            None,
         );
         let mut tie = ListBuilder::new(StringBuilder::new());
         let mut target = ListBuilder::new(datafusion::arrow::array::BooleanBuilder::new());
@@ -820,21 +823,26 @@ impl AroundGroups {
         if l(0).is_null(row) {
             return;
         }
+        // Straight from the lists' flat values (the four lists share their lengths).
+        let at = |k: usize| l(k).value_offsets()[row] as usize;
         let (t, tie, target, item) = (
-            l(0).value(row),
-            l(1).value(row),
-            l(2).value(row),
-            l(3).value(row),
+            l(0).values().as_primitive::<Int64Type>(),
+            l(1).values().as_string::<i32>(),
+            l(2).values().as_boolean(),
+            l(3).values().as_string::<i32>(),
         );
-        let (t, tie, target, item) = (
-            t.as_primitive::<Int64Type>(),
-            tie.as_string::<i32>(),
-            target.as_boolean(),
-            item.as_string::<i32>(),
-        );
-        for k in 0..t.len() {
-            let it = item.is_valid(k).then(|| self.names.id(item.value(k)));
-            self.rows[g].push(t.value(k), tie.value(k), target.value(k), it);
+        let n = l(0).value_length(row) as usize;
+        let (t0, tie0, target0, item0) = (at(0), at(1), at(2), at(3));
+        for k in 0..n {
+            let it = item
+                .is_valid(item0 + k)
+                .then(|| self.names.id(item.value(item0 + k)));
+            self.rows[g].push(
+                t.value(t0 + k),
+                tie.value(tie0 + k),
+                target.value(target0 + k),
+                it,
+            );
         }
     }
 }
