@@ -6,6 +6,7 @@
 //! mappings can use them unquoted: trimmed, lower-cased, and characters Delta does not allow
 //! in column names (` ,;{}()\n\t=`) replaced by `_`.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, Int64Builder, RecordBatch, StringBuilder};
@@ -336,47 +337,157 @@ pub fn parquet(bytes: &[u8], file: &str, batch_rows: usize) -> Result<Vec<Chunk>
     Ok(chunks)
 }
 
-fn json_text(v: &serde_json::Value) -> Option<String> {
-    match v {
-        serde_json::Value::Null => None,
-        serde_json::Value::String(s) => Some(s.clone()),
-        other => Some(other.to_string()),
+/// One NDJSON record: its keys in order, each with its value as text (NULL for JSON null),
+/// borrowed from the line where it has no escapes. A key given twice keeps its last value.
+type Record<'a> = Vec<(Cow<'a, str>, Option<Cow<'a, str>>)>;
+
+/// A JSON value as a record field's text: strings as they are, numbers and booleans as
+/// `serde_json` writes them, nested objects and arrays as JSON, null as None.
+struct FieldText<'a>(Option<Cow<'a, str>>);
+
+impl<'de> serde::Deserialize<'de> for FieldText<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = FieldText<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> std::result::Result<Self::Value, E> {
+                Ok(FieldText(Some(Cow::Borrowed(v))))
+            }
+            fn visit_str<E>(self, v: &str) -> std::result::Result<Self::Value, E> {
+                Ok(FieldText(Some(Cow::Owned(v.to_string()))))
+            }
+            fn visit_string<E>(self, v: String) -> std::result::Result<Self::Value, E> {
+                Ok(FieldText(Some(Cow::Owned(v))))
+            }
+            fn visit_bool<E>(self, v: bool) -> std::result::Result<Self::Value, E> {
+                Ok(FieldText(Some(Cow::Borrowed(if v {
+                    "true"
+                } else {
+                    "false"
+                }))))
+            }
+            fn visit_u64<E>(self, v: u64) -> std::result::Result<Self::Value, E> {
+                Ok(FieldText(Some(Cow::Owned(v.to_string()))))
+            }
+            fn visit_i64<E>(self, v: i64) -> std::result::Result<Self::Value, E> {
+                Ok(FieldText(Some(Cow::Owned(v.to_string()))))
+            }
+            fn visit_f64<E>(self, v: f64) -> std::result::Result<Self::Value, E> {
+                // Exactly as serde_json writes the number.
+                Ok(FieldText(Some(Cow::Owned(
+                    serde_json::Number::from_f64(v)
+                        .map_or_else(|| "null".into(), |n| n.to_string()),
+                ))))
+            }
+            fn visit_unit<E>(self) -> std::result::Result<Self::Value, E> {
+                Ok(FieldText(None))
+            }
+            fn visit_none<E>(self) -> std::result::Result<Self::Value, E> {
+                Ok(FieldText(None))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> std::result::Result<Self::Value, A::Error> {
+                let v: serde_json::Value = serde::Deserialize::deserialize(
+                    serde::de::value::MapAccessDeserializer::new(map),
+                )?;
+                Ok(FieldText(Some(Cow::Owned(v.to_string()))))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                seq: A,
+            ) -> std::result::Result<Self::Value, A::Error> {
+                let v: serde_json::Value = serde::Deserialize::deserialize(
+                    serde::de::value::SeqAccessDeserializer::new(seq),
+                )?;
+                Ok(FieldText(Some(Cow::Owned(v.to_string()))))
+            }
+        }
+        d.deserialize_any(V)
     }
+}
+
+/// A line's JSON object, or why it is not one.
+fn parse_record(line: &str) -> std::result::Result<Record<'_>, String> {
+    struct Obj<'a>(Record<'a>);
+    impl<'de> serde::Deserialize<'de> for Obj<'de> {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+            struct V;
+            impl<'de> serde::de::Visitor<'de> for V {
+                type Value = Obj<'de>;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a JSON object")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> std::result::Result<Self::Value, A::Error> {
+                    let mut out: Record<'de> = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                    while let Some((k, v)) = map.next_entry::<Cow<'de, str>, FieldText<'de>>()? {
+                        out.push((k, v.0));
+                    }
+                    Ok(Obj(out))
+                }
+            }
+            d.deserialize_map(V)
+        }
+    }
+    // Not an object at all (a number, a list): say so, as before.
+    let first = line.trim_start().as_bytes().first().copied();
+    if first != Some(b'{') {
+        return match serde_json::from_str::<serde_json::Value>(line) {
+            Ok(_) => Err("not a JSON object".into()),
+            Err(e) => Err(format!("invalid JSON: {e}")),
+        };
+    }
+    let mut rec = serde_json::from_str::<Obj>(line)
+        .map_err(|e| format!("invalid JSON: {e}"))?
+        .0;
+    // Keys in order, the last value of a repeated key (as a JSON map reads them).
+    rec.reverse();
+    rec.sort_by(|a, b| a.0.cmp(&b.0));
+    rec.dedup_by(|a, b| a.0 == b.0);
+    Ok(rec)
 }
 
 fn parse_ndjson(text: &str, file: &str, batch_rows: usize) -> Vec<Chunk> {
     let mut chunks = vec![];
-    let mut pending: Vec<(usize, &str, serde_json::Map<String, serde_json::Value>)> = vec![];
+    let mut pending: Vec<(usize, &str, Record<'_>)> = vec![];
     let mut rejects = vec![];
-    let flush = |pending: &mut Vec<(usize, &str, serde_json::Map<String, serde_json::Value>)>,
+    let flush = |pending: &mut Vec<(usize, &str, Record<'_>)>,
                  rejects: &mut Vec<ParseReject>,
                  chunks: &mut Vec<Chunk>|
      -> Result<()> {
         let mut names: Vec<String> = vec![];
-        let mut index = std::collections::HashMap::new();
-        for (_, _, obj) in pending.iter() {
-            for k in obj.keys() {
-                let name = column_name(k, names.len());
-                if !index.contains_key(k) {
+        let mut index: std::collections::HashMap<&str, Option<usize>> =
+            std::collections::HashMap::new();
+        for (_, _, rec) in pending.iter() {
+            for (k, _) in rec {
+                if !index.contains_key(k.as_ref()) {
+                    let name = column_name(k, names.len());
                     if names.contains(&name) {
-                        index.insert(k.clone(), names.iter().position(|n| *n == name));
+                        index.insert(k.as_ref(), names.iter().position(|n| *n == name));
                     } else {
-                        index.insert(k.clone(), Some(names.len()));
+                        index.insert(k.as_ref(), Some(names.len()));
                         names.push(name);
                     }
                 }
             }
         }
         let mut b = ChunkBuilder::new(names.clone());
-        for (line, raw, obj) in pending.drain(..) {
-            let mut values: Vec<Option<String>> = vec![None; names.len()];
-            for (k, v) in &obj {
-                if let Some(Some(i)) = index.get(k) {
-                    values[*i] = json_text(v);
+        let mut fields: Vec<Option<&str>> = vec![None; names.len()];
+        for (line, raw, rec) in pending.iter() {
+            fields.iter_mut().for_each(|f| *f = None);
+            for (k, v) in rec {
+                if let Some(Some(i)) = index.get(k.as_ref()) {
+                    fields[*i] = v.as_deref();
                 }
             }
-            let fields: Vec<Option<&str>> = values.iter().map(|v| v.as_deref()).collect();
-            b.push(&fields, format!("{file}:{line}"), raw, line as i64 - 1);
+            b.push(&fields, format!("{file}:{line}"), raw, *line as i64 - 1);
         }
         b.rejects = std::mem::take(rejects);
         chunks.push(b.finish(chunks.len())?);
@@ -387,22 +498,18 @@ fn parse_ndjson(text: &str, file: &str, batch_rows: usize) -> Vec<Chunk> {
         if raw.trim().is_empty() {
             continue;
         }
-        match serde_json::from_str::<serde_json::Value>(raw) {
-            Ok(serde_json::Value::Object(obj)) => pending.push((i + 1, raw, obj)),
-            Ok(_) => rejects.push(ParseReject {
+        match parse_record(raw) {
+            Ok(rec) => pending.push((i + 1, raw, rec)),
+            Err(reason) => rejects.push(ParseReject {
                 location: format!("{file}:{}", i + 1),
                 raw: raw.to_string(),
-                reason: "not a JSON object".into(),
-            }),
-            Err(e) => rejects.push(ParseReject {
-                location: format!("{file}:{}", i + 1),
-                raw: raw.to_string(),
-                reason: format!("invalid JSON: {e}"),
+                reason,
             }),
         }
         if pending.len() + rejects.len() >= batch_rows {
             // Errors here are Arrow schema errors on text columns, which cannot happen.
             let _ = flush(&mut pending, &mut rejects, &mut chunks);
+            pending.clear();
         }
     }
     if !pending.is_empty() || !rejects.is_empty() || chunks.is_empty() {
@@ -414,6 +521,49 @@ fn parse_ndjson(text: &str, file: &str, batch_rows: usize) -> Vec<Chunk> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The record as `serde_json::Value` reads it (the way records were read before).
+    fn by_value(line: &str) -> std::result::Result<Vec<(String, Option<String>)>, String> {
+        match serde_json::from_str::<serde_json::Value>(line) {
+            Ok(serde_json::Value::Object(obj)) => Ok(obj
+                .into_iter()
+                .map(|(k, v)| {
+                    let t = match v {
+                        serde_json::Value::Null => None,
+                        serde_json::Value::String(s) => Some(s),
+                        other => Some(other.to_string()),
+                    };
+                    (k, t)
+                })
+                .collect()),
+            Ok(_) => Err("not a JSON object".into()),
+            Err(e) => Err(format!("invalid JSON: {e}")),
+        }
+    }
+
+    #[test]
+    fn records_read_as_serde_json_values_read_them() {
+        let lines = [
+            r#"{"b":"x","a":1,"c":-2.50,"d":1e3,"e":true,"f":null,"g":[1,"two",{"h":3}],"i":{"j":[]}}"#,
+            r#"{"s":"tab\tquote\"uni\u00e9\ud83d\ude00","t":"plain","k":"dup1","k":"dup2"}"#,
+            r#"{"n":18446744073709551615,"m":-9223372036854775808,"f":0.1,"z":-0.0,"big":1.7976931348623157e308}"#,
+            r#"  {"spaced" : "yes" }  "#,
+            r#"{}"#,
+            r#"[1,2]"#,
+            r#"42"#,
+            r#"{"truncated": "ab"#,
+            r#"{"a":1,}"#,
+            r#"not json"#,
+        ];
+        for line in lines {
+            let ours = parse_record(line).map(|r| {
+                r.into_iter()
+                    .map(|(k, v)| (k.into_owned(), v.map(Cow::into_owned)))
+                    .collect::<Vec<_>>()
+            });
+            assert_eq!(ours, by_value(line), "{line}");
+        }
+    }
     use datafusion::arrow::array::{Array, AsArray};
 
     fn csv_format() -> Format {
