@@ -199,7 +199,10 @@ fn read(text: &str, tokens: &[Token]) -> std::result::Result<Read, (String, bool
                     Field::Minute => r.minute = Some(v32),
                     Field::Second => r.second = Some(v32),
                     Field::Millis => {
-                        r.micros = Some(v32.saturating_mul(10u32.pow(3 - n.min(3) as u32)) * 1000)
+                        r.micros = Some(
+                            v32.saturating_mul(10u32.pow(3 - n.min(3) as u32))
+                                .saturating_mul(1000),
+                        )
                     }
                     Field::Micros => {
                         r.micros = Some(v32.saturating_mul(10u32.pow(6 - n.min(6) as u32)))
@@ -517,5 +520,15 @@ mod tests {
                 .is_err()
         );
         assert!(read("x2026", &parse_template("YYYY")).is_err());
+        // Too many digits: an error, never an overflow.
+        for (text, t) in [
+            ("10:00:00.99999999999", "HH24:MI:SS.MS"),
+            ("10:00:00.99999999999", "HH24:MI:SS.US"),
+            ("99999999999999-01-01", "YYYY-MM-DD"),
+            ("2026-01-01 99999999999:00", "YYYY-MM-DD HH24:MI"),
+        ] {
+            let r = read(text, &parse_template(t));
+            assert!(r.is_err() || r.unwrap().wall().is_err(), "{text}");
+        }
     }
 }
