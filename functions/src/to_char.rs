@@ -9,7 +9,10 @@ use std::sync::Arc;
 use chrono::{DateTime, Datelike, NaiveDateTime, Offset, TimeZone, Timelike};
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, StringArray};
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, TimeUnit, TimestampMicrosecondType};
+use datafusion::arrow::datatypes::{
+    DataType, DurationNanosecondType, IntervalMonthDayNanoType, IntervalUnit, TimeUnit,
+    TimestampMicrosecondType,
+};
 use datafusion::error::Result;
 use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
@@ -409,22 +412,79 @@ fn pad_name(s: String, long: bool, fill: bool) -> String {
     if long && !fill { format!("{s:<9}") } else { s }
 }
 
+/// A number field: zero-padded to its width (after a minus sign), or as it is in fill
+/// mode; with its ordinal suffix.
+fn push_number(out: &mut String, v: i64, width: usize, tok: &Token) {
+    if tok.fill {
+        out.push_str(&v.to_string());
+    } else if v < 0 {
+        out.push_str(&format!("-{:0width$}", v.unsigned_abs()));
+    } else {
+        out.push_str(&format!("{v:0width$}"));
+    }
+    if let Some(case) = tok.ordinal {
+        out.push_str(&ordinal_suffix(v, case));
+    }
+}
+
+/// An interval's fields: months, days, and the time part in nanoseconds.
+struct Span {
+    months: i64,
+    days: i64,
+    nanos: i64,
+}
+
+/// Format an interval as PostgreSQL does: the numeric fields of its parts (hours may pass
+/// 24, a negative part keeps its sign); other patterns are an error.
+fn format_span(sp: &Span, tokens: &[Token]) -> Result<String> {
+    let mut out = String::new();
+    let secs = sp.nanos / 1_000_000_000;
+    let frac = sp.nanos % 1_000_000_000;
+    for tok in tokens {
+        match &tok.part {
+            Part::Text(s) => out.push_str(s),
+            Part::Number(f, width) => {
+                let v = match f {
+                    Field::Year => sp.months / 12,
+                    Field::Month => sp.months % 12,
+                    Field::Day => sp.days,
+                    Field::Hour24 => secs / 3600,
+                    Field::Hour12 => match (secs / 3600) % 12 {
+                        0 => 12,
+                        h => h,
+                    },
+                    Field::Minute => secs / 60 % 60,
+                    Field::Second => secs % 60,
+                    Field::SecondsOfDay => secs,
+                    Field::Millis => frac / 1_000_000,
+                    Field::Micros => frac / 1_000,
+                    Field::Fraction(d) => frac / 10i64.pow(9 - d),
+                    _ => return Err(interval_pattern()),
+                };
+                push_number(&mut out, v, *width, tok);
+            }
+            _ => return Err(interval_pattern()),
+        }
+    }
+    Ok(out)
+}
+
+fn interval_pattern() -> datafusion::error::DataFusionError {
+    crate::error::bad_datetime(
+        NAME,
+        "invalid format specification for an interval value (intervals are not tied to \
+         calendar dates: use numeric fields such as HH24, MI, SS, DD, MM, YYYY)",
+        false,
+    )
+}
+
 fn format_moment(m: &Moment, tokens: &[Token]) -> String {
     let mut out = String::new();
     for tok in tokens {
         match &tok.part {
             Part::Text(s) => out.push_str(s),
             Part::Number(f, width) => {
-                let v = number(m, *f);
-                let s = if tok.fill || v < 0 {
-                    v.to_string()
-                } else {
-                    format!("{v:0width$}")
-                };
-                out.push_str(&s);
-                if let Some(case) = tok.ordinal {
-                    out.push_str(&ordinal_suffix(v, case));
-                }
+                push_number(&mut out, number(m, *f), *width, tok);
             }
             Part::MonthName(case, long) => {
                 let name = MONTHS[m.t.month0() as usize];
@@ -857,10 +917,12 @@ impl ScalarUDFImpl for ToChar {
                 DataType::Timestamp(TimeUnit::Microsecond, None)
             }
             t if t.is_numeric() => DataType::Float64,
+            DataType::Interval(_) => DataType::Interval(IntervalUnit::MonthDayNano),
+            DataType::Duration(_) => DataType::Duration(TimeUnit::Nanosecond),
             t => {
                 return Err(invalid(
                     NAME,
-                    format!("formats a timestamp, date or number, not {t}"),
+                    format!("formats a timestamp, date, interval or number, not {t}"),
                 ));
             }
         };
@@ -908,6 +970,46 @@ impl ScalarUDFImpl for ToChar {
                         Some(z) => zone_moment(ts.value(i), z.as_str())?,
                     };
                     b.push(Some(format_moment(&m, tokens)));
+                }
+                StringArray::from(b)
+            }
+            DataType::Interval(_) | DataType::Duration(_) => {
+                let spans: Vec<Option<Span>> = match values.data_type() {
+                    DataType::Interval(_) => values
+                        .as_primitive::<IntervalMonthDayNanoType>()
+                        .iter()
+                        .map(|v| {
+                            v.map(|i| Span {
+                                months: i64::from(i.months),
+                                days: i64::from(i.days),
+                                nanos: i.nanoseconds,
+                            })
+                        })
+                        .collect(),
+                    _ => values
+                        .as_primitive::<DurationNanosecondType>()
+                        .iter()
+                        .map(|v| {
+                            v.map(|n| Span {
+                                months: 0,
+                                days: 0,
+                                nanos: n,
+                            })
+                        })
+                        .collect(),
+                };
+                let mut b = Vec::with_capacity(spans.len());
+                for (i, sp) in spans.iter().enumerate() {
+                    let (Some(sp), true) = (sp, templates.is_valid(i)) else {
+                        b.push(None);
+                        continue;
+                    };
+                    let text = templates.value(i);
+                    if parsed.as_ref().is_none_or(|(t, _)| t != text) {
+                        parsed = Some((text.to_string(), parse_template(text)));
+                    }
+                    let tokens = parsed.as_ref().map_or(&[][..], |(_, p)| p.as_slice());
+                    b.push(Some(format_span(sp, tokens)?));
                 }
                 StringArray::from(b)
             }

@@ -369,3 +369,73 @@ async fn to_timestamp_and_to_date_match_postgresql() {
     assert!(compared > 20_000, "{compared}");
     println!("to_timestamp/to_date: {compared} texts x templates read as PostgreSQL reads them");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn to_char_of_intervals_matches_postgresql() {
+    let pg = Postgres::start();
+    let (src, conn) = tokio_postgres::connect(&pg.conn(), tokio_postgres::NoTls)
+        .await
+        .expect("connect to PostgreSQL");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path());
+    let ours = srv.connect().await;
+    let mut rng = Lcg(23);
+    let mut spans: Vec<String> = [
+        "25 hours 3 minutes 4.5 seconds",
+        "1 day 2 hours",
+        "15 months 3 days",
+        "-2 hours -30 minutes",
+        "0 seconds",
+        "100 hours",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for _ in 0..60 {
+        let sign = if rng.next().is_multiple_of(4) {
+            "-"
+        } else {
+            ""
+        };
+        spans.push(format!(
+            "{} months {} days {sign}{} hours {} minutes {}.{:06} seconds",
+            rng.next() % 30,
+            rng.next() % 40,
+            rng.next() % 120,
+            rng.next() % 60,
+            rng.next() % 60,
+            rng.next() % 1_000_000
+        ));
+    }
+    let iv = values(&spans, true);
+    let mut compared = 0;
+    for t in [
+        "HH24:MI:SS",
+        "HH:MI:SS",
+        "HH12:MI",
+        "DD HH24",
+        "YYYY-MM-DD",
+        "MS US FF3",
+        "SSSS",
+        "FMHH24:MI",
+        "HH24\"h\"MI\"m\"",
+    ] {
+        let sql = format!(
+            "SELECT to_char(CAST(v AS interval), '{t}') FROM (VALUES {iv}) AS x(i, v) ORDER BY i"
+        );
+        let (want, got) = (rows(&src, &sql).await, rows(&ours, &sql).await);
+        for (k, (w, g)) in want.iter().zip(&got).enumerate() {
+            assert_eq!(g, w, "to_char(interval '{}', '{t}')", spans[k]);
+        }
+        compared += want.len();
+    }
+    // Names have no meaning for an interval: the same error as PostgreSQL's.
+    let sql = "SELECT to_char(CAST('1 day' AS interval), 'Mon')";
+    let e = ours.query_one(sql, &[]).await.unwrap_err();
+    let pe = src.query_one(sql, &[]).await.unwrap_err();
+    assert_eq!(e.code(), pe.code(), "{e} / {pe}");
+    println!("to_char(interval): {compared} intervals x templates equal PostgreSQL's");
+}
