@@ -258,6 +258,12 @@ pub struct Clause {
     order_by: Vec<ast::OrderByExpr>,
     measures: Vec<ast::Measure>,
     all_rows: bool,
+    /// ALL ROWS PER MATCH SHOW EMPTY MATCHES (or WITH UNMATCHED ROWS): an empty match is
+    /// a row too.
+    show_empty: bool,
+    /// ALL ROWS PER MATCH WITH UNMATCHED ROWS: rows in no match are output, with NULL
+    /// measures.
+    unmatched: bool,
     skip: AfterMatchSkip,
     pattern: MatchRecognizePattern,
     /// Symbol names as written, and their DEFINE conditions.
@@ -282,12 +288,15 @@ impl Clause {
         else {
             return Err(MatchError::Invalid("not a MATCH_RECOGNIZE clause".into()));
         };
-        let all_rows = match rows_per_match {
-            None | Some(RowsPerMatch::OneRow) => false,
+        let (all_rows, show_empty, unmatched) = match rows_per_match {
+            None | Some(RowsPerMatch::OneRow) => (false, false, false),
             Some(RowsPerMatch::AllRows(None))
-            | Some(RowsPerMatch::AllRows(Some(ast::EmptyMatchesMode::Omit))) => true,
-            Some(RowsPerMatch::AllRows(Some(m))) => {
-                return Err(MatchError::NotSupported(format!("ALL ROWS PER MATCH {m}")));
+            | Some(RowsPerMatch::AllRows(Some(ast::EmptyMatchesMode::Omit))) => {
+                (true, false, false)
+            }
+            Some(RowsPerMatch::AllRows(Some(ast::EmptyMatchesMode::Show))) => (true, true, false),
+            Some(RowsPerMatch::AllRows(Some(ast::EmptyMatchesMode::WithUnmatched))) => {
+                (true, true, true)
             }
         };
         let mut names: Vec<Ident> = vec![];
@@ -325,6 +334,8 @@ impl Clause {
             order_by,
             measures,
             all_rows,
+            show_empty,
+            unmatched,
             skip: after_match_skip.unwrap_or(AfterMatchSkip::PastLastRow),
             pattern,
             symbols,
@@ -712,11 +723,15 @@ enum Prim {
     MatchNumber,
 }
 
-/// One match: partition offset, its number, and its labelled rows.
+/// One match: partition offset, its number, and its labelled rows; or (with `unmatched`)
+/// a row in no match, which gets NULL measures.
 struct Found {
     base: usize,
     number: i64,
     labels: Vec<Label>,
+    /// The row (in the partition) the match started at.
+    start: usize,
+    unmatched: bool,
 }
 
 /// Run a clause over its evaluated input; returns the replacement table and the derived
@@ -844,8 +859,38 @@ pub fn run(
                 base: range.start,
                 number,
                 labels,
+                start,
+                unmatched: false,
             });
             start = next;
+        }
+        if clause.unmatched {
+            // The partition's rows that no match covers.
+            let from = found
+                .iter()
+                .position(|f| f.base == range.start)
+                .unwrap_or(found.len());
+            let mut covered = vec![false; part.len()];
+            for f in &found[from..] {
+                for l in &f.labels {
+                    covered[l.0] = true;
+                }
+                // An empty match is shown at its row, which is then not unmatched.
+                if f.labels.is_empty() {
+                    covered[f.start] = true;
+                }
+            }
+            for (row, c) in covered.into_iter().enumerate() {
+                if !c {
+                    found.push(Found {
+                        base: range.start,
+                        number: 0,
+                        labels: vec![],
+                        start: row,
+                        unmatched: true,
+                    });
+                }
+            }
         }
     }
     // Measures: building blocks become hidden columns, the expressions read them.
@@ -869,6 +914,10 @@ pub fn run(
     let mut out_rows: Vec<(usize, usize)> = vec![]; // (match, labels prefix length)
     for (k, f) in found.iter().enumerate() {
         if clause.all_rows {
+            if f.labels.is_empty() && (f.unmatched || clause.show_empty) {
+                // An empty match or an unmatched row: its starting row, once.
+                out_rows.push((k, 0));
+            }
             for (i, l) in f.labels.iter().enumerate() {
                 if !l.2 {
                     out_rows.push((k, i + 1));
@@ -886,7 +935,11 @@ pub fn run(
             .iter()
             .map(|(k, len)| {
                 let f = &found[*k];
-                Some((f.base + f.labels[len - 1].0) as u32)
+                let row = match len {
+                    0 => f.start,
+                    _ => f.labels[len - 1].0,
+                };
+                Some((f.base + row) as u32)
             })
             .collect();
         for &c in &input_cols {
@@ -1180,6 +1233,9 @@ fn prim_column(
             let counts: Int64Array = out_rows
                 .iter()
                 .map(|(k, len)| {
+                    if found[*k].unmatched {
+                        return None;
+                    }
                     let r = rows_of(*k, *len, *s);
                     Some(match c {
                         None => r.len() as i64,
@@ -1225,11 +1281,12 @@ fn prim_column(
             let col = batch.column(*c);
             let values = take(col, &UInt32Array::from(flat), None)?;
             let item = Arc::new(Field::new_list_field(col.data_type().clone(), true));
+            let valid: Vec<bool> = out_rows.iter().map(|(k, _)| !found[*k].unmatched).collect();
             let list = ListArray::try_new(
                 item.clone(),
                 OffsetBuffer::from_lengths(lengths),
                 values,
-                None,
+                Some(valid.into()),
             )?;
             Ok((
                 Field::new(&name, DataType::List(item), true),
@@ -1251,7 +1308,7 @@ fn prim_column(
         Prim::MatchNumber => {
             let out: Int64Array = out_rows
                 .iter()
-                .map(|(k, _)| Some(found[*k].number))
+                .map(|(k, _)| (!found[*k].unmatched).then_some(found[*k].number))
                 .collect();
             Ok((Field::new(&name, DataType::Int64, true), Arc::new(out)))
         }

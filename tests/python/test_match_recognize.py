@@ -84,13 +84,43 @@ def test_reluctant_quantifiers(conn):
     assert conn.execute("SELECT 1").fetchone()[0] == 1
 
 
+def test_empty_matches_and_unmatched_rows(conn):
+    # DOWN+ over a: 10 8 6 7 9 5 4 6 and b: 3 2 4 (DOWN: a fall from the row before).
+    q = """SELECT sym, day, m, c, n, CAST(s AS bigint) AS s FROM public.ticker MATCH_RECOGNIZE (
+             PARTITION BY sym ORDER BY day
+             MEASURES MATCH_NUMBER() AS m, CLASSIFIER() AS c, COUNT(*) AS n, SUM(price) AS s
+             ALL ROWS PER MATCH {mode} PATTERN ({pattern}) DEFINE DOWN AS price < PREV(price))
+           ORDER BY sym, day, m"""
+    rows = conn.execute(q.format(mode="WITH UNMATCHED ROWS", pattern="DOWN+")).fetchall()
+    assert rows == [("a", 1, None, None, None, None), ("a", 2, 1, "DOWN", 1, 8), ("a", 3, 1, "DOWN", 2, 14),
+                    ("a", 4, None, None, None, None), ("a", 5, None, None, None, None), ("a", 6, 2, "DOWN", 1, 5),
+                    ("a", 7, 2, "DOWN", 2, 9), ("a", 8, None, None, None, None),
+                    ("b", 1, None, None, None, None), ("b", 2, 1, "DOWN", 1, 2), ("b", 3, None, None, None, None)]
+    nulls = conn.execute("""SELECT count(*) FROM public.ticker MATCH_RECOGNIZE (
+             PARTITION BY sym ORDER BY day MEASURES ARRAY_AGG(price) AS a
+             ALL ROWS PER MATCH WITH UNMATCHED ROWS PATTERN (DOWN+) DEFINE DOWN AS price < PREV(price))
+           WHERE a IS NULL""").fetchone()[0]
+    assert nulls == 6
+    # DOWN* matches empty where no fall starts: SHOW EMPTY MATCHES gives those as rows with
+    # COUNT 0, OMIT (the default) leaves them out; both number them.
+    shown = conn.execute(q.format(mode="SHOW EMPTY MATCHES", pattern="DOWN*")).fetchall()
+    assert [r for r in shown if r[0] == "a"] == [
+        ("a", 1, 1, None, 0, None), ("a", 2, 2, "DOWN", 1, 8), ("a", 3, 2, "DOWN", 2, 14),
+        ("a", 4, 3, None, 0, None), ("a", 5, 4, None, 0, None), ("a", 6, 5, "DOWN", 1, 5),
+        ("a", 7, 5, "DOWN", 2, 9), ("a", 8, 6, None, 0, None)]
+    omitted = conn.execute(q.format(mode="OMIT EMPTY MATCHES", pattern="DOWN*")).fetchall()
+    assert omitted == [r for r in shown if r[4]]
+    # WITH UNMATCHED ROWS shows empty matches too, and then no row is unmatched.
+    assert conn.execute(q.format(mode="WITH UNMATCHED ROWS", pattern="DOWN*")).fetchall() == shown
+
+
 def test_errors_keep_the_connection(conn):
     cases = [
         ("SELECT * FROM public.ticker MATCH_RECOGNIZE (ORDER BY day MEASURES LAST(zzz) AS q PATTERN (A) DEFINE A AS true)",
          psycopg.errors.UndefinedColumn),
         ("SELECT * FROM public.ticker MATCH_RECOGNIZE (ORDER BY day PATTERN (A) )", psycopg.errors.SyntaxError),
-        ("SELECT * FROM public.ticker MATCH_RECOGNIZE (ORDER BY day MEASURES COUNT(*) AS n ALL ROWS PER MATCH "
-         "WITH UNMATCHED ROWS PATTERN (A) DEFINE A AS true)", psycopg.errors.FeatureNotSupported),
+        ("SELECT * FROM public.ticker MATCH_RECOGNIZE (PARTITION BY sym || 'x' ORDER BY day MEASURES COUNT(*) AS n "
+         "PATTERN (A) DEFINE A AS true)", psycopg.errors.FeatureNotSupported),
         ("SELECT * FROM public.ticker MATCH_RECOGNIZE (PARTITION BY sym ORDER BY day MEASURES COUNT(*) AS n "
          "AFTER MATCH SKIP TO FIRST A PATTERN (A B*) DEFINE B AS true)", psycopg.errors.InvalidParameterValue),
         ("SELECT * FROM public.ticker MATCH_RECOGNIZE (ORDER BY day PATTERN (A) DEFINE Z AS true)",
