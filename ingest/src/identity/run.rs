@@ -232,7 +232,18 @@ pub async fn run(lake: &Lake, config: &Config) -> Result<IdentitySummary> {
     } else {
         "full"
     };
-    let res = graph::resolve_with(&work.graph, config, &rules, &work.pre_guarded);
+    // The resolution is seconds of CPU at a million persons: on a blocking thread, so the
+    // server's async workers keep answering other connections meanwhile.
+    let (work, res) = {
+        let config = config.clone();
+        let rules = rules.clone();
+        tokio::task::spawn_blocking(move || {
+            let res = graph::resolve_with(&work.graph, &config, &rules, &work.pre_guarded);
+            (work, res)
+        })
+        .await
+        .map_err(|e| IngestError::Read(format!("identity resolution failed: {e}")))?
+    };
     phases.mark("resolve");
     // A person id outlives its anchor (a merged person keeps the survivor's id), so a new
     // person's anchor can hash to the id of a person outside an incremental run: such ids
