@@ -128,8 +128,6 @@ struct Config {
     /// One funnel per value of the key argument.
     hold: bool,
     breakdown: Option<Breakdown>,
-    /// Arguments after the options (the key, the breakdown value).
-    extras: usize,
 }
 
 /// Where a call's arguments are: `conditions` condition columns after the window and the
@@ -325,7 +323,6 @@ impl Config {
             time_type: types[1].clone(),
             hold: false,
             breakdown: None,
-            extras: layout.extras,
         };
         c.parse(&text)?;
         if c.entry == Entry::OptimizedReentry && (c.unordered || c.optional.contains(&true)) {
@@ -1309,7 +1306,7 @@ fn groups(args: &AccumulatorArgs, totals: bool) -> Result<EventGroups> {
         drop_null_rows: false,
         keep_unmatched: c.strict,
     };
-    let tag_columns: Vec<usize> = (0..c.extras).map(|j| 3 + c.conditions + j).collect();
+    let tag_columns: Vec<usize> = (0..c.tags()).map(|j| 3 + c.conditions + j).collect();
     Ok(EventGroups::tagged(
         if totals { ATTEMPTS } else { NAME },
         keep,

@@ -269,10 +269,6 @@ impl EventGroups {
             }
         }
     }
-
-    fn tag_state(&self) -> usize {
-        self.tag_columns.len()
-    }
 }
 
 impl GroupsAccumulator for EventGroups {
@@ -321,7 +317,7 @@ impl GroupsAccumulator for EventGroups {
     fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
         let buffers = emit_to.take_needed(&mut self.buffers);
         let _ = emit_to.take_needed(&mut self.next);
-        let k = self.tag_state();
+        let k = self.tag_columns.len();
         let tags = if k == 0 {
             vec![]
         } else {
@@ -340,7 +336,7 @@ impl GroupsAccumulator for EventGroups {
         total_num_groups: usize,
     ) -> Result<()> {
         self.grow(total_num_groups);
-        let k = self.tag_state();
+        let k = self.tag_columns.len();
         for (row, &g) in group_indices.iter().enumerate() {
             merge_state_row(values, row, &mut self.buffers[g], &mut self.next[g]);
             if k > 0 && !values[0].is_null(row) {
@@ -357,7 +353,7 @@ impl GroupsAccumulator for EventGroups {
     ) -> Result<Vec<ArrayRef>> {
         // One state per input row: a list of its event, or an empty list.
         let arrays = tag_arrays(values, &self.tag_columns)?;
-        let k = self.tag_state();
+        let k = self.tag_columns.len();
         let mut tags: Vec<Tags> = vec![];
         let rows: Vec<Vec<Event>> = batch_events(self.name, values, self.keep)?
             .into_iter()

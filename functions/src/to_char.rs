@@ -896,6 +896,32 @@ fn format_number(v: f64, t: &NumTemplate) -> String {
     out
 }
 
+/// `format(row, template)` for each row whose value (`valid`) and template are not NULL;
+/// a template text is parsed once for a run of rows that give it (usually all of them).
+fn per_row<T>(
+    templates: &StringArray,
+    valid: impl Fn(usize) -> bool,
+    parse: impl Fn(&str) -> Result<T>,
+    mut format: impl FnMut(usize, &T) -> Result<String>,
+) -> Result<StringArray> {
+    let mut parsed: Option<(&str, T)> = None;
+    let mut out = Vec::with_capacity(templates.len());
+    for i in 0..templates.len() {
+        if !valid(i) || templates.is_null(i) {
+            out.push(None);
+            continue;
+        }
+        let text = templates.value(i);
+        let template = match parsed.take() {
+            Some((t, p)) if t == text => (t, p),
+            _ => (text, parse(text)?),
+        };
+        out.push(Some(format(i, &template.1)?));
+        parsed = Some(template);
+    }
+    Ok(StringArray::from(out))
+}
+
 fn text_of(a: &ArrayRef) -> Result<StringArray> {
     Ok(cast(a, &DataType::Utf8)?.as_string::<i32>().clone())
 }
@@ -939,8 +965,6 @@ impl ScalarUDFImpl for ToChar {
         let n = args.number_rows;
         let values = args.args[0].to_array(n)?;
         let templates = text_of(&args.args[1].to_array(n)?)?;
-        // One parsed template per distinct text (usually one).
-        let mut parsed: Option<(String, Vec<Token>)> = None;
         let out: StringArray = match values.data_type() {
             DataType::Timestamp(_, tz) => {
                 // A timestamptz shows in the session's zone, as in PostgreSQL.
@@ -949,29 +973,23 @@ impl ScalarUDFImpl for ToChar {
                     .as_ref()
                     .map(|z| session.unwrap_or_else(|| z.to_string()));
                 let ts = values.as_primitive::<TimestampMicrosecondType>();
-                let mut b = Vec::with_capacity(ts.len());
-                for i in 0..ts.len() {
-                    if ts.is_null(i) || templates.is_null(i) {
-                        b.push(None);
-                        continue;
-                    }
-                    let text = templates.value(i);
-                    if parsed.as_ref().is_none_or(|(t, _)| t != text) {
-                        parsed = Some((text.to_string(), parse_template(text)));
-                    }
-                    let tokens = parsed.as_ref().map_or(&[][..], |(_, p)| p.as_slice());
-                    let m = match &tz {
-                        None => Moment {
-                            t: DateTime::from_timestamp_micros(ts.value(i))
-                                .ok_or_else(|| invalid(NAME, "timestamp out of range"))?
-                                .naive_utc(),
-                            zone: None,
-                        },
-                        Some(z) => zone_moment(ts.value(i), z.as_str())?,
-                    };
-                    b.push(Some(format_moment(&m, tokens)));
-                }
-                StringArray::from(b)
+                per_row(
+                    &templates,
+                    |i| ts.is_valid(i),
+                    |t| Ok(parse_template(t)),
+                    |i, tokens| {
+                        let m = match &tz {
+                            None => Moment {
+                                t: DateTime::from_timestamp_micros(ts.value(i))
+                                    .ok_or_else(|| invalid(NAME, "timestamp out of range"))?
+                                    .naive_utc(),
+                                zone: None,
+                            },
+                            Some(z) => zone_moment(ts.value(i), z.as_str())?,
+                        };
+                        Ok(format_moment(&m, tokens))
+                    },
+                )?
             }
             DataType::Interval(_) | DataType::Duration(_) => {
                 let spans: Vec<Option<Span>> = match values.data_type() {
@@ -998,39 +1016,24 @@ impl ScalarUDFImpl for ToChar {
                         })
                         .collect(),
                 };
-                let mut b = Vec::with_capacity(spans.len());
-                for (i, sp) in spans.iter().enumerate() {
-                    let (Some(sp), true) = (sp, templates.is_valid(i)) else {
-                        b.push(None);
-                        continue;
-                    };
-                    let text = templates.value(i);
-                    if parsed.as_ref().is_none_or(|(t, _)| t != text) {
-                        parsed = Some((text.to_string(), parse_template(text)));
-                    }
-                    let tokens = parsed.as_ref().map_or(&[][..], |(_, p)| p.as_slice());
-                    b.push(Some(format_span(sp, tokens)?));
-                }
-                StringArray::from(b)
+                per_row(
+                    &templates,
+                    |i| spans[i].is_some(),
+                    |t| Ok(parse_template(t)),
+                    |i, tokens| match &spans[i] {
+                        Some(sp) => format_span(sp, tokens),
+                        None => Ok(String::new()),
+                    },
+                )?
             }
             DataType::Float64 => {
                 let v = values.as_primitive::<datafusion::arrow::datatypes::Float64Type>();
-                let mut parsed: Option<(String, NumTemplate)> = None;
-                let mut b = Vec::with_capacity(v.len());
-                for i in 0..v.len() {
-                    if v.is_null(i) || templates.is_null(i) {
-                        b.push(None);
-                        continue;
-                    }
-                    let text = templates.value(i);
-                    if parsed.as_ref().is_none_or(|(t, _)| t != text) {
-                        parsed = Some((text.to_string(), parse_number_template(text)?));
-                    }
-                    if let Some((_, t)) = &parsed {
-                        b.push(Some(format_number(v.value(i), t)));
-                    }
-                }
-                StringArray::from(b)
+                per_row(
+                    &templates,
+                    |i| v.is_valid(i),
+                    parse_number_template,
+                    |i, t| Ok(format_number(v.value(i), t)),
+                )?
             }
             t => {
                 return Err(invalid(

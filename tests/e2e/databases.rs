@@ -84,6 +84,17 @@ impl Postgres {
         pg
     }
 
+    /// A client of the cluster (its connection runs on a task of its own).
+    pub(crate) async fn client(&self) -> tokio_postgres::Client {
+        let (client, conn) = tokio_postgres::connect(&self.conn(), tokio_postgres::NoTls)
+            .await
+            .expect("connect to PostgreSQL");
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        client
+    }
+
     pub(crate) fn conn(&self) -> String {
         format!(
             "host=127.0.0.1 port={} user=postgres dbname=postgres",
@@ -115,12 +126,7 @@ fn is_root() -> bool {
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_table_pulled_incrementally() {
     let pg = Postgres::start();
-    let (src, conn) = tokio_postgres::connect(&pg.conn(), tokio_postgres::NoTls)
-        .await
-        .expect("connect to the source PostgreSQL");
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
+    let src = pg.client().await;
     src.batch_execute(
         "CREATE SCHEMA crm;
          CREATE TABLE crm.contacts (id int PRIMARY KEY, mobile text, email text, kind text,

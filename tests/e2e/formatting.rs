@@ -6,6 +6,32 @@ use touchlake_tests::Server;
 
 use crate::databases::Postgres;
 
+/// A real PostgreSQL and a Touchlake server, a client of each.
+struct Both {
+    _cluster: Postgres,
+    _lake: tempfile::TempDir,
+    _server: Server,
+    pg: tokio_postgres::Client,
+    ours: tokio_postgres::Client,
+}
+
+impl Both {
+    async fn start() -> Both {
+        let cluster = Postgres::start();
+        let pg = cluster.client().await;
+        let lake = tempfile::tempdir().unwrap();
+        let server = Server::start(lake.path());
+        let ours = server.connect().await;
+        Both {
+            _cluster: cluster,
+            _lake: lake,
+            _server: server,
+            pg,
+            ours,
+        }
+    }
+}
+
 /// A small deterministic generator (no dependency on a random crate's stream).
 struct Lcg(u64);
 
@@ -186,17 +212,9 @@ fn values(items: &[String], quote: bool) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn to_char_matches_postgresql() {
-    let pg = Postgres::start();
-    let (src, conn) = tokio_postgres::connect(&pg.conn(), tokio_postgres::NoTls)
-        .await
-        .expect("connect to PostgreSQL");
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
+    let both = Both::start().await;
+    let (src, ours) = (&both.pg, &both.ours);
     src.batch_execute("SET TimeZone = 'UTC'").await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let srv = Server::start(dir.path());
-    let ours = srv.connect().await;
 
     let ts = values(&timestamps(), true);
     let mut compared = 0;
@@ -209,7 +227,7 @@ async fn to_char_matches_postgresql() {
             let sql = format!(
                 "SELECT to_char(CAST(v AS {cast}), '{t}') FROM (VALUES {ts}) AS x(i, v) ORDER BY i"
             );
-            let (want, got) = (rows(&src, &sql).await, rows(&ours, &sql).await);
+            let (want, got) = (rows(src, &sql).await, rows(ours, &sql).await);
             for (k, (w, g)) in want.iter().zip(&got).enumerate() {
                 assert_eq!(g, w, "to_char({cast} '{}', '{t}')", timestamps()[k]);
             }
@@ -219,7 +237,7 @@ async fn to_char_matches_postgresql() {
     }
     // A timestamptz shows in the session's TimeZone.
     for zone in ["Asia/Kolkata", "America/New_York"] {
-        for c in [&src, &ours] {
+        for c in [src, ours] {
             c.batch_execute(&format!("SET TimeZone = '{zone}'"))
                 .await
                 .unwrap();
@@ -228,7 +246,7 @@ async fn to_char_matches_postgresql() {
             let sql = format!(
                 "SELECT to_char(CAST(v AS timestamptz), '{t}') FROM (VALUES {ts}) AS x(i, v) ORDER BY i"
             );
-            let (want, got) = (rows(&src, &sql).await, rows(&ours, &sql).await);
+            let (want, got) = (rows(src, &sql).await, rows(ours, &sql).await);
             assert_eq!(got, want, "{zone} {t}");
             compared += want.len();
         }
@@ -240,7 +258,7 @@ async fn to_char_matches_postgresql() {
         let sql = format!(
             "SELECT to_char(CAST(v AS double precision), '{t}') FROM (VALUES {nv}) AS x(i, v) ORDER BY i"
         );
-        let (want, got) = (rows(&src, &sql).await, rows(&ours, &sql).await);
+        let (want, got) = (rows(src, &sql).await, rows(ours, &sql).await);
         for (k, (w, g)) in want.iter().zip(&got).enumerate() {
             assert_eq!(g, w, "to_char({}, '{t}')", nums[k]);
         }
@@ -279,20 +297,12 @@ const READ_TEMPLATES: &[&str] = &[
 
 #[tokio::test(flavor = "multi_thread")]
 async fn to_timestamp_and_to_date_match_postgresql() {
-    let pg = Postgres::start();
-    let (src, conn) = tokio_postgres::connect(&pg.conn(), tokio_postgres::NoTls)
-        .await
-        .expect("connect to PostgreSQL");
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let dir = tempfile::tempdir().unwrap();
-    let srv = Server::start(dir.path());
-    let ours = srv.connect().await;
+    let both = Both::start().await;
+    let (src, ours) = (&both.pg, &both.ours);
     let ts = values(&timestamps(), true);
     let mut compared = 0;
     for zone in ["UTC", "Asia/Kolkata"] {
-        for c in [&src, &ours] {
+        for c in [src, ours] {
             c.batch_execute(&format!("SET TimeZone = '{zone}'"))
                 .await
                 .unwrap();
@@ -302,7 +312,7 @@ async fn to_timestamp_and_to_date_match_postgresql() {
             // The texts: PostgreSQL's to_char of every timestamp, plus variants with other
             // separators, blanks and case.
             let texts: Vec<String> = rows(
-                &src,
+                src,
                 &format!(
                     "SELECT to_char(CAST(v AS timestamptz), '{t}') FROM (VALUES {ts}) AS x(i, v) ORDER BY i"
                 ),
@@ -332,7 +342,7 @@ async fn to_timestamp_and_to_date_match_postgresql() {
                     "SELECT CAST(to_date(v, '{t}') AS text) FROM (VALUES {tv}) AS x(i, v) ORDER BY i"
                 ),
             ] {
-                let (want, got) = (as_text(&src, &sql).await, as_text(&ours, &sql).await);
+                let (want, got) = (as_text(src, &sql).await, as_text(ours, &sql).await);
                 for (k, (w, g)) in want.iter().zip(&got).enumerate() {
                     assert_eq!(g, w, "{zone}: '{}' read as '{t}'", texts[k]);
                 }
@@ -372,16 +382,8 @@ async fn to_timestamp_and_to_date_match_postgresql() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn to_char_of_intervals_matches_postgresql() {
-    let pg = Postgres::start();
-    let (src, conn) = tokio_postgres::connect(&pg.conn(), tokio_postgres::NoTls)
-        .await
-        .expect("connect to PostgreSQL");
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let dir = tempfile::tempdir().unwrap();
-    let srv = Server::start(dir.path());
-    let ours = srv.connect().await;
+    let both = Both::start().await;
+    let (src, ours) = (&both.pg, &both.ours);
     let mut rng = Lcg(23);
     let mut spans: Vec<String> = [
         "25 hours 3 minutes 4.5 seconds",
@@ -426,7 +428,7 @@ async fn to_char_of_intervals_matches_postgresql() {
         let sql = format!(
             "SELECT to_char(CAST(v AS interval), '{t}') FROM (VALUES {iv}) AS x(i, v) ORDER BY i"
         );
-        let (want, got) = (rows(&src, &sql).await, rows(&ours, &sql).await);
+        let (want, got) = (rows(src, &sql).await, rows(ours, &sql).await);
         for (k, (w, g)) in want.iter().zip(&got).enumerate() {
             assert_eq!(g, w, "to_char(interval '{}', '{t}')", spans[k]);
         }
