@@ -38,6 +38,8 @@ use datafusion::sql::sqlparser::ast::{
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 
+mod define;
+
 /// The in-memory catalog and schema holding the matches while a statement is planned.
 pub const TEMP_CATALOG: &str = "touchlake_temp";
 const TEMP_SCHEMA: &str = "match_recognize";
@@ -67,6 +69,15 @@ pub enum MatchError {
          narrow the partitions or simplify the pattern"
     )]
     TooComplex,
+    /// A DEFINE condition combines values of types that do not go together: 42804.
+    #[error("MATCH_RECOGNIZE: {0}")]
+    Type(String),
+    /// Division by zero in a DEFINE condition: 22012.
+    #[error("MATCH_RECOGNIZE: division by zero in DEFINE")]
+    DivisionByZero,
+    /// An integer overflow in a DEFINE condition: 22003.
+    #[error("MATCH_RECOGNIZE: integer out of range in DEFINE")]
+    OutOfRange,
 }
 
 /// Does the SQL text use `MATCH_RECOGNIZE` (it needs a dialect that parses it)?
@@ -268,6 +279,11 @@ pub struct Clause {
     pattern: MatchRecognizePattern,
     /// Symbol names as written, and their DEFINE conditions.
     symbols: Vec<(Ident, Option<Expr>)>,
+    /// Per symbol: its condition when it reads the match so far (evaluated while
+    /// matching, over the leaf columns), `None` when it is a column of the input.
+    dynamic: Vec<Option<define::Cond>>,
+    /// The leaves of the dynamic conditions, computed by the input query.
+    leaves: Vec<Expr>,
     alias: Option<ast::TableAlias>,
 }
 
@@ -321,6 +337,19 @@ impl Clause {
             };
             slot.1 = Some(d.definition);
         }
+        let mut dynamic = vec![];
+        let symbol_of = |i: &Ident| symbols.iter().position(|(s, _)| key(s) == key(i));
+        let mut planner = define::Planner {
+            symbol_of: &symbol_of,
+            leaves: vec![],
+        };
+        for (k, (_, def)) in symbols.iter().enumerate() {
+            dynamic.push(match def {
+                Some(d) if planner.reads_match(d, k) => Some(planner.plan(d, k)?),
+                _ => None,
+            });
+        }
+        let leaves = planner.leaves;
         for p in &partition_by {
             if column_name(p).is_none() {
                 return Err(MatchError::NotSupported(format!(
@@ -339,6 +368,8 @@ impl Clause {
             skip: after_match_skip.unwrap_or(AfterMatchSkip::PastLastRow),
             pattern,
             symbols,
+            dynamic,
+            leaves,
             alias,
         })
     }
@@ -353,11 +384,16 @@ impl Clause {
     pub fn input_sql(&self, with: Option<&ast::With>) -> Result<String, MatchError> {
         let mut cols = vec!["*".to_string()];
         for (k, (_, def)) in self.symbols.iter().enumerate() {
-            if let Some(def) = def {
+            if let Some(def) = def
+                && self.dynamic[k].is_none()
+            {
                 let mut e = def.clone();
                 self.navigation(&mut e)?;
                 cols.push(format!("({e}) AS \"__mr_def_{k}\""));
             }
+        }
+        for (j, leaf) in self.leaves.iter().enumerate() {
+            cols.push(format!("({leaf}) AS \"__mr_dyn_{j}\""));
         }
         for (k, p) in self.partition_by.iter().enumerate() {
             cols.push(format!("{p} AS \"__mr_part_{k}\""));
@@ -408,9 +444,9 @@ impl Clause {
                                     window_frame: None,
                                 }));
                             }
-                            "first" | "last" | "classifier" | "match_number" => {
+                            "classifier" | "match_number" => {
                                 self.error = Some(MatchError::NotSupported(format!(
-                                    "{} in DEFINE (use PREV/NEXT)",
+                                    "{}() in DEFINE",
                                     name.to_uppercase()
                                 )));
                                 return ControlFlow::Break(());
@@ -653,6 +689,12 @@ struct Matcher<'a> {
     seen: Vec<u32>,
     stamp: u32,
     steps: &'a mut u64,
+    /// Per symbol: its condition when it reads the match so far.
+    dynamic: &'a [Option<define::Cond>],
+    /// The leaf columns of those conditions (whole input).
+    leaves: &'a [define::Column],
+    /// The partition's first row in the input.
+    base: usize,
 }
 
 /// A matched row: (row in the partition, symbol, excluded from output).
@@ -668,27 +710,43 @@ impl Matcher<'_> {
             self.seen.iter_mut().for_each(|s| *s = 0);
             self.stamp = 1;
         }
+        // An (instruction, row) pair explored once fails the same way again, unless a
+        // condition reads the match so far: then only cycles that consume no row are cut
+        // (more instructions than the program has without consuming a row).
+        let memo = self.dynamic.iter().all(Option::is_none);
         let mut path: Vec<Label> = vec![];
-        let mut stack: Vec<(usize, usize, usize)> = vec![(0, start, 0)];
-        while let Some((mut pc, mut pos, len)) = stack.pop() {
+        // (instruction, row, path length, instructions since a row was consumed)
+        let mut stack: Vec<(usize, usize, usize, usize)> = vec![(0, start, 0, 0)];
+        while let Some((mut pc, mut pos, len, mut idle)) = stack.pop() {
             path.truncate(len);
             loop {
                 *self.steps += 1;
                 if *self.steps > STEP_BUDGET {
                     return Err(MatchError::TooComplex);
                 }
-                let slot = pc * width + pos;
-                if self.seen[slot] == self.stamp {
-                    break;
+                if memo {
+                    let slot = pc * width + pos;
+                    if self.seen[slot] == self.stamp {
+                        break;
+                    }
+                    self.seen[slot] = self.stamp;
+                } else {
+                    idle += 1;
+                    if idle > self.prog.len() {
+                        break;
+                    }
                 }
-                self.seen[slot] = self.stamp;
                 match self.prog[pc] {
                     Inst::Match => return Ok(Some(path)),
                     Inst::Sym { symbol, excluded } => {
-                        if pos < n && self.rows[pos] & (1 << symbol) != 0 {
+                        if pos < n
+                            && self.rows[pos] & (1 << symbol) != 0
+                            && self.holds(symbol, &path, pos)?
+                        {
                             path.push((pos, symbol, excluded));
                             pc += 1;
                             pos += 1;
+                            idle = 0;
                         } else {
                             break;
                         }
@@ -698,7 +756,7 @@ impl Matcher<'_> {
                     Inst::Start | Inst::End => break,
                     Inst::Jmp(t) => pc = t,
                     Inst::Split(a, b) => {
-                        stack.push((b, pos, path.len()));
+                        stack.push((b, pos, path.len(), idle));
                         pc = a;
                     }
                 }
@@ -706,13 +764,37 @@ impl Matcher<'_> {
         }
         Ok(None)
     }
+
+    /// Does row `pos` meet `symbol`'s condition, when that reads the match so far?
+    fn holds(&mut self, symbol: usize, path: &[Label], pos: usize) -> Result<bool, MatchError> {
+        let Some(cond) = &self.dynamic[symbol] else {
+            return Ok(true);
+        };
+        // Reading the match walks the path: count it against the budget.
+        *self.steps += path.len() as u64;
+        let at = define::At {
+            path,
+            row: pos,
+            symbol,
+            len: self.rows.len(),
+            base: self.base,
+        };
+        define::holds(cond, self.leaves, &at)
+    }
 }
 
 /// A measure's building block, computed from a match's rows.
 #[derive(Debug, Clone, PartialEq)]
 enum Prim {
-    First(Option<usize>, usize),
-    Last(Option<usize>, usize),
+    /// A column at a row of the match: the `n`-th from the first (`from_first`) or the
+    /// last row of the symbol (all rows for `None`), moved `shift` rows (PREV/NEXT).
+    At {
+        from_first: bool,
+        symbol: Option<usize>,
+        n: usize,
+        shift: i64,
+        column: usize,
+    },
     Count(Option<usize>, Option<usize>),
     Sum(Option<usize>, usize),
     Avg(Option<usize>, usize),
@@ -727,6 +809,8 @@ enum Prim {
 /// a row in no match, which gets NULL measures.
 struct Found {
     base: usize,
+    /// Rows in the partition.
+    len: usize,
     number: i64,
     labels: Vec<Label>,
     /// The row (in the partition) the match started at.
@@ -745,7 +829,11 @@ pub fn run(
     let batch = concat_batches(&schema, input)?;
     let n_symbols = clause.symbols.len();
     // Input columns (without the helper columns).
-    let helper = |name: &str| name.starts_with("__mr_def_") || name.starts_with("__mr_part_");
+    let helper = |name: &str| {
+        name.starts_with("__mr_def_")
+            || name.starts_with("__mr_part_")
+            || name.starts_with("__mr_dyn_")
+    };
     let input_cols: Vec<usize> = (0..batch.num_columns())
         .filter(|&i| !helper(schema.field(i).name()))
         .collect();
@@ -772,6 +860,12 @@ pub fn run(
             *d = Some(c.as_boolean().clone());
         }
     }
+    let leaves: Vec<define::Column> = (0..clause.leaves.len())
+        .map(|j| {
+            let i = schema.index_of(&format!("__mr_dyn_{j}"))?;
+            define::Column::new(batch.column(i)).map_err(|e| DataFusionError::External(Box::new(e)))
+        })
+        .collect::<Result<_, _>>()?;
     let rows: Vec<u64> = (0..batch.num_rows())
         .map(|r| {
             defs.iter().enumerate().fold(0u64, |m, (k, d)| match d {
@@ -817,6 +911,9 @@ pub fn run(
             seen: vec![0; prog.len() * (part.len() + 1)],
             stamp: 0,
             steps: &mut steps,
+            dynamic: &clause.dynamic,
+            leaves: &leaves,
+            base: range.start,
         };
         let mut number = 0i64;
         let mut start = 0usize;
@@ -857,6 +954,7 @@ pub fn run(
             };
             found.push(Found {
                 base: range.start,
+                len: range.len(),
                 number,
                 labels,
                 start,
@@ -884,6 +982,7 @@ pub fn run(
                 if !c {
                     found.push(Found {
                         base: range.start,
+                        len: range.len(),
                         number: 0,
                         labels: vec![],
                         start: row,
@@ -1052,11 +1151,11 @@ impl<F: Fn(&str) -> Result<usize, DataFusionError>> Prims<'_, F> {
     fn prim(&mut self, e: &Expr) -> Result<Option<Prim>, DataFusionError> {
         match e {
             Expr::Identifier(i) if !i.value.starts_with("__mr_m") => {
-                Ok(Some(Prim::Last(None, (self.column)(&key(i))?)))
+                Ok(Some(Prim::last(None, (self.column)(&key(i))?)))
             }
             Expr::CompoundIdentifier(p) if p.len() == 2 => {
                 let col = (self.column)(&key(&p[1]))?;
-                Ok(Some(Prim::Last(self.clause.symbol_index(&p[0]), col)))
+                Ok(Some(Prim::last(self.clause.symbol_index(&p[0]), col)))
             }
             Expr::Function(f) => self.function(f),
             _ => Ok(None),
@@ -1093,14 +1192,7 @@ impl<F: Fn(&str) -> Result<usize, DataFusionError>> Prims<'_, F> {
             }
         };
         Ok(Some(match name.as_str() {
-            "first" => {
-                let (s, c) = one(self)?;
-                Prim::First(s, c)
-            }
-            "last" => {
-                let (s, c) = one(self)?;
-                Prim::Last(s, c)
-            }
+            "first" | "last" | "prev" | "next" => self.navigation(&name, &args)?,
             "count" => match args.as_slice() {
                 [a] => {
                     let (s, c) = self.target(a)?;
@@ -1130,14 +1222,102 @@ impl<F: Fn(&str) -> Result<usize, DataFusionError>> Prims<'_, F> {
             }
             "classifier" => Prim::Classifier,
             "match_number" => Prim::MatchNumber,
-            "prev" | "next" => {
-                return Err(DataFusionError::Plan(
-                    "MATCH_RECOGNIZE: PREV/NEXT in MEASURES are not supported (use FIRST/LAST)"
-                        .into(),
-                ));
-            }
             _ => return Ok(None),
         }))
+    }
+}
+
+impl<F: Fn(&str) -> Result<usize, DataFusionError>> Prims<'_, F> {
+    /// `FIRST`/`LAST(col [, n])`, and `PREV`/`NEXT` of a column or of those (`[, n]`).
+    fn navigation(&self, name: &str, args: &[&FunctionArgExpr]) -> Result<Prim, DataFusionError> {
+        let usage = || {
+            DataFusionError::Plan(format!(
+                "MATCH_RECOGNIZE: {} takes a column (or FIRST/LAST of one for PREV/NEXT) and an \
+                 optional non-negative integer offset",
+                name.to_uppercase()
+            ))
+        };
+        let n = match args.get(1) {
+            None => usize::from(matches!(name, "prev" | "next")),
+            Some(FunctionArgExpr::Expr(Expr::Value(v))) => match &v.value {
+                ast::Value::Number(n, _) => n.parse::<usize>().map_err(|_| usage())?,
+                _ => return Err(usage()),
+            },
+            Some(_) => return Err(usage()),
+        };
+        if args.is_empty() || args.len() > 2 {
+            return Err(usage());
+        }
+        match name {
+            "first" | "last" => match self.target(args[0])? {
+                (symbol, Some(column)) => Ok(Prim::At {
+                    from_first: name == "first",
+                    symbol,
+                    n,
+                    shift: 0,
+                    column,
+                }),
+                _ => Err(usage()),
+            },
+            _ => {
+                let inner = match args[0] {
+                    FunctionArgExpr::Expr(Expr::Function(g)) => {
+                        let g_name = g.name.to_string().to_ascii_lowercase();
+                        if !matches!(g_name.as_str(), "first" | "last") {
+                            return Err(usage());
+                        }
+                        let g_args: Vec<&FunctionArgExpr> = match &g.args {
+                            FunctionArguments::List(l) => l
+                                .args
+                                .iter()
+                                .map(|a| match a {
+                                    FunctionArg::Unnamed(e) => Ok(e),
+                                    _ => Err(usage()),
+                                })
+                                .collect::<Result<_, _>>()?,
+                            _ => return Err(usage()),
+                        };
+                        self.navigation(&g_name, &g_args)?
+                    }
+                    e => self.navigation("last", &[e])?,
+                };
+                let Prim::At {
+                    from_first,
+                    symbol,
+                    n: k,
+                    shift,
+                    column,
+                } = inner
+                else {
+                    return Err(usage());
+                };
+                let by = if name == "prev" {
+                    -(n as i64)
+                } else {
+                    n as i64
+                };
+                Ok(Prim::At {
+                    from_first,
+                    symbol,
+                    n: k,
+                    shift: shift + by,
+                    column,
+                })
+            }
+        }
+    }
+}
+
+impl Prim {
+    /// The last row's `column` (of `symbol`).
+    fn last(symbol: Option<usize>, column: usize) -> Prim {
+        Prim::At {
+            from_first: false,
+            symbol,
+            n: 0,
+            shift: 0,
+            column,
+        }
     }
 }
 
@@ -1201,8 +1381,39 @@ fn prim_column(
             .clone())
     };
     match p {
-        Prim::First(s, c) => pick(&|r| r.first().copied(), *s, *c),
-        Prim::Last(s, c) => pick(&|r| r.last().copied(), *s, *c),
+        Prim::At {
+            from_first,
+            symbol,
+            n,
+            shift,
+            column,
+        } => {
+            let idx: UInt32Array = out_rows
+                .iter()
+                .map(|(k, len)| {
+                    let f = &found[*k];
+                    let mut rows = f.labels[..*len]
+                        .iter()
+                        .filter(|l| symbol.is_none_or(|s| l.1 == s))
+                        .map(|l| l.0);
+                    let r = if *from_first {
+                        rows.nth(*n)
+                    } else {
+                        rows.rev().nth(*n)
+                    }? as i64
+                        + shift;
+                    // PREV/NEXT reach rows outside the match, not outside the partition.
+                    (0..f.len as i64)
+                        .contains(&r)
+                        .then(|| (f.base + r as usize) as u32)
+                })
+                .collect();
+            let col = batch.column(*column);
+            Ok((
+                Field::new(&name, col.data_type().clone(), true),
+                take(col, &idx, None)?,
+            ))
+        }
         Prim::Min(s, c) | Prim::Max(s, c) => {
             let col = batch.column(*c);
             let want_max = matches!(p, Prim::Max(..));
@@ -1389,6 +1600,9 @@ mod tests {
             seen: vec![0; prog.len() * (rows.len() + 1)],
             stamp: 0,
             steps: &mut steps,
+            dynamic: &[],
+            leaves: &[],
+            base: 0,
         };
         m.find(start)
             .expect("match")

@@ -238,3 +238,237 @@ def test_npath_is_match_recognize(conn):
         conn.execute("SELECT * FROM NPATH(ON public.np ORDER BY day PATTERN('A') SYMBOLS(true AS A) "
                      "RESULT(LAST_NOTNULL(day OF A) AS d))")
     print(f"NPATH: {compared} matches equal MATCH_RECOGNIZE and Python re")
+
+
+def test_define_reads_the_match_so_far(conn):
+    """DEFINE conditions over other symbols' rows, FIRST/LAST, PREV of those and running
+    aggregates (SQL:2016: the row being tested counts as the defined symbol's), and PREV/NEXT
+    and FIRST/LAST offsets in MEASURES; hand-checked on a: 10 8 6 7 9 5 4 6, b: 3 2 4."""
+    def run(measures, pattern, define, rows="ONE ROW PER MATCH"):
+        return conn.execute(f"""SELECT * FROM public.ticker MATCH_RECOGNIZE (PARTITION BY sym ORDER BY day
+            MEASURES {measures} {rows} PATTERN ({pattern}) DEFINE {define}) ORDER BY 1, 2""").fetchall()
+    # B above the price at A (not above the row before): a: A=10 finds none; A=8 (day 2): 6 is
+    # not above; A=6: 7, 9 then 5; A=5: 4 no; A=4: 6; b: A=3: 2 no; A=2: 4.
+    assert run("FIRST(A.day) AS s, LAST(B.day) AS e", "A B+", "B AS B.price > A.price") == [
+        ("a", 3, 5), ("a", 7, 8), ("b", 2, 3)]
+    # Running SUM over the match including the row being tested: 10+8+6 = 24 < 25 stops at 7.
+    assert run("FIRST(day) AS s, COUNT(*) AS n, SUM(price) AS total", "A B*", "B AS SUM(price) < 25") == [
+        ("a", 1, 3, 24.0), ("a", 4, 3, 21.0), ("a", 7, 2, 10.0), ("b", 1, 3, 9.0)]
+    # FIRST of another symbol, LAST with an offset, COUNT of a symbol's rows.
+    assert run("FIRST(A.day) AS s, COUNT(*) AS n", "A B{2,}",
+               "B AS B.price < FIRST(A.price) AND (LAST(B.price, 1) IS NULL OR B.price <> LAST(B.price, 1)) "
+               "AND COUNT(B.*) <= 3") == [("a", 1, 4), ("a", 5, 4)]
+    # PREV of another symbol's row: B above the row before A's.
+    assert run("FIRST(A.day) AS s, LAST(B.day) AS e", "A B", "B AS B.price > PREV(A.price)") == [
+        ("a", 4, 5), ("a", 7, 8), ("b", 2, 3)]
+    # MEASURES: PREV/NEXT of the match's rows and of FIRST/LAST, FIRST/LAST with offsets.
+    assert run("FIRST(day) AS s, PREV(FIRST(price)) AS before, NEXT(LAST(price)) AS after, "
+               "PREV(price, 2) AS p2, FIRST(price, 1) AS second, LAST(DOWN.price, 1) AS down2",
+               "DOWN{2,}", "DOWN AS price < PREV(price)") == [
+        ("a", 2, 10.0, 7.0, 10.0, 6.0, 8.0), ("a", 6, 9.0, 6.0, 9.0, 4.0, 5.0)]
+    # Running PREV/NEXT in ALL ROWS PER MATCH: relative to each row; outside the partition NULL.
+    rows = conn.execute("""SELECT sym, day, p, nx FROM public.ticker MATCH_RECOGNIZE (PARTITION BY sym ORDER BY day
+        MEASURES PREV(price) AS p, NEXT(price) AS nx ALL ROWS PER MATCH PATTERN (A B+) DEFINE B AS B.price > A.price)
+        ORDER BY sym, day""").fetchall()
+    assert rows == [("a", 3, 8.0, 7.0), ("a", 4, 6.0, 9.0), ("a", 5, 7.0, 5.0), ("a", 7, 5.0, 6.0),
+                    ("a", 8, 4.0, None), ("b", 2, 3.0, 4.0), ("b", 3, 2.0, None)]
+    # Errors: the connection stays up.
+    for define, err in [("B AS B.price > A.sym", psycopg.errors.DatatypeMismatch),
+                        ("B AS B.price / (A.price - A.price) > 1", psycopg.errors.DivisionByZero),
+                        ("B AS CLASSIFIER() = 'B'", psycopg.errors.FeatureNotSupported),
+                        ("B AS coalesce(A.price, B.price) > 1", psycopg.errors.FeatureNotSupported),
+                        ("B AS SUM(A.price + B.price) > 1", psycopg.errors.SyntaxError),
+                        ("B AS PREV(A.price, -1) > 1", psycopg.errors.SyntaxError)]:
+        with pytest.raises(err):
+            conn.execute(f"""SELECT * FROM public.ticker MATCH_RECOGNIZE (PARTITION BY sym ORDER BY day
+                MEASURES COUNT(*) AS n PATTERN (A B) DEFINE {define})""")
+    assert conn.execute("SELECT 1").fetchone()[0] == 1
+
+
+class _Ctx:
+    """The partial match as the Python reference sees it."""
+
+    def __init__(self, part, path, pos, sym):
+        self.part, self.path, self.pos, self.sym = part, path, pos, sym
+
+    def rows(self, sym=None):
+        out = [r for r, s in self.path if sym is None or s == sym]
+        return out + ([self.pos] if sym is None or sym == self.sym else [])
+
+    def at(self, row, col):
+        return self.part[row][col] if row is not None and 0 <= row < len(self.part) else None
+
+    def last(self, sym, col, n=0, shift=0):
+        r = self.rows(sym)
+        return self.at(r[-1 - n] + shift, col) if len(r) > n else None
+
+    def first(self, sym, col, n=0, shift=0):
+        r = self.rows(sym)
+        return self.at(r[n] + shift, col) if len(r) > n else None
+
+    def agg(self, fn, sym, col):
+        vals = [self.part[r][col] for r in self.rows(sym)]
+        return fn(vals) if vals else None
+
+
+def _cmp(a, op, b):
+    if a is None or b is None:
+        return None
+    return {"<": a < b, ">": a > b, "<=": a <= b, ">=": a >= b, "=": a == b, "<>": a != b}[op]
+
+
+def _and(a, b):
+    if a is False or b is False:
+        return False
+    return None if a is None or b is None else True
+
+
+def _or(a, b):
+    if a is True or b is True:
+        return True
+    return None if a is None or b is None else False
+
+
+# DEFINE templates over `o` (another symbol of the pattern): (SQL, reference); the symbol
+# being defined is X. Columns: price (1..20), qty (1..5).
+DEFINES = [
+    ("X.price > {o}.price", lambda c, o: _cmp(c.last(c.sym, "price"), ">", c.last(o, "price"))),
+    ("price <= LAST({o}.price)", lambda c, o: _cmp(c.last(c.sym, "price"), "<=", c.last(o, "price"))),
+    ("SUM(X.qty) <= 9", lambda c, o: _cmp(c.agg(sum, c.sym, "qty"), "<=", 9)),
+    ("price >= FIRST(price)", lambda c, o: _cmp(c.last(c.sym, "price"), ">=", c.first(None, "price"))),
+    ("COUNT({o}.*) < 2", lambda c, o: len(c.rows(o)) < 2),
+    ("PREV({o}.price) IS NULL OR price > PREV({o}.price)",
+     lambda c, o: _or(c.last(o, "price", shift=-1) is None,
+                      _cmp(c.last(c.sym, "price"), ">", c.last(o, "price", shift=-1)))),
+    ("AVG(price) > 9", lambda c, o: _cmp(c.agg(lambda v: sum(v) / len(v), None, "price"), ">", 9)),
+    ("LAST({o}.price, 1) IS NOT NULL AND price < 12",
+     lambda c, o: _and(c.last(o, "price", 1) is not None, _cmp(c.last(c.sym, "price"), "<", 12))),
+    ("X.price + {o}.price BETWEEN 12 AND 26",
+     lambda c, o: (lambda s: None if s is None else 12 <= s <= 26)(
+         None if c.last(o, "price") is None else c.last(c.sym, "price") + c.last(o, "price"))),
+    ("MAX(price) - MIN(price) <= 8",
+     lambda c, o: _cmp(c.agg(max, None, "price") - c.agg(min, None, "price"), "<=", 8)),
+    ("NEXT(price) > price", lambda c, o: _cmp(c.at(c.pos + 1, "price"), ">", c.last(c.sym, "price"))),
+    ("FIRST({o}.qty, 1) IS NULL OR qty = FIRST({o}.qty, 1)",
+     lambda c, o: _or(c.first(o, "qty", 1) is None, _cmp(c.last(c.sym, "qty"), "=", c.first(o, "qty", 1)))),
+]
+
+
+def _random_ast(rng):
+    """A pattern over A–D as (SQL, tree); the first element cannot be skipped and repetition
+    bodies are single rows, so no match is empty."""
+    sql, tree = [], []
+    for i in range(rng.randint(2, 4)):
+        if rng.random() < 0.3:
+            a, b = rng.sample("ABCD", 2)
+            atom_sql, atom = f"({a} | {b})", ("alt", [("sym", a), ("sym", b)])
+        else:
+            s = rng.choice("ABCD")
+            atom_sql, atom = s, ("sym", s)
+        q = rng.choice(["", "", "+", "*", "?", "{1,2}", "{0,3}"]) if i else rng.choice(["", "+"])
+        greedy = not (q and rng.random() < 0.3)
+        bounds = {"": None, "+": (1, None), "*": (0, None), "?": (0, 1), "{1,2}": (1, 2), "{0,3}": (0, 3)}[q]
+        sql.append(atom_sql + q + ("" if greedy or not q else "?"))
+        tree.append(atom if bounds is None else ("rep", atom, bounds[0], bounds[1], greedy))
+    return " ".join(sql), ("cat", tree)
+
+
+def _matches(node, pos, path, test):
+    """Matches of `node` from `pos` after `path`, in the standard's preference order."""
+    kind = node[0]
+    if kind == "sym":
+        if test(node[1], pos, path):
+            yield pos + 1, path + [(pos, node[1])]
+    elif kind == "alt":
+        for sub in node[1]:
+            yield from _matches(sub, pos, path, test)
+    elif kind == "cat":
+        def cat(i, pos, path):
+            if i == len(node[1]):
+                yield pos, path
+                return
+            for p2, path2 in _matches(node[1][i], pos, path, test):
+                yield from cat(i + 1, p2, path2)
+        yield from cat(0, pos, path)
+    else:
+        _, sub, lo, hi, greedy = node
+
+        def rep(k, pos, path):
+            more = hi is None or k < hi
+            if not greedy and k >= lo:
+                yield pos, path
+            if more:
+                for p2, path2 in _matches(sub, pos, path, test):
+                    yield from rep(k + 1, p2, path2)
+            if greedy and k >= lo:
+                yield pos, path
+        yield from rep(0, pos, path)
+
+
+def test_define_over_the_match_matches_a_python_reference(conn):
+    rng = random.Random(23)
+    parts = {}
+    with conn.cursor() as cur:
+        cur.execute("CREATE TABLE public.dm (pid bigint, day bigint, price bigint, qty bigint)")
+        with cur.copy("COPY public.dm FROM STDIN") as cp:
+            for pid in range(40):
+                parts[pid] = []
+                for day in range(rng.randint(0, 14)):
+                    r = {"day": day, "price": rng.randint(1, 20), "qty": rng.randint(1, 5)}
+                    parts[pid].append(r)
+                    cp.write_row((pid, day, r["price"], r["qty"]))
+    compared = 0
+    for case in range(40):
+        sql_pat, tree = _random_ast(rng)
+        present = [s for s in "ABCD" if s in sql_pat]
+        defs, refs = {}, []
+        for s in present:
+            if rng.random() < 0.2:
+                continue  # undefined: TRUE
+            k = rng.randrange(len(DEFINES))
+            o = rng.choice(present)
+            defs[s] = (k, o)
+            refs.append(f"{s} AS " + DEFINES[k][0].format(o=o).replace("X.", f"{s}."))
+        define = ("DEFINE " + ", ".join(refs)) if refs else "DEFINE A AS true"
+        for skip in ["PAST LAST ROW", "TO NEXT ROW"]:
+            want, labels = [], []
+            for pid, part in sorted(parts.items()):
+                def test(sym, pos, path, part=part):
+                    if pos >= len(part):
+                        return False
+                    if sym not in defs:
+                        return True
+                    k, o = defs[sym]
+                    return DEFINES[k][1](_Ctx(part, path, pos, sym), o) is True
+                start, number = 0, 0
+                while start < len(part):
+                    m = next(iter(_matches(tree, start, [], test)), None)
+                    if m is None:
+                        start += 1
+                        continue
+                    number += 1
+                    end, path = m
+                    prices = [part[r]["price"] for r, _ in path]
+                    want.append((pid, number, part[path[0][0]]["day"], part[path[-1][0]]["day"], len(path),
+                                 path[-1][1], sum(prices)))
+                    if skip == "PAST LAST ROW":
+                        labels += [(pid, part[r]["day"], s, number) for r, s in path]
+                    start = end if skip == "PAST LAST ROW" else start + 1
+            got = conn.execute(f"""SELECT pid, m, f, l, n, c, s FROM public.dm MATCH_RECOGNIZE (
+                PARTITION BY pid ORDER BY day
+                MEASURES MATCH_NUMBER() AS m, FIRST(day) AS f, LAST(day) AS l, COUNT(*) AS n,
+                         CLASSIFIER() AS c, SUM(price) AS s
+                AFTER MATCH SKIP {skip} PATTERN ({sql_pat}) {define}) ORDER BY pid, m""").fetchall()
+            got = [g[:6] + (int(g[6]),) for g in got]
+            assert got == want, (sql_pat, define, skip, [g for g in got if g not in want][:3],
+                                 [w for w in want if w not in got][:3])
+            compared += len(want)
+            if skip == "PAST LAST ROW":
+                # Every matched row's symbol.
+                got = conn.execute(f"""SELECT pid, day, c, m FROM public.dm MATCH_RECOGNIZE (
+                    PARTITION BY pid ORDER BY day MEASURES CLASSIFIER() AS c, MATCH_NUMBER() AS m
+                    ALL ROWS PER MATCH PATTERN ({sql_pat}) {define}) ORDER BY pid, day""").fetchall()
+                assert got == labels, (sql_pat, define)
+    assert compared > 500, compared
+    print(f"MATCH_RECOGNIZE DEFINE over the match: {compared} matches over 40 generated patterns "
+          f"× {len(DEFINES)} condition templates equal the Python reference")

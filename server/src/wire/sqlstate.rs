@@ -160,6 +160,9 @@ fn datafusion_code(d: &DataFusionError) -> (&'static str, String) {
                         M::UnknownColumn(_) => "42703",
                         M::Data(_) => "22023",
                         M::TooComplex => "54001",
+                        M::Type(_) => "42804",
+                        M::DivisionByZero => "22012",
+                        M::OutOfRange => "22003",
                     },
                     msg,
                 );
