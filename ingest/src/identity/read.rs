@@ -94,7 +94,7 @@ pub(super) struct Placed {
     pub rows: Vec<Activity>,
     nodes: Vec<u32>,
     ends: Vec<u32>,
-    channels: HashMap<String, u32>,
+    channels: FxHashMap<String, u32>,
 }
 
 impl Placed {
