@@ -87,7 +87,168 @@ pub fn mentions(sql: &str) -> bool {
 
 /// Parse SQL that uses `MATCH_RECOGNIZE` (PostgreSQL's grammar has no such clause).
 pub fn parse(sql: &str) -> Result<Vec<Statement>, String> {
-    Parser::parse_sql(&GenericDialect {}, &mark_reluctant(sql)).map_err(|e| e.to_string())
+    let (text, inputs) = lift_subquery_inputs(sql);
+    let mut stmts =
+        Parser::parse_sql(&GenericDialect {}, &mark_reluctant(&text)).map_err(|e| e.to_string())?;
+    if inputs.is_empty() {
+        return Ok(stmts);
+    }
+    let queries = inputs
+        .iter()
+        .map(|q| match parse(q)?.into_iter().next() {
+            Some(Statement::Query(q)) => Ok(q),
+            _ => Err(format!("the MATCH_RECOGNIZE input ({q}) is not a query")),
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    /// Puts the lifted subqueries back as derived tables.
+    struct Restore(Vec<Box<ast::Query>>);
+    impl VisitorMut for Restore {
+        type Break = ();
+        fn pre_visit_table_factor(&mut self, t: &mut TableFactor) -> ControlFlow<()> {
+            if let TableFactor::Table { name, alias, .. } = t
+                && let [part] = name.0.as_slice()
+                && let Some(k) = part
+                    .as_ident()
+                    .and_then(|i| i.value.strip_prefix(SUBQUERY_INPUT))
+                    .and_then(|k| k.parse::<usize>().ok())
+                && let Some(q) = self.0.get(k)
+            {
+                *t = TableFactor::Derived {
+                    lateral: false,
+                    subquery: q.clone(),
+                    alias: alias.clone(),
+                    sample: None,
+                };
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let mut restore = Restore(queries);
+    for s in &mut stmts {
+        let _ = s.visit(&mut restore);
+    }
+    Ok(stmts)
+}
+
+/// The table name a subquery input stands under while the statement is parsed.
+const SUBQUERY_INPUT: &str = "__touchlake_mr_input_";
+
+/// sqlparser reads `MATCH_RECOGNIZE` only after a table name, not after a subquery
+/// (`(SELECT …) AS t MATCH_RECOGNIZE (…)`). Each such subquery is replaced by the name
+/// [`SUBQUERY_INPUT`]`k` and returned as text, so [`parse`] can put it back as a derived
+/// table.
+fn lift_subquery_inputs(sql: &str) -> (String, Vec<String>) {
+    let b = sql.as_bytes();
+    // Matching parentheses and MATCH_RECOGNIZE keywords outside quotes and comments.
+    let (mut open_of, mut stack, mut keywords) = (std::collections::HashMap::new(), vec![], vec![]);
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            q @ (b'\'' | b'"') => {
+                i += 1;
+                while i < b.len() && b[i] != q {
+                    i += 1;
+                }
+            }
+            b'-' if b.get(i + 1) == Some(&b'-') => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                i += 2;
+                while i + 1 < b.len() && !(b[i] == b'*' && b[i + 1] == b'/') {
+                    i += 1;
+                }
+                i += 1;
+            }
+            b'(' => stack.push(i),
+            b')' => {
+                if let Some(o) = stack.pop() {
+                    open_of.insert(i, o);
+                }
+            }
+            c if c.is_ascii_alphabetic()
+                && (i == 0 || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_'))
+                && sql.len() >= i + 15
+                && sql.is_char_boundary(i + 15)
+                && sql[i..i + 15].eq_ignore_ascii_case("match_recognize")
+                && b.get(i + 15)
+                    .is_none_or(|c| !(c.is_ascii_alphanumeric() || *c == b'_')) =>
+            {
+                keywords.push(i);
+                i += 15;
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    let word_end = |mut j: usize| {
+        while j > 0 && b[j - 1].is_ascii_whitespace() {
+            j -= 1;
+        }
+        j
+    };
+    let mut spans: Vec<(usize, usize)> = vec![];
+    for k in keywords {
+        // Back over an optional alias (a word, or a quoted name) and an optional AS.
+        let mut j = word_end(k);
+        if j > 0 && b[j - 1] == b'"' {
+            let mut s = j - 1;
+            while s > 0 && b[s - 1] != b'"' {
+                s -= 1;
+            }
+            j = word_end(s.saturating_sub(1));
+        } else {
+            let mut s = j;
+            while s > 0 && (b[s - 1].is_ascii_alphanumeric() || b[s - 1] == b'_') {
+                s -= 1;
+            }
+            if s < j {
+                j = word_end(s);
+            }
+        }
+        if j >= 2 && sql.is_char_boundary(j - 2) && sql[j - 2..j].eq_ignore_ascii_case("as") {
+            j = word_end(j - 2);
+        }
+        if j == 0 || b[j - 1] != b')' {
+            continue;
+        }
+        let close = j - 1;
+        let Some(&open) = open_of.get(&close) else {
+            continue;
+        };
+        let inner =
+            sql[open + 1..close].trim_start_matches(|c: char| c.is_whitespace() || c == '(');
+        let starts = |w: &str| {
+            inner.len() >= w.len()
+                && inner.is_char_boundary(w.len())
+                && inner[..w.len()].eq_ignore_ascii_case(w)
+        };
+        if starts("select") || starts("with") || starts("values") {
+            spans.push((open, close));
+        }
+    }
+    // Outermost subqueries only: an inner one is lifted when its text is parsed.
+    spans.sort_unstable();
+    let mut kept: Vec<(usize, usize)> = vec![];
+    for s in spans {
+        if kept.last().is_none_or(|k| s.0 > k.1) {
+            kept.push(s);
+        }
+    }
+    let mut out = String::with_capacity(sql.len());
+    let mut inputs = vec![];
+    let mut copied = 0;
+    for (open, close) in kept {
+        out.push_str(&sql[copied..open]);
+        out.push_str(&format!("{SUBQUERY_INPUT}{}", inputs.len()));
+        inputs.push(sql[open + 1..close].to_string());
+        copied = close + 1;
+    }
+    out.push_str(&sql[copied..]);
+    (out, inputs)
 }
 
 /// The symbol that stands for a reluctant quantifier's `?` once [`mark_reluctant`] wrote it.
@@ -207,6 +368,65 @@ pub fn clauses(stmt: &mut Statement) -> Vec<TableFactor> {
     let mut c = Collect(vec![], 0);
     let _ = stmt.visit(&mut c);
     c.0
+}
+
+/// For each clause [`clauses`] finds (in its order): the index of the statement's WITH
+/// entry it is inside, if any. Such a clause's input may use only the entries before that
+/// one; with the whole WITH clause it would contain itself, and expand without end.
+pub fn clause_ctes(stmt: &Statement) -> Vec<Option<usize>> {
+    struct Scopes {
+        ctes: Vec<*const ast::Query>,
+        current: Option<usize>,
+        depth: usize,
+        out: Vec<Option<usize>>,
+    }
+    impl ast::Visitor for Scopes {
+        type Break = ();
+        fn pre_visit_query(&mut self, q: &ast::Query) -> ControlFlow<()> {
+            if let Some(i) = self.ctes.iter().position(|&c| std::ptr::eq(c, q)) {
+                self.current = Some(i);
+            }
+            ControlFlow::Continue(())
+        }
+        fn post_visit_query(&mut self, q: &ast::Query) -> ControlFlow<()> {
+            if self.ctes.iter().any(|&c| std::ptr::eq(c, q)) {
+                self.current = None;
+            }
+            ControlFlow::Continue(())
+        }
+        fn pre_visit_table_factor(&mut self, t: &TableFactor) -> ControlFlow<()> {
+            if matches!(t, TableFactor::MatchRecognize { .. }) {
+                if self.depth == 0 {
+                    self.out.push(self.current);
+                }
+                self.depth += 1;
+            }
+            ControlFlow::Continue(())
+        }
+        fn post_visit_table_factor(&mut self, t: &TableFactor) -> ControlFlow<()> {
+            if matches!(t, TableFactor::MatchRecognize { .. }) {
+                self.depth -= 1;
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let ctes = match stmt {
+        Statement::Query(q) => q.with.as_ref().map_or(vec![], |w| {
+            w.cte_tables
+                .iter()
+                .map(|c| &*c.query as *const ast::Query)
+                .collect()
+        }),
+        _ => vec![],
+    };
+    let mut v = Scopes {
+        ctes,
+        current: None,
+        depth: 0,
+        out: vec![],
+    };
+    let _ = ast::Visit::visit(stmt, &mut v);
+    v.out
 }
 
 /// Replace the statement's MATCH_RECOGNIZE clauses, in the order [`clauses`] gave them, with
@@ -767,7 +987,7 @@ impl Matcher<'_> {
 
     /// Does row `pos` meet `symbol`'s condition, when that reads the match so far?
     fn holds(&mut self, symbol: usize, path: &[Label], pos: usize) -> Result<bool, MatchError> {
-        let Some(cond) = &self.dynamic[symbol] else {
+        let Some(Some(cond)) = self.dynamic.get(symbol) else {
             return Ok(true);
         };
         // Reading the match walks the path: count it against the budget.
@@ -1569,6 +1789,31 @@ mod tests {
             m("PATTERN(A)  pattern_x (B*?)"),
             "PATTERN(A)  pattern_x (B*?)"
         );
+    }
+
+    #[test]
+    fn subquery_inputs_are_lifted_outermost_first() {
+        let (text, inputs) = lift_subquery_inputs(
+            "SELECT ')' FROM (SELECT * FROM (SELECT 1) AS a MATCH_RECOGNIZE (PATTERN (A))) b \
+             MATCH_RECOGNIZE (PATTERN (B)), (SELECT 2) AS \"q\" match_recognize (PATTERN (C)), \
+             t MATCH_RECOGNIZE (PATTERN (D)), f(x) MATCH_RECOGNIZE (PATTERN (E))",
+        );
+        assert_eq!(
+            text,
+            "SELECT ')' FROM __touchlake_mr_input_0 b MATCH_RECOGNIZE (PATTERN (B)), \
+             __touchlake_mr_input_1 AS \"q\" match_recognize (PATTERN (C)), t MATCH_RECOGNIZE \
+             (PATTERN (D)), f(x) MATCH_RECOGNIZE (PATTERN (E))"
+        );
+        assert_eq!(
+            inputs,
+            vec![
+                "SELECT * FROM (SELECT 1) AS a MATCH_RECOGNIZE (PATTERN (A))".to_string(),
+                "SELECT 2".to_string()
+            ]
+        );
+        let (text, inputs) = lift_subquery_inputs("SELECT '(SELECT 1) MATCH_RECOGNIZE' FROM t");
+        assert_eq!(text, "SELECT '(SELECT 1) MATCH_RECOGNIZE' FROM t");
+        assert!(inputs.is_empty());
     }
 
     fn program(pattern: &str, symbols: &[&str]) -> (Clause, Vec<Inst>) {

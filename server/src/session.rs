@@ -438,6 +438,7 @@ impl Session {
         stmt: &mut Statement,
     ) -> Result<Vec<crate::match_recognize::TempTable>> {
         use crate::match_recognize as mr;
+        let scopes = mr::clause_ctes(stmt);
         let found = mr::clauses(stmt);
         let mut temps = vec![];
         if found.is_empty() {
@@ -450,8 +451,17 @@ impl Session {
             _ => None,
         };
         let mut replacements = vec![];
-        for t in found {
+        for (k, t) in found.into_iter().enumerate() {
             let clause = mr::Clause::new(t).map_err(external)?;
+            // A clause inside WITH entry i sees the entries before it.
+            let with = match (scopes.get(k).copied().flatten(), &with) {
+                (Some(i), Some(w)) => Some(ast::With {
+                    cte_tables: w.cte_tables[..i].to_vec(),
+                    ..w.clone()
+                })
+                .filter(|w| !w.cte_tables.is_empty()),
+                _ => with.clone(),
+            };
             let sql = clause.input_sql(with.as_ref()).map_err(external)?;
             let inner = mr::parse(&sql)
                 .map_err(SessionError::Syntax)?

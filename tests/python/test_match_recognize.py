@@ -63,6 +63,28 @@ def test_hand_checked_cases(conn):
     assert got == [(4, 7.0)]
 
 
+def test_subquery_input(conn):
+    """`(SELECT …) [AS] t MATCH_RECOGNIZE (…)`, which the SQL parser does not take as is, equals
+    the same query over a CTE; also nested, and with the words inside a string."""
+    clause = """MATCH_RECOGNIZE (PARTITION BY sym ORDER BY day MEASURES FIRST(day) AS d, COUNT(*) AS n
+        PATTERN (DOWN+) DEFINE DOWN AS price < PREV(price))"""
+    want = conn.execute(f"""WITH s AS (SELECT * FROM public.ticker WHERE price > 4)
+        SELECT * FROM s {clause} AS m ORDER BY 1, 2""").fetchall()
+    assert want == [("a", 2, 2), ("a", 6, 1)]  # b has no price above 4
+    for form in ["AS s", "s", ""]:
+        got = conn.execute(f"""SELECT * FROM (SELECT * FROM public.ticker WHERE price > 4) {form}
+            {clause} AS m ORDER BY 1, 2""").fetchall()
+        assert got == want, form
+    # Nested: the falls of a are 2 rows long at days 2 and 6 (b: 1 row at day 2); the outer
+    # clause finds the one run of equal or shorter falls.
+    outer = clause.replace("price < PREV(price)", "price <= PREV(price)")
+    nested = f"""SELECT sym, d AS day, n AS price, ') match_recognize (' AS t
+        FROM (SELECT * FROM public.ticker) AS x {clause} AS inner_m"""
+    got = conn.execute(f"SELECT * FROM ({nested}) AS y {outer} AS outer_m").fetchall()
+    assert got == [("a", 6, 1)]
+    assert got == conn.execute(f"WITH y AS ({nested}) SELECT * FROM y {outer} AS outer_m").fetchall()
+
+
 def test_reluctant_quantifiers(conn):
     # A X*? UP (X any row): up to the first rise after A; greedy X* reaches the last rise.
     def run(q):
