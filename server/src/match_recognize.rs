@@ -96,12 +96,12 @@ pub fn parse(sql: &str) -> Result<Vec<Statement>, String> {
     let queries = inputs
         .iter()
         .map(|q| match parse(q)?.into_iter().next() {
-            Some(Statement::Query(q)) => Ok(q),
+            Some(Statement::Query(q)) => Ok(*q),
             _ => Err(format!("the MATCH_RECOGNIZE input ({q}) is not a query")),
         })
         .collect::<Result<Vec<_>, String>>()?;
     /// Puts the lifted subqueries back as derived tables.
-    struct Restore(Vec<Box<ast::Query>>);
+    struct Restore(Vec<ast::Query>);
     impl VisitorMut for Restore {
         type Break = ();
         fn pre_visit_table_factor(&mut self, t: &mut TableFactor) -> ControlFlow<()> {
@@ -115,7 +115,7 @@ pub fn parse(sql: &str) -> Result<Vec<Statement>, String> {
             {
                 *t = TableFactor::Derived {
                     lateral: false,
-                    subquery: q.clone(),
+                    subquery: Box::new(q.clone()),
                     alias: alias.clone(),
                     sample: None,
                 };
