@@ -121,8 +121,27 @@ impl ServeArgs {
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-#[tokio::main]
-async fn main() {
+/// Stack of each runtime thread. Planning and evaluating an expression recurses once per
+/// nesting level (`a OR b OR c …` from a BI tool's filter is one level per term), and a
+/// thread that runs out of stack aborts the whole process: with this much (reserved, and
+/// committed only as used) the deepest statement [`session`] accepts fits.
+const THREAD_STACK: usize = 64 << 20;
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(THREAD_STACK)
+        .build();
+    match runtime {
+        Ok(rt) => rt.block_on(start()),
+        Err(e) => {
+            eprintln!("touchlake: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+async fn start() {
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("TOUCHLAKE_LOG")

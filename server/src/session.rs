@@ -249,6 +249,17 @@ impl Session {
             ))
         })?;
         let mut stmts = parsed.map_err(SessionError::Syntax)?;
+        if crate::compat::too_deep(&stmts) {
+            return Err(SessionError::Data(
+                "54001",
+                format!(
+                    "stack depth limit exceeded: the statement nests expressions or subqueries \
+                     more than {} levels deep (a long chain of OR or + is one level per term; \
+                     use IN (…) or an array instead)",
+                    crate::compat::MAX_NESTING
+                ),
+            ));
+        }
         for s in &mut stmts {
             crate::compat::rewrite(s);
             match s {

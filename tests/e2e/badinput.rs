@@ -149,3 +149,46 @@ fn random_bytes_and_bogus_lengths_do_not_hurt_the_server() {
         assert_eq!(one, 1);
     });
 }
+
+/// A statement nested deeper than the server allows (a long `+` or `OR` chain, as generated
+/// SQL makes) is refused with 54001 like PostgreSQL's stack depth limit, not a process abort
+/// (a 20,000-term `+` chain used to overflow a runtime thread's stack and kill the server);
+/// a chain under the limit runs, over the wire, on the same connection.
+#[tokio::test]
+async fn deeply_nested_statements_are_refused_and_the_server_stays_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path());
+    let c = srv.connect().await;
+    for terms in [20_000usize, 1_000_000] {
+        let sql = format!("SELECT {}", vec!["1"; terms].join(" + "));
+        let err = c.simple_query(&sql).await.unwrap_err();
+        assert_eq!(
+            err.code().map(|s| s.code()),
+            Some("54001"),
+            "{terms} terms: {err}"
+        );
+    }
+    let ors: Vec<String> = (0..50_000).map(|i| format!("x = {i}")).collect();
+    let err = c
+        .simple_query(&format!(
+            "SELECT count(*) FROM (VALUES (1)) t(x) WHERE {}",
+            ors.join(" OR ")
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().map(|s| s.code()), Some("54001"));
+    // Under the limit: 900 terms.
+    let sum: i64 = c
+        .query_one(
+            &format!("SELECT CAST({} AS bigint)", vec!["1"; 900].join(" + ")),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(sum, 900);
+    // Another connection still gets answers.
+    let other = srv.connect().await;
+    let one: i32 = other.query_one("SELECT 1::int", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+}
