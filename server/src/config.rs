@@ -17,6 +17,9 @@ pub struct Config {
     /// Seconds a cached table snapshot or lake listing is trusted before it is re-checked.
     pub refresh_seconds: f64,
     /// Memory the query engine may use before it spills or fails, in MiB (0 = no limit).
+    /// Default: 80% of the memory this process may use (the machine's, or its container's
+    /// limit), so a large query spills to disk or fails with 53200 instead of getting the
+    /// server killed for running out of memory.
     pub memory_limit_mb: usize,
     /// Default `statement_timeout` in milliseconds (0 = none).
     pub statement_timeout_ms: u64,
@@ -37,13 +40,40 @@ pub struct Config {
     pub identity: touchlake_ingest::identity::Settings,
 }
 
+/// 80% of the memory available to the process in MiB: the smaller of the machine's
+/// (`/proc/meminfo`) and the container's (cgroup v2 `memory.max`, v1
+/// `memory.limit_in_bytes`); 0 (no limit) where neither can be read.
+fn default_memory_limit_mb() -> usize {
+    let total = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+    });
+    let container = [
+        "/sys/fs/cgroup/memory.max",
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+    ]
+    .iter()
+    .filter_map(|f| std::fs::read_to_string(f).ok())
+    .filter_map(|v| v.trim().parse::<u64>().ok())
+    .min();
+    let bytes = match (total, container) {
+        (Some(t), Some(c)) => t.min(c),
+        (Some(t), None) => t,
+        (None, Some(c)) if c < (1 << 50) => c,
+        _ => return 0,
+    };
+    (bytes / 1024 / 1024 * 4 / 5) as usize
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
             lake: "./lake".into(),
             listen: "127.0.0.1:5433".into(),
             refresh_seconds: 1.0,
-            memory_limit_mb: 0,
+            memory_limit_mb: default_memory_limit_mb(),
             statement_timeout_ms: 0,
             storage_options: HashMap::new(),
             sources: None,
@@ -136,6 +166,26 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn default_memory_limit_is_most_of_the_machine() {
+        let mb = super::default_memory_limit_mb();
+        let total_kb: usize = std::fs::read_to_string("/proc/meminfo")
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .unwrap()
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(
+            mb > 0 && mb <= total_kb / 1024 * 4 / 5,
+            "{mb} MiB of {total_kb} kB"
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -121,6 +121,7 @@ impl Engine {
         let mut rt = RuntimeEnvBuilder::new();
         if config.memory_limit_mb > 0 {
             rt = rt.with_memory_limit(config.memory_limit_mb * 1024 * 1024, 1.0);
+            tracing::info!("query memory limit: {} MiB", config.memory_limit_mb);
         }
         let runtime = rt.build_arc()?;
         let views = Arc::new_cyclic(|me| EngineViewPlanner {

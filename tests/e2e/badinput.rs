@@ -192,3 +192,52 @@ async fn deeply_nested_statements_are_refused_and_the_server_stays_up() {
     let one: i32 = other.query_one("SELECT 1::int", &[]).await.unwrap().get(0);
     assert_eq!(one, 1);
 }
+
+/// Under a small query memory limit, an aggregate and a sort larger than it spill to
+/// disk and answer correctly (the default limit is 80% of the machine's memory: a big
+/// query spills or fails with 53200 instead of the server being killed), and the server
+/// stays up.
+#[tokio::test]
+async fn queries_larger_than_the_memory_limit_spill_and_the_server_stays_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut srv = Server::start_with(dir.path(), &[("TOUCHLAKE_MEMORY_LIMIT_MB", "128")]);
+    let c = srv.connect().await;
+    let groups: i64 = c
+        .query_one(
+            "SELECT count(*) FROM (SELECT x % 2000000 AS k, count(*) FROM generate_series(1, 4000000) t(x) GROUP BY 1) s",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(groups, 2_000_000);
+    // A sort of about 150 MB (2M md5 strings, twice) under 128 MB: every row once, in
+    // order (no row sorts after its successor), numbered 1..n.
+    let row = c
+        .query_one(
+            "SELECT count(*), CAST(sum(rn) AS bigint), count(*) FILTER (WHERE prev > h) FROM (
+               SELECT h, row_number() OVER (ORDER BY h) AS rn, lag(h) OVER (ORDER BY h) AS prev
+               FROM (SELECT md5(CAST(x AS text)) AS h FROM generate_series(1, 2000000) t(x)) a) s",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (n, sum, unordered): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!(
+        (n, sum, unordered),
+        (2_000_000, 2_000_000 * 2_000_001 / 2, 0)
+    );
+    // A top-k cannot spill: past the limit it fails with 53200, the connection stays.
+    let top = c
+        .query_one(
+            "SELECT md5(CAST(x AS text)) AS h FROM generate_series(1, 3000000) t(x) ORDER BY h OFFSET 2500000 LIMIT 1",
+            &[],
+        )
+        .await;
+    if let Err(e) = &top {
+        assert_eq!(e.code().map(|s| s.code()), Some("53200"), "{e}");
+    }
+    let one: i32 = c.query_one("SELECT 1::int", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+    assert!(srv.alive());
+}
