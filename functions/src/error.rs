@@ -25,6 +25,14 @@ pub enum FunctionError {
         /// A value out of range rather than text that does not fit.
         out_of_range: bool,
     },
+    /// A result larger than the server builds (54000, PostgreSQL's program_limit_exceeded).
+    #[error("{function}: {message}")]
+    TooLarge {
+        /// The SQL function name.
+        function: &'static str,
+        /// How large, and the limit.
+        message: String,
+    },
 }
 
 impl FunctionError {
@@ -36,6 +44,7 @@ impl FunctionError {
                 out_of_range: true, ..
             } => "22008",
             FunctionError::Datetime { .. } => "22007",
+            FunctionError::TooLarge { .. } => "54000",
         }
     }
 }

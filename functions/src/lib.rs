@@ -4,6 +4,7 @@
 //! `docs/functions.md`.
 
 pub mod args;
+pub mod array_limit;
 pub mod attribution;
 pub mod btyd;
 pub mod calendar;
@@ -84,5 +85,6 @@ pub fn register_all(registry: &mut dyn FunctionRegistry) -> datafusion::error::R
     {
         registry.register_udwf(std::sync::Arc::new(udwf))?;
     }
+    array_limit::register(registry)?;
     Ok(())
 }
