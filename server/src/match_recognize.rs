@@ -1332,6 +1332,22 @@ fn derived_table(sql: &str) -> Result<TableFactor, DataFusionError> {
     }
 }
 
+/// A function call's positional arguments (`None` when it has named or subquery ones).
+fn positional_args(f: &Function) -> Option<Vec<&FunctionArgExpr>> {
+    match &f.args {
+        FunctionArguments::List(l) => l
+            .args
+            .iter()
+            .map(|a| match a {
+                FunctionArg::Unnamed(e) => Some(e),
+                _ => None,
+            })
+            .collect(),
+        FunctionArguments::None => Some(vec![]),
+        FunctionArguments::Subquery(_) => None,
+    }
+}
+
 /// Replaces measure building blocks in an expression with hidden columns `__mr_m{k}`.
 struct Prims<'a, F: Fn(&str) -> Result<usize, DataFusionError>> {
     clause: &'a Clause,
@@ -1384,19 +1400,10 @@ impl<F: Fn(&str) -> Result<usize, DataFusionError>> Prims<'_, F> {
 
     fn function(&mut self, f: &Function) -> Result<Option<Prim>, DataFusionError> {
         let name = f.name.to_string().to_ascii_lowercase();
-        let args: Vec<&FunctionArgExpr> = match &f.args {
-            FunctionArguments::List(l) => l
-                .args
-                .iter()
-                .map(|a| match a {
-                    FunctionArg::Unnamed(e) => Ok(e),
-                    _ => Err(DataFusionError::Plan(format!(
-                        "MATCH_RECOGNIZE: named arguments in {name}"
-                    ))),
-                })
-                .collect::<Result<_, _>>()?,
-            FunctionArguments::None => vec![],
-            FunctionArguments::Subquery(_) => return Ok(None),
+        let Some(args) = positional_args(f) else {
+            return Err(DataFusionError::Plan(format!(
+                "MATCH_RECOGNIZE: named or subquery arguments in {name}"
+            )));
         };
         let one = |this: &Self| -> Result<(Option<usize>, usize), DataFusionError> {
             match args.as_slice() {
@@ -1459,11 +1466,7 @@ impl<F: Fn(&str) -> Result<usize, DataFusionError>> Prims<'_, F> {
         };
         let n = match args.get(1) {
             None => usize::from(matches!(name, "prev" | "next")),
-            Some(FunctionArgExpr::Expr(Expr::Value(v))) => match &v.value {
-                ast::Value::Number(n, _) => n.parse::<usize>().map_err(|_| usage())?,
-                _ => return Err(usage()),
-            },
-            Some(_) => return Err(usage()),
+            Some(e) => define::offset(e).ok_or_else(usage)?,
         };
         if args.is_empty() || args.len() > 2 {
             return Err(usage());
@@ -1486,18 +1489,7 @@ impl<F: Fn(&str) -> Result<usize, DataFusionError>> Prims<'_, F> {
                         if !matches!(g_name.as_str(), "first" | "last") {
                             return Err(usage());
                         }
-                        let g_args: Vec<&FunctionArgExpr> = match &g.args {
-                            FunctionArguments::List(l) => l
-                                .args
-                                .iter()
-                                .map(|a| match a {
-                                    FunctionArg::Unnamed(e) => Ok(e),
-                                    _ => Err(usage()),
-                                })
-                                .collect::<Result<_, _>>()?,
-                            _ => return Err(usage()),
-                        };
-                        self.navigation(&g_name, &g_args)?
+                        self.navigation(&g_name, &positional_args(g).ok_or_else(usage)?)?
                     }
                     e => self.navigation("last", &[e])?,
                 };

@@ -112,24 +112,12 @@ fn name_of(f: &Function) -> String {
 }
 
 fn args(f: &Function) -> Result<Vec<&FunctionArgExpr>, MatchError> {
-    match &f.args {
-        FunctionArguments::List(l) => l
-            .args
-            .iter()
-            .map(|a| match a {
-                FunctionArg::Unnamed(e) => Ok(e),
-                _ => Err(MatchError::Invalid(format!(
-                    "named arguments in {} in DEFINE",
-                    name_of(f)
-                ))),
-            })
-            .collect(),
-        FunctionArguments::None => Ok(vec![]),
-        FunctionArguments::Subquery(_) => Err(MatchError::NotSupported(format!(
-            "a subquery in {} in DEFINE",
+    super::positional_args(f).ok_or_else(|| {
+        MatchError::Invalid(format!(
+            "named or subquery arguments in {} in DEFINE",
             name_of(f)
-        ))),
-    }
+        ))
+    })
 }
 
 /// Functions that read another row or rows of the match.
@@ -142,16 +130,13 @@ fn is_aggregate(name: &str) -> bool {
 }
 
 /// A non-negative integer literal (the offset argument of PREV/NEXT/FIRST/LAST).
-fn offset(e: &FunctionArgExpr) -> Result<usize, MatchError> {
+pub(super) fn offset(e: &FunctionArgExpr) -> Option<usize> {
     if let FunctionArgExpr::Expr(Expr::Value(v)) = e
         && let Value::Number(n, _) = &v.value
-        && let Ok(n) = n.parse::<usize>()
     {
-        return Ok(n);
+        return n.parse::<usize>().ok();
     }
-    Err(MatchError::Invalid(format!(
-        "the offset {e} must be a non-negative integer literal"
-    )))
+    None
 }
 
 impl Planner<'_> {
@@ -368,7 +353,11 @@ impl Planner<'_> {
         let name = name_of(f);
         let a = args(f)?;
         let n = match a.get(1) {
-            Some(e) => offset(e)?,
+            Some(e) => offset(e).ok_or_else(|| {
+                MatchError::Invalid(format!(
+                    "the offset {e} must be a non-negative integer literal"
+                ))
+            })?,
             None => usize::from(matches!(name.as_str(), "prev" | "next")),
         };
         if a.is_empty() || a.len() > 2 {
