@@ -915,6 +915,10 @@ struct Matcher<'a> {
     leaves: &'a [define::Column],
     /// The partition's first row in the input.
     base: usize,
+    /// Symbol names (for `CLASSIFIER()` in DEFINE).
+    names: &'a [String],
+    /// The number the next match gets.
+    number: i64,
 }
 
 /// A matched row: (row in the partition, symbol, excluded from output).
@@ -998,6 +1002,8 @@ impl Matcher<'_> {
             symbol,
             len: self.rows.len(),
             base: self.base,
+            names: self.names,
+            number: self.number,
         };
         define::holds(cond, self.leaves, &at)
     }
@@ -1080,6 +1086,11 @@ pub fn run(
             *d = Some(c.as_boolean().clone());
         }
     }
+    let names: Vec<String> = clause
+        .symbols
+        .iter()
+        .map(|(s, _)| s.value.clone())
+        .collect();
     let leaves: Vec<define::Column> = (0..clause.leaves.len())
         .map(|j| {
             let i = schema.index_of(&format!("__mr_dyn_{j}"))?;
@@ -1134,6 +1145,8 @@ pub fn run(
             dynamic: &clause.dynamic,
             leaves: &leaves,
             base: range.start,
+            names: &names,
+            number: 1,
         };
         let mut number = 0i64;
         let mut start = 0usize;
@@ -1146,6 +1159,7 @@ pub fn run(
                 continue;
             };
             number += 1;
+            m.number = number + 1;
             let next = match &clause.skip {
                 AfterMatchSkip::PastLastRow => labels.last().map_or(start + 1, |l| l.0 + 1),
                 AfterMatchSkip::ToNextRow => start + 1,
@@ -1840,6 +1854,8 @@ mod tests {
             dynamic: &[],
             leaves: &[],
             base: 0,
+            names: &[],
+            number: 1,
         };
         m.find(start)
             .expect("match")

@@ -4,6 +4,7 @@ Python reference on generated partitions: with mutually exclusive DEFINE conditi
 is one letter, so the standard's preferred match is Python `re`'s (greedy quantifiers,
 alternatives left to right); AFTER MATCH SKIP PAST LAST ROW is `finditer`, TO NEXT ROW is
 `match` at every row. The test prints how many matches it compared."""
+import functools
 import random
 import re
 
@@ -294,10 +295,20 @@ def test_define_reads_the_match_so_far(conn):
         ORDER BY sym, day""").fetchall()
     assert rows == [("a", 3, 8.0, 7.0), ("a", 4, 6.0, 9.0), ("a", 5, 7.0, 5.0), ("a", 7, 5.0, 6.0),
                     ("a", 8, 4.0, None), ("b", 2, 3.0, 4.0), ("b", 3, 2.0, None)]
+    # CLASSIFIER() in DEFINE: the row being tested is the defined symbol's; PREV(CLASSIFIER())
+    # the symbol of the row before, if in the match. B's first row needs A before it, the
+    # next ones a rise: a: (10 8), (6 7 9), (5 4 6); b: (3 2 4).
+    assert run("FIRST(day) AS s, COUNT(*) AS n", "A B+",
+               "B AS PREV(CLASSIFIER()) = 'A' OR B.price > PREV(B.price)") == [
+        ("a", 1, 2), ("a", 3, 3), ("a", 6, 3), ("b", 1, 3)]
+    assert run("COUNT(*) AS n", "A B*", "B AS CLASSIFIER() = 'A'") == [("a", 1)] * 8 + [("b", 1)] * 3
+    # MATCH_NUMBER() in DEFINE: the number of the match being attempted; two per partition.
+    assert run("MATCH_NUMBER() AS m, FIRST(day) AS d", "A", "A AS MATCH_NUMBER() <= 2") == [
+        ("a", 1, 1), ("a", 2, 2), ("b", 1, 1), ("b", 2, 2)]
     # Errors: the connection stays up.
     for define, err in [("B AS B.price > A.sym", psycopg.errors.DatatypeMismatch),
                         ("B AS B.price / (A.price - A.price) > 1", psycopg.errors.DivisionByZero),
-                        ("B AS CLASSIFIER() = 'B'", psycopg.errors.FeatureNotSupported),
+                        ("B AS FIRST(CLASSIFIER()) = 'A'", psycopg.errors.FeatureNotSupported),
                         ("B AS coalesce(A.price, B.price) > 1", psycopg.errors.FeatureNotSupported),
                         ("B AS SUM(A.price + B.price) > 1", psycopg.errors.SyntaxError),
                         ("B AS PREV(A.price, -1) > 1", psycopg.errors.SyntaxError)]:
@@ -310,8 +321,14 @@ def test_define_reads_the_match_so_far(conn):
 class _Ctx:
     """The partial match as the Python reference sees it."""
 
-    def __init__(self, part, path, pos, sym):
-        self.part, self.path, self.pos, self.sym = part, path, pos, sym
+    def __init__(self, part, path, pos, sym, number=1):
+        self.part, self.path, self.pos, self.sym, self.number = part, path, pos, sym, number
+
+    def classifier(self, shift):
+        """The symbol of the row `shift` from the one being tested, if in the match."""
+        if shift == 0:
+            return self.sym
+        return next((s for r, s in self.path if r == self.pos + shift), None)
 
     def rows(self, sym=None):
         out = [r for r, s in self.path if sym is None or s == sym]
@@ -371,6 +388,9 @@ DEFINES = [
     ("MAX(price) - MIN(price) <= 8",
      lambda c, o: _cmp(c.agg(max, None, "price") - c.agg(min, None, "price"), "<=", 8)),
     ("NEXT(price) > price", lambda c, o: _cmp(c.at(c.pos + 1, "price"), ">", c.last(c.sym, "price"))),
+    ("PREV(CLASSIFIER()) IS NULL OR PREV(CLASSIFIER()) <> '{o}'",
+     lambda c, o: _or(c.classifier(-1) is None, _cmp(c.classifier(-1), "<>", o))),
+    ("MATCH_NUMBER() % 2 = 1 OR price > 10", lambda c, o: _or(c.number % 2 == 1, _cmp(c.last(c.sym, "price"), ">", 10))),
     ("FIRST({o}.qty, 1) IS NULL OR qty = FIRST({o}.qty, 1)",
      lambda c, o: _or(c.first(o, "qty", 1) is None, _cmp(c.last(c.sym, "qty"), "=", c.first(o, "qty", 1)))),
 ]
@@ -455,16 +475,17 @@ def test_define_over_the_match_matches_a_python_reference(conn):
         for skip in ["PAST LAST ROW", "TO NEXT ROW"]:
             want, labels = [], []
             for pid, part in sorted(parts.items()):
-                def test(sym, pos, path, part=part):
+                def test(sym, pos, path, part=part, number=None):
                     if pos >= len(part):
                         return False
                     if sym not in defs:
                         return True
                     k, o = defs[sym]
-                    return DEFINES[k][1](_Ctx(part, path, pos, sym), o) is True
+                    return DEFINES[k][1](_Ctx(part, path, pos, sym, number), o) is True
                 start, number = 0, 0
                 while start < len(part):
-                    m = next(iter(_matches(tree, start, [], test)), None)
+                    attempt = functools.partial(test, number=number + 1)
+                    m = next(iter(_matches(tree, start, [], attempt)), None)
                     if m is None:
                         start += 1
                         continue

@@ -92,6 +92,11 @@ pub enum Cond {
         symbol: Option<usize>,
         leaf: Option<usize>,
     },
+    /// `CLASSIFIER()` of a row (`PREV(CLASSIFIER())`): its symbol in the match so far,
+    /// the defined symbol for the row being tested, NULL elsewhere.
+    Classifier(i64),
+    /// `MATCH_NUMBER()`: the number of the match being attempted.
+    MatchNumber,
     Binary(Box<Cond>, Op, Box<Cond>),
     Not(Box<Cond>),
     Neg(Box<Cond>),
@@ -123,6 +128,12 @@ fn args(f: &Function) -> Result<Vec<&FunctionArgExpr>, MatchError> {
 /// Functions that read another row or rows of the match.
 fn is_navigation(name: &str) -> bool {
     matches!(name, "prev" | "next" | "first" | "last")
+}
+
+/// Is the first argument of `f` `CLASSIFIER()`?
+fn reads_classifier(f: &Function) -> bool {
+    matches!(super::positional_args(f).as_deref(), Some([FunctionArgExpr::Expr(Expr::Function(g)), ..])
+        if name_of(g) == "classifier")
 }
 
 fn is_aggregate(name: &str) -> bool {
@@ -160,7 +171,11 @@ impl Planner<'_> {
                     }
                     Expr::Function(f) => {
                         let name = name_of(f);
-                        if matches!(name.as_str(), "first" | "last") || is_aggregate(&name) {
+                        if matches!(
+                            name.as_str(),
+                            "first" | "last" | "classifier" | "match_number"
+                        ) || is_aggregate(&name)
+                        {
                             ControlFlow::Break(())
                         } else {
                             ControlFlow::Continue(())
@@ -178,10 +193,14 @@ impl Planner<'_> {
         if let Expr::Nested(inner) = def {
             return self.plan(inner, symbol);
         }
-        if let Expr::Function(f) = def
-            && is_aggregate(&name_of(f))
-        {
-            return self.aggregate(f);
+        if let Expr::Function(f) = def {
+            let name = name_of(f);
+            if is_aggregate(&name) {
+                return self.aggregate(f);
+            }
+            if let Some(c) = self.match_function(f)? {
+                return Ok(c);
+            }
         }
         let (navs, aggregates) = self.references(def, symbol)?;
         if !aggregates && navs.len() <= 1 {
@@ -253,6 +272,34 @@ impl Planner<'_> {
         })
     }
 
+    /// `CLASSIFIER()`, `PREV`/`NEXT(CLASSIFIER() [, n])` and `MATCH_NUMBER()`.
+    fn match_function(&self, f: &Function) -> Result<Option<Cond>, MatchError> {
+        let name = name_of(f);
+        Ok(match name.as_str() {
+            "classifier" => Some(Cond::Classifier(0)),
+            "match_number" => Some(Cond::MatchNumber),
+            "prev" | "next" if reads_classifier(f) => {
+                let a = args(f)?;
+                let n = match a.get(1) {
+                    Some(e) => offset(e).ok_or_else(|| {
+                        MatchError::Invalid(format!(
+                            "the offset {e} must be a non-negative integer literal"
+                        ))
+                    })?,
+                    None => 1,
+                } as i64;
+                Some(Cond::Classifier(if name == "prev" { -n } else { n }))
+            }
+            "first" | "last" if reads_classifier(f) => {
+                return Err(MatchError::NotSupported(format!(
+                    "{}(CLASSIFIER()) in DEFINE",
+                    name.to_uppercase()
+                )));
+            }
+            _ => None,
+        })
+    }
+
     /// The rows `e` reads, and whether it holds an aggregate.
     fn references(&self, e: &Expr, symbol: usize) -> Result<(Vec<Nav>, bool), MatchError> {
         struct Refs<'p, 'a> {
@@ -288,7 +335,9 @@ impl Planner<'_> {
                     }
                     Expr::Function(f) => {
                         let name = name_of(f);
-                        if is_navigation(&name) {
+                        if is_navigation(&name) && reads_classifier(f) {
+                            self.aggregates = true;
+                        } else if is_navigation(&name) {
                             match self.p.navigation(f, self.symbol) {
                                 Ok(nav) => self.add(nav),
                                 Err(err) => {
@@ -299,11 +348,8 @@ impl Planner<'_> {
                         } else if is_aggregate(&name) {
                             self.aggregates = true;
                         } else if matches!(name.as_str(), "classifier" | "match_number") {
-                            self.error = Some(MatchError::NotSupported(format!(
-                                "{}() in DEFINE",
-                                name.to_uppercase()
-                            )));
-                            return ControlFlow::Break(());
+                            // Not a column: evaluated by the matcher.
+                            self.aggregates = true;
                         }
                         self.inside += usize::from(wraps);
                     }
@@ -727,6 +773,10 @@ pub struct At<'a> {
     pub len: usize,
     /// The partition's first row in the leaf columns.
     pub base: usize,
+    /// Symbol names, as `CLASSIFIER()` gives them.
+    pub names: &'a [String],
+    /// The number of the match being attempted (1 for the partition's first).
+    pub number: i64,
 }
 
 impl At<'_> {
@@ -756,17 +806,35 @@ impl At<'_> {
 }
 
 /// Is `cond` true at `at`? (NULL is not.)
-pub fn holds(cond: &Cond, cols: &[Column], at: &At) -> Result<bool, MatchError> {
+pub fn holds<'c>(cond: &Cond, cols: &'c [Column], at: &At<'c>) -> Result<bool, MatchError> {
     Ok(eval(cond, cols, at)? == V::Bool(true))
 }
 
-fn eval<'c>(cond: &Cond, cols: &'c [Column], at: &At) -> Result<V<'c>, MatchError> {
+fn eval<'c>(cond: &Cond, cols: &'c [Column], at: &At<'c>) -> Result<V<'c>, MatchError> {
     Ok(match cond {
         Cond::Value { leaf, nav } => match at.resolve(*nav) {
             Some(r) => cols[*leaf].get(r),
             None => V::Null,
         },
         Cond::Aggregate { agg, symbol, leaf } => aggregate(*agg, *symbol, *leaf, cols, at)?,
+        Cond::MatchNumber => V::Int(at.number),
+        Cond::Classifier(shift) => {
+            let row = at.row as i64 + shift;
+            let symbol = if *shift == 0 {
+                Some(at.symbol)
+            } else {
+                usize::try_from(row).ok().and_then(|row| {
+                    at.path
+                        .binary_search_by_key(&row, |l| l.0)
+                        .ok()
+                        .map(|i| at.path[i].1)
+                })
+            };
+            match symbol {
+                Some(s) => V::Text(at.names[s].as_str()),
+                None => V::Null,
+            }
+        }
         Cond::Not(c) => match eval(c, cols, at)? {
             V::Bool(b) => V::Bool(!b),
             V::Null => V::Null,
