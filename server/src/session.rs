@@ -482,12 +482,27 @@ impl Session {
             let plan = Box::pin(self.plan(inner)).await?;
             let df = self.ctx.execute_logical_plan(plan).await?;
             let schema = Arc::new(df.schema().as_arrow().clone());
-            let batches = df.collect().await?;
+            // The input is held in memory while it is matched (and copied once into one
+            // batch): it counts against the query memory pool, so an input past the limit
+            // fails with 53200 instead of growing the process without bound.
+            let reservation =
+                datafusion::execution::memory_pool::MemoryConsumer::new("MATCH_RECOGNIZE input")
+                    .register(&self.ctx.runtime_env().memory_pool);
+            let mut stream = df.execute_stream().await?;
+            let mut batches = vec![];
+            while let Some(b) = stream.next().await {
+                let b = b?;
+                reservation.try_grow(b.get_array_memory_size())?;
+                batches.push(b);
+            }
+            reservation.try_grow(reservation.size())?;
             let name = format!(
                 "m{}",
                 NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             );
             let (batch, derived) = mr::run(&clause, &batches, schema, &name)?;
+            drop(batches);
+            drop(reservation);
             temps.push(mr::TempTable::register(&self.ctx, name, batch)?);
             replacements.push(derived);
         }

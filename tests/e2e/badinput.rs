@@ -242,6 +242,21 @@ async fn queries_larger_than_the_memory_limit_spill_and_the_server_stays_up() {
     if let Err(e) = &top {
         assert_eq!(e.code().map(|s| s.code()), Some("53200"), "{e}");
     }
+    // MATCH_RECOGNIZE holds its input in memory: about 170 MB of input is refused, a
+    // small one matches.
+    let mr = "SELECT count(*) FROM (SELECT x, md5(CAST(x AS text)) AS h FROM generate_series(1, {n}) t(x)) AS d \
+              MATCH_RECOGNIZE (ORDER BY x MEASURES COUNT(*) AS k PATTERN (A B) DEFINE B AS B.h > A.h) AS m";
+    let err = c
+        .simple_query(&mr.replace("{n}", "3000000"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().map(|s| s.code()), Some("53200"), "{err}");
+    let matched: i64 = c
+        .query_one(&mr.replace("{n}", "1000"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(matched > 0 && matched <= 500, "{matched}");
     let one: i32 = c.query_one("SELECT 1::int", &[]).await.unwrap().get(0);
     assert_eq!(one, 1);
     assert!(srv.alive());
