@@ -140,6 +140,18 @@ fn is_aggregate(name: &str) -> bool {
     matches!(name, "sum" | "avg" | "min" | "max" | "count")
 }
 
+/// The offset argument (the second) of PREV/NEXT/FIRST/LAST, `default` without one.
+fn offset_arg(args: &[&FunctionArgExpr], default: usize) -> Result<usize, MatchError> {
+    match args.get(1) {
+        Some(e) => offset(e).ok_or_else(|| {
+            MatchError::Invalid(format!(
+                "the offset {e} must be a non-negative integer literal"
+            ))
+        }),
+        None => Ok(default),
+    }
+}
+
 /// A non-negative integer literal (the offset argument of PREV/NEXT/FIRST/LAST).
 pub(super) fn offset(e: &FunctionArgExpr) -> Option<usize> {
     if let FunctionArgExpr::Expr(Expr::Value(v)) = e
@@ -279,15 +291,7 @@ impl Planner<'_> {
             "classifier" => Some(Cond::Classifier(0)),
             "match_number" => Some(Cond::MatchNumber),
             "prev" | "next" if reads_classifier(f) => {
-                let a = args(f)?;
-                let n = match a.get(1) {
-                    Some(e) => offset(e).ok_or_else(|| {
-                        MatchError::Invalid(format!(
-                            "the offset {e} must be a non-negative integer literal"
-                        ))
-                    })?,
-                    None => 1,
-                } as i64;
+                let n = offset_arg(&args(f)?, 1)? as i64;
                 Some(Cond::Classifier(if name == "prev" { -n } else { n }))
             }
             "first" | "last" if reads_classifier(f) => {
@@ -398,14 +402,7 @@ impl Planner<'_> {
     fn navigation(&self, f: &Function, symbol: usize) -> Result<Nav, MatchError> {
         let name = name_of(f);
         let a = args(f)?;
-        let n = match a.get(1) {
-            Some(e) => offset(e).ok_or_else(|| {
-                MatchError::Invalid(format!(
-                    "the offset {e} must be a non-negative integer literal"
-                ))
-            })?,
-            None => usize::from(matches!(name.as_str(), "prev" | "next")),
-        };
+        let n = offset_arg(&a, usize::from(matches!(name.as_str(), "prev" | "next")))?;
         if a.is_empty() || a.len() > 2 {
             return Err(MatchError::Invalid(format!(
                 "{} takes a column and an optional offset",
