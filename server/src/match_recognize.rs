@@ -779,6 +779,17 @@ impl Compiler<'_> {
             P::Symbol(s) => self.symbol(s, excluded),
             P::Exclude(s) => self.symbol(s, true),
             P::Permute(syms) => {
+                // n! orders of n symbols each: refuse before listing more than the program
+                // could hold (PERMUTE of 12 symbols would list 479 million).
+                let size = (1..=syms.len())
+                    .try_fold(syms.len(), |acc, k| acc.checked_mul(k))
+                    .filter(|&n| self.prog.len().saturating_add(n) < MAX_PROGRAM);
+                if size.is_none() {
+                    return Err(MatchError::NotSupported(format!(
+                        "PERMUTE of {} symbols (more than {MAX_PROGRAM} pattern steps)",
+                        syms.len()
+                    )));
+                }
                 let orders = permutations(syms.len());
                 let alts: Vec<MatchRecognizePattern> = orders
                     .into_iter()
@@ -1895,5 +1906,24 @@ mod tests {
     fn permute_lists_orders() {
         assert_eq!(permutations(3).len(), 6);
         assert_eq!(permutations(2), vec![vec![0, 1], vec![1, 0]]);
+        // 12 symbols (479 million orders) is past the program limit: refused before the
+        // orders are listed (listing them ran out of memory), as 0A000; 6 compiles.
+        let syms = ["A", "B", "C", "D", "E", "F", "G", "H", "I", "J", "K", "L"];
+        let sql = format!(
+            "SELECT * FROM t MATCH_RECOGNIZE (ORDER BY x PATTERN (PERMUTE({})) DEFINE A AS x > 0)",
+            syms.join(", ")
+        );
+        let mut stmt = parse(&sql).expect("parse").remove(0);
+        let clause = Clause::new(clauses(&mut stmt).remove(0)).expect("clause");
+        let mut c = Compiler {
+            clause: &clause,
+            prog: vec![],
+        };
+        assert!(matches!(
+            c.compile(&clause.pattern, false),
+            Err(MatchError::NotSupported(_))
+        ));
+        let (_, prog) = program("PERMUTE(A, B, C, D, E, F)", &["A"]);
+        assert!(prog.len() > 720);
     }
 }
