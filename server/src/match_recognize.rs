@@ -1907,7 +1907,7 @@ mod tests {
         assert_eq!(permutations(3).len(), 6);
         assert_eq!(permutations(2), vec![vec![0, 1], vec![1, 0]]);
         // 12 symbols (479 million orders) is past the program limit: refused before the
-        // orders are listed (listing them ran out of memory), as 0A000; 6 compiles.
+        // orders are listed (as vectors, about 46 GB), as 0A000; 6 compiles.
         let syms = ["A", "B", "C", "D", "E", "F", "G", "H", "I", "J", "K", "L"];
         let sql = format!(
             "SELECT * FROM t MATCH_RECOGNIZE (ORDER BY x PATTERN (PERMUTE({})) DEFINE A AS x > 0)",
