@@ -500,8 +500,15 @@ impl Session {
                 "m{}",
                 NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             );
-            let (batch, derived) = mr::run(&clause, &batches, schema, &name)?;
-            drop(batches);
+            // Matching is seconds of CPU at worst (its step budget): on a blocking thread,
+            // so the async workers keep serving other connections meanwhile.
+            let table = name.clone();
+            let (batch, derived) =
+                tokio::task::spawn_blocking(move || mr::run(&clause, &batches, schema, &table))
+                    .await
+                    .map_err(|e| {
+                        DataFusionError::Internal(format!("MATCH_RECOGNIZE matching failed: {e}"))
+                    })??;
             drop(reservation);
             temps.push(mr::TempTable::register(&self.ctx, name, batch)?);
             replacements.push(derived);
