@@ -3,6 +3,32 @@
 //! every function is registered in each session through [`register_all`] and documented in
 //! `docs/functions.md`.
 
+/// The `ScalarUDFImpl` methods a wrapper of a DataFusion function takes from its `inner`
+/// function unchanged (name, aliases, signature, return type, documentation); the wrapper
+/// writes the ones it changes.
+macro_rules! delegate_to_inner {
+    () => {
+        fn name(&self) -> &str {
+            self.inner.name()
+        }
+        fn aliases(&self) -> &[String] {
+            self.inner.aliases()
+        }
+        fn signature(&self) -> &datafusion::logical_expr::Signature {
+            self.inner.signature()
+        }
+        fn return_type(
+            &self,
+            arg_types: &[datafusion::arrow::datatypes::DataType],
+        ) -> datafusion::common::Result<datafusion::arrow::datatypes::DataType> {
+            self.inner.return_type(arg_types)
+        }
+        fn documentation(&self) -> Option<&datafusion::logical_expr::Documentation> {
+            self.inner.documentation()
+        }
+    };
+}
+
 pub mod args;
 pub mod array_limit;
 pub mod attribution;

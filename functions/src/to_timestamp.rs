@@ -19,8 +19,7 @@ use datafusion::arrow::datatypes::{DataType, FieldRef};
 use datafusion::common::config::ConfigOptions;
 use datafusion::error::Result;
 use datafusion::logical_expr::{
-    ColumnarValue, Documentation, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl,
-    Signature,
+    ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl,
 };
 use datafusion::scalar::ScalarValue;
 
@@ -373,18 +372,7 @@ fn pg_template(args: &[ColumnarValue]) -> Option<String> {
 }
 
 impl ScalarUDFImpl for PgTemplate {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-    fn aliases(&self) -> &[String] {
-        self.inner.aliases()
-    }
-    fn signature(&self) -> &Signature {
-        self.inner.signature()
-    }
-    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
-        self.inner.return_type(arg_types)
-    }
+    delegate_to_inner!();
     fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef> {
         // PostgreSQL's to_timestamp(text, text) is a timestamptz.
         let text =
@@ -476,9 +464,6 @@ impl ScalarUDFImpl for PgTemplate {
         } else {
             ColumnarValue::Array(array)
         })
-    }
-    fn documentation(&self) -> Option<&Documentation> {
-        self.inner.documentation()
     }
 }
 
