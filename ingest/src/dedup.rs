@@ -44,9 +44,7 @@ pub fn id_key(id: &str) -> Option<u128> {
 
 /// The id set of `unified.touchpoints` of `lake`, locked and brought up to date.
 pub async fn lock(lake: &Lake) -> Result<OwnedMutexGuard<Seen>> {
-    let key = format!("{}/unified/touchpoints", lake.url());
-    let entry = TABLES.lock().await.entry(key).or_default().clone();
-    let mut seen = entry.lock_owned().await;
+    let mut seen = hold(lake).await;
     lake.invalidate("unified", "touchpoints").await;
     if let Some((t, _)) = lake.table("unified", "touchpoints").await? {
         seen.refresh(&t).await?;
@@ -54,6 +52,15 @@ pub async fn lock(lake: &Lake) -> Result<OwnedMutexGuard<Seen>> {
         *seen = Seen::default();
     }
     Ok(seen)
+}
+
+/// The id set of `unified.touchpoints` of `lake`, locked as it is: for a writer that
+/// keeps appends out while it rewrites the table but needs no ids (an identity run).
+/// The set catches up with the rewritten files the next time it is locked.
+pub async fn hold(lake: &Lake) -> OwnedMutexGuard<Seen> {
+    let key = format!("{}/unified/touchpoints", lake.url());
+    let entry = TABLES.lock().await.entry(key).or_default().clone();
+    entry.lock_owned().await
 }
 
 impl Seen {

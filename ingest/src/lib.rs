@@ -6,6 +6,8 @@
 //! - [`run`]: an ingest run: ledger of files, raw landing, quarantine, dedup, exactly-once
 //!   commits, `quality.ingest_runs`.
 //! - [`dedup`]: the in-memory set of touchpoint ids already in the lake.
+//! - [`files`]: reading chosen rows of a big table straight from its Parquet files.
+//! - [`replace`]: replacing rows by key with deletion vectors (incremental identity runs).
 //! - [`pull`]: database sources pulled by cursor ([`postgres`], [`mysql`]).
 //! - [`collector`]: the HTTP collector's write-ahead log and flushes.
 //! - [`checks`]: `quality.checks` after each run.
@@ -20,6 +22,7 @@ pub mod dedup;
 pub mod demo;
 pub mod demo_landing;
 pub mod error;
+pub mod files;
 pub mod identity;
 pub mod mapping;
 pub mod marts;
@@ -27,6 +30,7 @@ pub mod mysql;
 pub mod postgres;
 pub mod pull;
 pub mod read;
+pub mod replace;
 pub mod run;
 pub mod source;
 pub mod tables;

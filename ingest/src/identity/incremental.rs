@@ -18,8 +18,11 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, RecordBatch, StringArray};
-use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::arrow::array::{
+    Array, AsArray, Int64Array, RecordBatch, StringArray, StringViewArray,
+};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, TimeUnit};
 use datafusion::prelude::SessionContext;
 use deltalake::DeltaTable;
 use futures::TryStreamExt;
@@ -31,6 +34,8 @@ use super::read::{
 };
 use super::run::{Scope, Work};
 use crate::error::Result;
+use crate::files::DataFiles;
+use rustc_hash::FxHashSet;
 
 /// Why this run must resolve everything, or `None` when it can continue from the last
 /// run. `settings` is this run's settings fingerprint.
@@ -111,6 +116,29 @@ pub(super) async fn full_reason(
     Ok(None)
 }
 
+/// Column `name` of `b` as text.
+fn text(b: &RecordBatch, name: &str) -> Result<StringViewArray> {
+    let a = b
+        .column_by_name(name)
+        .ok_or_else(|| crate::error::IngestError::Read(format!("no column {name}")))?;
+    Ok(cast(a, &DataType::Utf8View)?.as_string_view().clone())
+}
+
+/// Column `name` of `b` as 64-bit integers (timestamps as their raw value).
+fn int(b: &RecordBatch, name: &str) -> Result<Int64Array> {
+    let a = b
+        .column_by_name(name)
+        .ok_or_else(|| crate::error::IngestError::Read(format!("no column {name}")))?;
+    let a = match a.data_type() {
+        DataType::Timestamp(_, _) => cast(
+            &cast(a, &DataType::Timestamp(TimeUnit::Microsecond, None))?,
+            &DataType::Int64,
+        )?,
+        _ => cast(a, &DataType::Int64)?,
+    };
+    Ok(a.as_primitive::<Int64Type>().clone())
+}
+
 fn one_column(name: &str, values: impl IntoIterator<Item = String>) -> Result<RecordBatch> {
     let schema = Arc::new(Schema::new(vec![Field::new(name, DataType::Utf8, false)]));
     Ok(RecordBatch::try_new(
@@ -132,6 +160,7 @@ struct Stored {
 /// The new touchpoints and the clusters they touch, as a graph to resolve. Registers
 /// `touched_persons (p)` in `ctx` for the writes.
 pub(super) async fn load(lake: &Lake, ctx: &SessionContext) -> Result<Work> {
+    let mut phases = super::run::Phases::start();
     let mut placed = Placed::default();
     let mut new_rows: Vec<(Activity, Vec<(u8, String)>)> = vec![];
     let mut read = scan(ctx, "person_id IS NULL", |r| {
@@ -145,68 +174,88 @@ pub(super) async fn load(lake: &Lake, ctx: &SessionContext) -> Result<Work> {
         }
     })
     .await?;
+    phases.mark("new rows");
     let keys: HashSet<(u8, String)> = new_rows
         .iter()
         .flat_map(|(_, ids)| ids.iter().cloned())
         .collect();
-    let key_schema = Arc::new(Schema::new(vec![
-        Field::new("t", DataType::Utf8, false),
-        Field::new("v", DataType::Utf8, false),
-    ]));
-    ctx.register_batch(
-        "new_ids",
-        RecordBatch::try_new(
-            key_schema,
-            vec![
-                Arc::new(StringArray::from_iter_values(
-                    keys.iter().map(|(t, _)| TYPES[*t as usize]),
-                )),
-                Arc::new(StringArray::from_iter_values(
-                    keys.iter().map(|(_, v)| v.as_str()),
-                )),
-            ],
-        )?,
-    )?;
-    let Some((_, identities)) = lake.table("unified", "identities").await? else {
+    // New identifiers by type, to look up in the stored ones.
+    let mut by_type: Vec<FxHashSet<String>> = vec![FxHashSet::default(); TYPES.len()];
+    for (t, v) in keys {
+        by_type[t as usize].insert(v);
+    }
+    let Some((table, _)) = lake.table("unified", "identities").await? else {
         return Err(crate::error::IngestError::Read(
             "unified.identities disappeared during the identity run".into(),
         ));
     };
-    ctx.register_table("prev_identities", identities)?;
+    // Deletion vectors on before the read: the write replaces the rows the read finds,
+    // at the version it found them in.
+    let table = crate::replace::enable_deletion_vectors(table).await?;
+    let files = DataFiles::of(ctx, &table).await?;
 
-    // The touched clusters, their identifiers and persons.
+    // The touched clusters: those of the stored identifiers that new rows carry.
     let mut clusters = BTreeSet::new();
-    for b in ctx
-        .sql(
-            "SELECT DISTINCT CAST(i.cluster_id AS VARCHAR) FROM prev_identities i \
-             JOIN new_ids n ON i.identifier_type = n.t AND i.identifier_value = n.v \
-             WHERE i.cluster_id IS NOT NULL",
+    let by_type = Arc::new(by_type);
+    for c in files
+        .choose(
+            &["identifier_type", "identifier_value"],
+            move |b| {
+                let (t, v) = (text(b, "identifier_type")?, text(b, "identifier_value")?);
+                Ok((0..b.num_rows())
+                    .filter(|&i| {
+                        graph::type_index(t.value(i))
+                            .is_some_and(|ty| by_type[ty as usize].contains(v.value(i)))
+                    })
+                    .map(|i| i as u32)
+                    .collect())
+            },
+            &["cluster_id"],
         )
         .await?
-        .collect()
-        .await?
     {
-        let c = text_col(&b, 0)?;
-        clusters.extend((0..b.num_rows()).map(|i| c.value(i).to_string()));
+        let c = text(&c.batch, "cluster_id")?;
+        clusters.extend(c.iter().flatten().map(str::to_string));
     }
-    ctx.register_batch(
-        "touched_clusters",
-        one_column("c", clusters.iter().cloned())?,
-    )?;
+    phases.mark("clusters");
+
+    // Their identifiers as the previous run wrote them.
+    let touched: Arc<FxHashSet<String>> = Arc::new(clusters.iter().cloned().collect());
     let mut stored = vec![];
-    for b in ctx
-        .sql(
-            "SELECT CAST(identifier_type AS VARCHAR), CAST(identifier_value AS VARCHAR), \
-             CAST(person_id AS VARCHAR), CAST(first_seen AS BIGINT), CAST(last_seen AS BIGINT), \
-             CAST(touchpoints AS BIGINT) FROM prev_identities \
-             WHERE cluster_id IN (SELECT c FROM touched_clusters)",
+    let mut stored_at = vec![];
+    for c in files
+        .choose(
+            &["cluster_id"],
+            move |b| {
+                let c = text(b, "cluster_id")?;
+                Ok((0..b.num_rows())
+                    .filter(|&i| c.is_valid(i) && touched.contains(c.value(i)))
+                    .map(|i| i as u32)
+                    .collect())
+            },
+            &[
+                "identifier_type",
+                "identifier_value",
+                "person_id",
+                "first_seen",
+                "last_seen",
+                "touchpoints",
+            ],
         )
         .await?
-        .collect()
-        .await?
     {
-        let (t, v, p) = (text_col(&b, 0)?, text_col(&b, 1)?, text_col(&b, 2)?);
-        let (f, l, n) = (int_col(&b, 3)?, int_col(&b, 4)?, int_col(&b, 5)?);
+        stored_at.push((c.file, c.positions.clone()));
+        let b = &c.batch;
+        let (t, v, p) = (
+            text(b, "identifier_type")?,
+            text(b, "identifier_value")?,
+            text(b, "person_id")?,
+        );
+        let (f, l, n) = (
+            int(b, "first_seen")?,
+            int(b, "last_seen")?,
+            int(b, "touchpoints")?,
+        );
         for i in 0..b.num_rows() {
             if let Some(ty) = graph::type_index(t.value(i)) {
                 stored.push(Stored {
@@ -220,6 +269,7 @@ pub(super) async fn load(lake: &Lake, ctx: &SessionContext) -> Result<Work> {
             }
         }
     }
+    phases.mark("stored identities");
     let persons: BTreeSet<String> = stored.iter().map(|s| s.person.clone()).collect();
     ctx.register_batch("touched_persons", one_column("p", persons.iter().cloned())?)?;
 
@@ -246,6 +296,7 @@ pub(super) async fn load(lake: &Lake, ctx: &SessionContext) -> Result<Work> {
         }
     }
 
+    phases.mark("diagnostics");
     // The previous mapping of the touched part.
     let mut prev = Previous::default();
     if let Some((_, p)) = lake.table("unified", "persons").await? {
@@ -264,16 +315,25 @@ pub(super) async fn load(lake: &Lake, ctx: &SessionContext) -> Result<Work> {
         }
     }
 
+    phases.mark("persons");
     // The graph: the touched persons' touchpoints, the stored identifiers, the new rows.
     let mut g = Graph::default();
     if !persons.is_empty() {
         let from = placed.rows.len();
-        read += scan(ctx, "person_id IN (SELECT p FROM touched_persons)", |r| {
+        // A function rather than a semi-join: the scan pushes it into the Parquet reader.
+        super::run::member_of(
+            ctx,
+            "is_touched_person",
+            "person_id",
+            persons.iter().cloned(),
+        );
+        read += scan(ctx, "is_touched_person(person_id)", |r| {
             add_raw_row(&mut g, &mut placed, r)
         })
         .await?;
         placed.link(&mut g, from);
     }
+    phases.mark("touchpoints");
     let mut known = HashSet::new();
     let mut degree: HashMap<u32, [u32; TYPES.len()]> = HashMap::new();
     for s in &stored {
@@ -317,6 +377,8 @@ pub(super) async fn load(lake: &Lake, ctx: &SessionContext) -> Result<Work> {
     let pre_guarded = (0..n)
         .map(|i| foreign[i] || degree.contains_key(&(i as u32)))
         .collect();
+    phases.mark("graph");
+    tracing::debug!("identity increment read: {}", phases.report());
     Ok(Work {
         graph: g,
         placed,
@@ -329,6 +391,7 @@ pub(super) async fn load(lake: &Lake, ctx: &SessionContext) -> Result<Work> {
             persons: persons.into_iter().collect(),
             clusters: clusters.into_iter().collect(),
             new_rows: new_rows.len() as u64,
+            stored_at: (files, stored_at),
         }),
     })
 }

@@ -168,6 +168,26 @@ pub(super) struct Columns {
 }
 
 impl Columns {
+    /// Call `f` for each row.
+    pub fn rows(&self, f: &mut impl FnMut(&RawRow)) {
+        let mut ids: Vec<(u8, &str)> = Vec::with_capacity(TYPES.len());
+        for i in 0..self.len() {
+            ids.clear();
+            for (t, col) in self.ids.iter().enumerate() {
+                if col.is_valid(i) {
+                    ids.push((t as u8, col.value(i)));
+                }
+            }
+            f(&RawRow {
+                ts: self.ts.value(i),
+                channel: self.channel_at(i),
+                purchase: self.purchase_at(i),
+                revenue: self.revenue_at(i),
+                ids: &ids,
+            });
+        }
+    }
+
     /// Rows in the batch.
     pub fn len(&self) -> usize {
         self.ts.len()
@@ -244,22 +264,7 @@ pub(super) async fn scan(
     mut f: impl FnMut(&RawRow),
 ) -> Result<u64> {
     scan_columns(ctx, filter, |c| {
-        let mut ids: Vec<(u8, &str)> = Vec::with_capacity(TYPES.len());
-        for i in 0..c.len() {
-            ids.clear();
-            for (t, col) in c.ids.iter().enumerate() {
-                if col.is_valid(i) {
-                    ids.push((t as u8, col.value(i)));
-                }
-            }
-            f(&RawRow {
-                ts: c.ts.value(i),
-                channel: c.channel_at(i),
-                purchase: c.purchase_at(i),
-                revenue: c.revenue_at(i),
-                ids: &ids,
-            });
-        }
+        c.rows(&mut f);
         Ok(())
     })
     .await

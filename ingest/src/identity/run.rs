@@ -29,6 +29,7 @@ use datafusion::arrow::datatypes::DataType;
 use datafusion::execution::FunctionRegistry;
 use datafusion::logical_expr::{ColumnarValue, Expr, ScalarUDF, Volatility, create_udf};
 use datafusion::prelude::{SessionContext, col, lit};
+use deltalake::kernel::transaction::CommitProperties;
 use deltalake::protocol::SaveMode;
 use rustc_hash::{FxHashMap, FxHashSet};
 use sha2::Digest;
@@ -39,6 +40,7 @@ use super::read::{
     Placed, Previous, find_raw, identity_context, load_previous, load_rules, text_col,
 };
 use crate::error::{IngestError, Result};
+use crate::files::DataFiles;
 use crate::tables;
 
 /// Identifier columns of `unified.touchpoints`, in [`TYPES`] order.
@@ -83,13 +85,13 @@ pub struct IdentitySummary {
 
 /// Wall-clock time per phase of a run, logged when the run ends.
 #[derive(Default)]
-struct Phases {
+pub(super) struct Phases {
     last: Option<std::time::Instant>,
     done: Vec<(&'static str, f64)>,
 }
 
 impl Phases {
-    fn start() -> Self {
+    pub(super) fn start() -> Self {
         Phases {
             last: Some(std::time::Instant::now()),
             done: vec![],
@@ -97,7 +99,7 @@ impl Phases {
     }
 
     /// The phase `name` ended now.
-    fn mark(&mut self, name: &'static str) {
+    pub(super) fn mark(&mut self, name: &'static str) {
         let now = std::time::Instant::now();
         if let Some(t) = self.last {
             self.done.push((name, (now - t).as_secs_f64()));
@@ -105,7 +107,7 @@ impl Phases {
         self.last = Some(now);
     }
 
-    fn report(&self) -> String {
+    pub(super) fn report(&self) -> String {
         self.done
             .iter()
             .map(|(n, s)| format!("{n} {s:.2}s"))
@@ -142,6 +144,9 @@ pub(super) struct Scope {
     pub clusters: Vec<String>,
     /// New touchpoints with an identifier.
     pub new_rows: u64,
+    /// Where the touched clusters' rows are in `unified.identities`: the rows this run
+    /// replaces there.
+    pub stored_at: (DataFiles, Vec<(usize, Vec<u64>)>),
 }
 
 async fn load_full(lake: &Lake, ctx: &SessionContext) -> Result<Work> {
@@ -163,7 +168,7 @@ async fn load_full(lake: &Lake, ctx: &SessionContext) -> Result<Work> {
 /// `column IN (values)` as a Delta predicate: a membership function registered in `ctx`
 /// as `name` (`false` for no values). An `IN` list of thousands of literals overflows the
 /// stack where delta-rs walks the predicate.
-fn member_of(
+pub(super) fn member_of(
     ctx: &SessionContext,
     name: &str,
     column: &str,
@@ -202,7 +207,7 @@ pub async fn run(lake: &Lake, config: &Config) -> Result<IdentitySummary> {
     let run_id = crate::run::new_run_id();
     crate::tables::ensure(lake).await?;
     // No ingest commit of this process lands while touchpoints are rewritten.
-    let _appends = crate::dedup::lock(lake).await?;
+    let _appends = crate::dedup::hold(lake).await;
     let ctx = identity_context()?;
     lake.invalidate("unified", "touchpoints").await;
     let Some((tp_table, tp)) = lake.table("unified", "touchpoints").await? else {
@@ -211,6 +216,7 @@ pub async fn run(lake: &Lake, config: &Config) -> Result<IdentitySummary> {
         ));
     };
     ctx.register_table("tp", tp)?;
+    phases.mark("open");
     let (rules, rules_version) = load_rules(lake, &ctx).await?;
     let settings = format!(
         "{};rules={}",
@@ -222,6 +228,7 @@ pub async fn run(lake: &Lake, config: &Config) -> Result<IdentitySummary> {
     } else {
         super::incremental::full_reason(lake, &ctx, &tp_table, &settings).await?
     };
+    phases.mark("previous run");
     let work = match &full_reason {
         None => super::incremental::load(lake, &ctx).await?,
         Some(_) => load_full(lake, &ctx).await?,
@@ -347,11 +354,12 @@ pub async fn run(lake: &Lake, config: &Config) -> Result<IdentitySummary> {
                 (Some(pred), persons.iter().map(|p| p.id.clone()).collect())
             }
         };
-        let replace = |column: &str, old: &[String], new: Vec<String>| -> Option<Expr> {
+        // The keys of the rows an increment replaces (`None`: a full run replaces all).
+        let replace = |column: &'static str, old: &[String], new: Vec<String>| {
             scope.as_ref().map(|_| {
-                let mut all: Vec<String> = old.to_vec();
+                let mut all: HashSet<String> = old.iter().cloned().collect();
                 all.extend(new);
-                member_of(&ctx, &format!("touchlake_replaced_{column}"), column, all)
+                Replace::Keys(column, all)
             })
         };
 
@@ -387,11 +395,16 @@ pub async fn run(lake: &Lake, config: &Config) -> Result<IdentitySummary> {
                 strings(rows.iter().map(|&(_, k)| person_cluster[k])),
             ],
         )?;
-        let cluster_predicate = replace(
-            "cluster_id",
-            scope.as_ref().map(|s| s.clusters.as_slice()).unwrap_or(&[]),
-            cluster_ids.values().cloned().collect(),
-        );
+        // An increment replaces the rows of the touched clusters, where the read found
+        // them. (The new clusters' ids are their persons' smallest ids, none of which is
+        // an untouched cluster's.)
+        let identities_replaced = scope.as_ref().map(|s| {
+            Replace::At(
+                &s.stored_at.0,
+                s.stored_at.1.clone(),
+                format!("cluster_id IN ({} touched clusters)", s.clusters.len()),
+            )
+        });
 
         // 2. unified.persons: activity of the rows this run places, plus anchors.
         let persons_batches = vec![persons_batch(&lookup, &persons, &placed)?];
@@ -474,7 +487,7 @@ pub async fn run(lake: &Lake, config: &Config) -> Result<IdentitySummary> {
                 "unified",
                 "identities",
                 vec![identities],
-                cluster_predicate,
+                identities_replaced,
             ),
             write(
                 ctx,
@@ -1016,33 +1029,53 @@ fn diagnostics_batch(
     )?)
 }
 
-/// Replace the rows of `schema.table` matching `replace` (all rows if `None`) with
-/// `batches`, in one commit; returns the table's new version.
+/// Which rows of a table an increment replaces.
+#[derive(Clone)]
+enum Replace<'a> {
+    /// Those whose `.0` is one of `.1`.
+    Keys(&'static str, HashSet<String>),
+    /// Those at these positions of these files (described as `.2` in the log).
+    At(&'a DataFiles, Vec<(usize, Vec<u64>)>, String),
+}
+
+/// Replace the rows of `schema.table` that `replace` names (all rows if `None`) with
+/// `batches`, in one commit; returns the table's new version. An increment marks the
+/// replaced rows deleted (deletion vectors) and appends, so that it writes the size of
+/// the change rather than every file holding a replaced row.
 async fn write(
     ctx: &SessionContext,
     lake: &Lake,
     schema: &str,
     table: &str,
     batches: Vec<RecordBatch>,
-    replace: Option<Expr>,
+    replace: Option<Replace<'_>>,
 ) -> Result<i64> {
     lake.invalidate(schema, table).await;
-    let t = match lake.table(schema, table).await? {
-        Some((t, _)) => t,
-        None => lake.table_builder(schema, table)?.build()?,
+    let existing = lake.table(schema, table).await?.map(|(t, _)| t);
+    let props = CommitProperties::default;
+    let version = match (existing, replace) {
+        (Some(_), Some(Replace::At(files, at, predicate))) => {
+            crate::replace::replace_at(files, at, batches, props(), &predicate).await?
+        }
+        (Some(t), Some(Replace::Keys(column, keys))) => {
+            crate::replace::replace_rows(ctx, t, column, &keys, batches, props()).await?
+        }
+        (existing, _) => {
+            let t = match existing {
+                Some(t) => t,
+                None => lake.table_builder(schema, table)?.build()?,
+            };
+            // Older lakes get the new columns with the first full run.
+            let t = t
+                .write(batches)
+                .with_save_mode(SaveMode::Overwrite)
+                .with_schema_mode(deltalake::operations::write::SchemaMode::Overwrite)
+                .await?;
+            t.version().map_or(0, |v| v as i64)
+        }
     };
-    let w = t.write(batches).with_save_mode(SaveMode::Overwrite);
-    let w = match replace {
-        // Older lakes get the new columns with the first full run.
-        None => w.with_schema_mode(deltalake::operations::write::SchemaMode::Overwrite),
-        // The predicate calls this run's functions: the write plans in its session.
-        Some(p) => w
-            .with_replace_where(p)
-            .with_session_state(Arc::new(ctx.state())),
-    };
-    let t = w.await?;
     lake.invalidate(schema, table).await;
-    Ok(t.version().map_or(0, |v| v as i64))
+    Ok(version)
 }
 
 async fn record_run(

@@ -1,0 +1,397 @@
+//! Reading a few rows of a big Delta table straight from its Parquet files.
+//!
+//! An incremental identity run looks up a few thousand identifiers among millions. Through
+//! SQL that is a join or a semi-join over the whole table, decoding every column of every
+//! row (DataFusion cannot push a filter into the Parquet reader of a table with deletion
+//! vectors). Here each file is read in two steps: the columns that choose the rows, for
+//! every live row; then the other columns only at the chosen positions. The positions
+//! are returned too, so that a writer can mark exactly those rows deleted.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{RecordBatch, RecordBatchOptions, RecordBatchReader};
+use datafusion::arrow::compute::concat_batches;
+use datafusion::arrow::datatypes::Schema;
+use datafusion::prelude::SessionContext;
+use deltalake::DeltaTable;
+use deltalake::kernel::LogicalFileView;
+use deltalake::parquet::arrow::ProjectionMask;
+use deltalake::parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ParquetRecordBatchReader, RowSelection,
+};
+use deltalake::parquet::arrow::async_reader::{AsyncFileReader, ParquetRecordBatchStreamBuilder};
+use deltalake::parquet::errors::ParquetError;
+use deltalake::parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
+use futures::future::BoxFuture;
+use futures::{StreamExt, TryStreamExt};
+use object_store::ObjectStoreExt;
+use object_store::path::Path;
+
+use crate::error::{IngestError, Result};
+
+/// The data files of one version of a table, with the rows their deletion vectors remove.
+pub struct DataFiles {
+    table: DeltaTable,
+    store: Arc<dyn object_store::ObjectStore>,
+    views: Vec<LogicalFileView>,
+    /// Per file: its path, and the rows kept (`true`) if it has a deletion vector.
+    files: Vec<(Path, Option<Arc<Vec<bool>>>)>,
+}
+
+/// The rows chosen in one data file: their positions in the file and the columns asked.
+pub struct Chosen {
+    /// The file's index in [`DataFiles`].
+    pub file: usize,
+    /// Row positions in the file (0-based, physical), ascending.
+    pub positions: Vec<u64>,
+    /// The asked columns at those positions, by name.
+    pub batch: RecordBatch,
+}
+
+impl DataFiles {
+    /// The live data files of `table` as loaded.
+    pub async fn of(ctx: &SessionContext, table: &DeltaTable) -> Result<Self> {
+        let snapshot = table.snapshot()?;
+        let views: Vec<_> = snapshot.log_data().into_iter().collect();
+        let mut keep: HashMap<String, Arc<Vec<bool>>> = HashMap::new();
+        if views
+            .iter()
+            .any(|f| f.deletion_vector_descriptor().is_some())
+        {
+            let scan = table.table_provider().build().await?;
+            for s in scan.deletion_vectors(&ctx.state()).await? {
+                keep.insert(s.filepath, Arc::new(s.keep_mask));
+            }
+        }
+        let files = views
+            .iter()
+            .map(|f| {
+                let path = f.object_store_path();
+                let mask = f.deletion_vector_descriptor().and_then(|_| {
+                    let name = path.as_ref();
+                    keep.iter()
+                        .find(|(uri, _)| uri.ends_with(name))
+                        .map(|(_, m)| m.clone())
+                });
+                (path, mask)
+            })
+            .collect();
+        Ok(DataFiles {
+            table: table.clone(),
+            store: table.object_store(),
+            views,
+            files,
+        })
+    }
+
+    /// The table, at the version whose files these are.
+    pub fn table(&self) -> &DeltaTable {
+        &self.table
+    }
+
+    /// The store the files are in (the table's root).
+    pub fn store(&self) -> Arc<dyn object_store::ObjectStore> {
+        self.store.clone()
+    }
+
+    /// File `i` as the log describes it.
+    pub fn view(&self, i: usize) -> &LogicalFileView {
+        &self.views[i]
+    }
+
+    /// The positions of the rows file `i`'s deletion vector removes (none without one).
+    pub fn deleted(&self, i: usize) -> impl Iterator<Item = u64> + '_ {
+        self.files[i]
+            .1
+            .iter()
+            .flat_map(|k| (0u64..).zip(k.iter()).filter(|(_, keep)| !**keep))
+            .map(|(i, _)| i)
+    }
+
+    /// Rows chosen by `choose` (given `by`, the columns it reads, of a batch of live
+    /// rows; it returns the indexes of the rows it takes, ascending) with the columns
+    /// `read` (none: only the positions), by file. The row groups of all files are read
+    /// two at a time. Files with no chosen row are left out.
+    pub async fn choose<F>(&self, by: &[&str], choose: F, read: &[&str]) -> Result<Vec<Chosen>>
+    where
+        F: Fn(&RecordBatch) -> Result<Vec<u32>> + Send + Sync + 'static,
+    {
+        let choose: Chooser = Arc::new(choose);
+        let by: Arc<Vec<String>> = Arc::new(by.iter().map(|s| s.to_string()).collect());
+        let read: Arc<Vec<String>> = Arc::new(read.iter().map(|s| s.to_string()).collect());
+        // Each file's footer, then one job per row group. Only the column chunks a
+        // step reads are fetched.
+        let store = self.store.clone();
+        let files: Vec<(Path, u64)> = self
+            .files
+            .iter()
+            .zip(&self.views)
+            .map(|((path, _), v)| (path.clone(), v.size() as u64))
+            .collect();
+        let opened: Vec<ArrowReaderMetadata> = futures::stream::iter(files.clone())
+            .map(move |(path, size)| {
+                let store = store.clone();
+                async move {
+                    let mut reader = ObjectFile {
+                        store,
+                        path: path.clone(),
+                        size,
+                    };
+                    ArrowReaderMetadata::load_async(&mut reader, Default::default())
+                        .await
+                        .map_err(|e| IngestError::Read(format!("{path}: {e}")))
+                }
+            })
+            .buffered(2)
+            .try_collect()
+            .await?;
+        let mut jobs = vec![];
+        for (i, meta) in opened.iter().enumerate() {
+            let mut start = 0usize;
+            for (g, rg) in meta.metadata().row_groups().iter().enumerate() {
+                let group = Group {
+                    store: self.store.clone(),
+                    path: files[i].0.clone(),
+                    size: files[i].1,
+                    meta: meta.clone(),
+                    index: g,
+                    start,
+                    rows: rg.num_rows() as usize,
+                    keep: self.files[i].1.clone(),
+                };
+                start += group.rows;
+                jobs.push((i, group));
+            }
+        }
+        let parts: Vec<(usize, Option<Part>)> = futures::stream::iter(jobs)
+            .map(move |(i, group)| {
+                let (choose, by, read) = (choose.clone(), by.clone(), read.clone());
+                async move {
+                    let part = choose_in_group(group, by, choose, read).await?;
+                    Ok::<_, IngestError>((i, part))
+                }
+            })
+            .buffered(2)
+            .try_collect()
+            .await?;
+        // The parts of a file, in row group order, as one.
+        let mut out: Vec<Chosen> = vec![];
+        for (i, part) in parts {
+            let Some((positions, batch)) = part else {
+                continue;
+            };
+            match out.last_mut() {
+                Some(c) if c.file == i => {
+                    c.positions.extend(positions);
+                    c.batch = concat_batches(&batch.schema(), [&c.batch, &batch])?;
+                }
+                _ => out.push(Chosen {
+                    file: i,
+                    positions,
+                    batch,
+                }),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// What picks the rows of a batch (indexes into it, ascending).
+type Chooser = Arc<dyn Fn(&RecordBatch) -> Result<Vec<u32>> + Send + Sync>;
+
+/// The rows chosen in a row group: positions in the file and the columns read.
+type Part = (Vec<u64>, RecordBatch);
+
+/// One row group of a data file.
+struct Group {
+    store: Arc<dyn object_store::ObjectStore>,
+    path: Path,
+    size: u64,
+    meta: ArrowReaderMetadata,
+    index: usize,
+    /// The position of its first row in the file.
+    start: usize,
+    rows: usize,
+    /// The file's rows kept by its deletion vector, if it has one.
+    keep: Option<Arc<Vec<bool>>>,
+}
+
+impl Group {
+    /// A reader of `columns` at `rows` of the group: the chunks fetched here, the
+    /// decoding left to the caller (on a blocking thread).
+    async fn reader(
+        &self,
+        columns: &[String],
+        rows: RowSelection,
+    ) -> Result<ParquetRecordBatchReader> {
+        let bad = |e: &dyn std::fmt::Display| IngestError::Read(format!("{}: {e}", self.path));
+        let input = ObjectFile {
+            store: self.store.clone(),
+            path: self.path.clone(),
+            size: self.size,
+        };
+        let builder = ParquetRecordBatchStreamBuilder::new_with_metadata(input, self.meta.clone());
+        let mask =
+            ProjectionMask::columns(builder.parquet_schema(), columns.iter().map(String::as_str));
+        let mut stream = builder
+            .with_projection(mask)
+            .with_row_groups(vec![self.index])
+            .with_batch_size(65536)
+            .with_row_selection(rows)
+            .build()
+            .map_err(|e| bad(&e))?;
+        stream
+            .next_row_group()
+            .await
+            .map_err(|e| bad(&e))?
+            .ok_or_else(|| bad(&"row group missing"))
+    }
+}
+
+/// [`DataFiles::choose`] in one row group: positions are in the file.
+async fn choose_in_group(
+    g: Group,
+    by: Arc<Vec<String>>,
+    choose: Chooser,
+    read: Arc<Vec<String>>,
+) -> Result<Option<Part>> {
+    // The live rows of the group, relative to its start: all, or those the deletion
+    // vector keeps.
+    let live: Option<Vec<u64>> = g.keep.as_ref().map(|k| {
+        (0..g.rows as u64)
+            .filter(|&i| k.get(g.start + i as usize).copied().unwrap_or(true))
+            .collect()
+    });
+    let rows = match &live {
+        Some(live) => selection(live, g.rows),
+        None => RowSelection::from_consecutive_ranges(std::iter::once(0..g.rows), g.rows),
+    };
+    let reader = g.reader(&by, rows).await?;
+    let positions = blocking(move || {
+        let (mut positions, mut seen) = (Vec::new(), 0usize);
+        for batch in reader {
+            let batch = batch?;
+            for k in choose(&batch)? {
+                let at = seen + k as usize;
+                positions.push(live.as_ref().map_or(at as u64, |l| l[at]));
+            }
+            seen += batch.num_rows();
+        }
+        Ok(positions)
+    })
+    .await?;
+    if positions.is_empty() {
+        return Ok(None);
+    }
+    let batch = if read.is_empty() {
+        let options = RecordBatchOptions::new().with_row_count(Some(positions.len()));
+        RecordBatch::try_new_with_options(Arc::new(Schema::empty()), vec![], &options)?
+    } else {
+        let reader = g.reader(&read, selection(&positions, g.rows)).await?;
+        blocking(move || {
+            let schema = reader.schema();
+            let batches = reader.collect::<std::result::Result<Vec<_>, _>>()?;
+            Ok(concat_batches(&schema, &batches)?)
+        })
+        .await?
+    };
+    let start = g.start as u64;
+    Ok(Some((
+        positions.into_iter().map(|p| p + start).collect(),
+        batch,
+    )))
+}
+
+/// A Parquet file in an object store, read by ranges.
+struct ObjectFile {
+    store: Arc<dyn object_store::ObjectStore>,
+    path: Path,
+    size: u64,
+}
+
+impl AsyncFileReader for ObjectFile {
+    fn get_bytes(
+        &mut self,
+        range: std::ops::Range<u64>,
+    ) -> BoxFuture<'_, deltalake::parquet::errors::Result<bytes::Bytes>> {
+        Box::pin(async move {
+            self.store
+                .get_range(&self.path, range)
+                .await
+                .map_err(|e| ParquetError::External(Box::new(e)))
+        })
+    }
+
+    fn get_byte_ranges(
+        &mut self,
+        ranges: Vec<std::ops::Range<u64>>,
+    ) -> BoxFuture<'_, deltalake::parquet::errors::Result<Vec<bytes::Bytes>>> {
+        Box::pin(async move {
+            self.store
+                .get_ranges(&self.path, &ranges)
+                .await
+                .map_err(|e| ParquetError::External(Box::new(e)))
+        })
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        _options: Option<&'a deltalake::parquet::arrow::arrow_reader::ArrowReaderOptions>,
+    ) -> BoxFuture<'a, deltalake::parquet::errors::Result<Arc<ParquetMetaData>>> {
+        Box::pin(async move {
+            let size = self.size;
+            let meta = ParquetMetaDataReader::new()
+                .with_prefetch_hint(Some(64 * 1024))
+                .load_and_finish(self, size)
+                .await?;
+            Ok(Arc::new(meta))
+        })
+    }
+}
+
+/// `f` on a blocking thread.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| IngestError::Read(format!("reading a data file: {e}")))?
+}
+
+/// The rows at `positions` (ascending) of a file of `total` rows, as a selection.
+fn selection(positions: &[u64], total: usize) -> RowSelection {
+    let mut ranges = Vec::new();
+    let mut i = 0;
+    while i < positions.len() {
+        let start = positions[i] as usize;
+        let mut end = start + 1;
+        while i + 1 < positions.len() && positions[i + 1] as usize == end {
+            i += 1;
+            end += 1;
+        }
+        ranges.push(start..end);
+        i += 1;
+    }
+    RowSelection::from_consecutive_ranges(ranges.into_iter(), total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selection_joins_consecutive_positions() {
+        let s = selection(&[0, 1, 2, 5, 7, 8], 10);
+        let ranges: Vec<(bool, usize)> = s.iter().map(|r| (r.skip, r.row_count)).collect();
+        assert_eq!(
+            ranges,
+            vec![
+                (false, 3),
+                (true, 2),
+                (false, 1),
+                (true, 1),
+                (false, 2),
+                (true, 1)
+            ]
+        );
+    }
+}
