@@ -345,3 +345,22 @@ def test_increment_replaces_rows_with_deletion_vectors(server):
     assert sorted(p.column(0).to_pylist()) == persons
     print(f"deletion vectors: 2 increments of {touched} persons over {n}; Python deltalake reads "
           f"{len(wire)} identities and {len(persons)} persons as the server does")
+
+
+def test_mostly_new_touchpoints_are_resolved_in_full(server):
+    """When over a quarter of the touchpoints (and more than 100,000) are new, the run
+    resolves everything instead of continuing from the previous mapping (an increment of
+    4M new rows after an empty run took twice as long as a full run); a small increment
+    after it continues incrementally, with the same persons as a full run."""
+    n = 110_000
+    rows = [(f"n{i}", BASE + dt.timedelta(seconds=i), {"phone": f"+86137{i:08d}", "anonymous_id": f"z{i}"})
+            for i in range(n)]
+    with psycopg.connect(server.url, autocommit=True) as conn:
+        conn.execute("CALL identity_run()")
+        append(conn, rows)
+        assert conn.execute("CALL identity_run()").fetchone()[1] == "full"
+        append(conn, [(f"s{i}", BASE + dt.timedelta(days=1), {"phone": f"+86137{i:08d}", "device_id": f"y{i}"})
+                      for i in range(0, n, 100)])
+        assert conn.execute("CALL identity_run()").fetchone()[1] == "incremental"
+        persons = conn.execute("SELECT count(*) FROM unified.persons").fetchone()[0]
+        assert persons == n

@@ -113,7 +113,33 @@ pub(super) async fn full_reason(
             }
         }
     }
+    // Resolving most rows again from a small previous mapping costs more than resolving
+    // everything (at 4M new touchpoints after an empty run: 36 s against 17 s).
+    if let Some((new, all)) = unplaced(touchpoints)
+        && new > FULL_RUN_MIN_NEW
+        && new * 4 > all
+    {
+        return Ok(Some(format!(
+            "{new} of {all} touchpoints are new: resolving all of them is faster"
+        )));
+    }
     Ok(None)
+}
+
+/// New touchpoints above which a run resolves everything if they are over a quarter of
+/// all: below it both ways take well under a second.
+const FULL_RUN_MIN_NEW: u64 = 100_000;
+
+/// (touchpoints without a person, all touchpoints), from the data files' statistics;
+/// `None` if a file has none.
+fn unplaced(touchpoints: &DeltaTable) -> Option<(u64, u64)> {
+    let (mut new, mut all) = (0, 0);
+    for f in touchpoints.snapshot().ok()?.log_data() {
+        let stats: serde_json::Value = serde_json::from_str(&f.stats()?).ok()?;
+        all += stats.get("numRecords")?.as_u64()?;
+        new += stats.get("nullCount")?.get("person_id")?.as_u64()?;
+    }
+    Some((new, all))
 }
 
 /// Column `name` of `b` as text.
