@@ -28,6 +28,10 @@ use crate::error::FunctionError;
 /// The most elements one call may build (PostgreSQL's `MaxArraySize`).
 pub const MAX_ELEMENTS: u64 = 134_217_727;
 
+/// The most characters (`lpad`, `rpad`) or bytes (`repeat`) one call may build
+/// (PostgreSQL's largest value, 1 GB, less one byte).
+pub const MAX_TEXT: u64 = 1_073_741_823;
+
 /// What the guarded function builds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Builds {
@@ -35,6 +39,10 @@ enum Builds {
     Series,
     /// `array_repeat(element, count)`.
     Repeat,
+    /// `lpad`/`rpad(text, length[, fill])`: characters.
+    Pad,
+    /// `repeat(text, count)`: bytes.
+    RepeatText,
 }
 
 /// A DataFusion array function with the limit in front.
@@ -65,6 +73,9 @@ pub fn register(registry: &mut dyn FunctionRegistry) -> Result<()> {
         ("range", Builds::Series),
         ("generate_series", Builds::Series),
         ("array_repeat", Builds::Repeat),
+        ("lpad", Builds::Pad),
+        ("rpad", Builds::Pad),
+        ("repeat", Builds::RepeatText),
     ] {
         let Ok(udf) = registry.udf(name) else {
             continue;
@@ -157,6 +168,26 @@ impl Guarded {
                 }
                 Ok(Some(total))
             }
+            Builds::Pad => Ok(as_i64(args, 1, rows)?.map(|lengths| {
+                lengths
+                    .iter()
+                    .fold(0u64, |t, n| t.saturating_add(n.unwrap_or(0).max(0) as u64))
+            })),
+            Builds::RepeatText => {
+                let Some(counts) = as_i64(args, 1, rows)? else {
+                    return Ok(None);
+                };
+                let text = cast(&args[0].to_array(rows)?, &DataType::Utf8View)?;
+                let text = text.as_string_view();
+                Ok(Some(counts.iter().enumerate().fold(0u64, |t, (r, c)| {
+                    let len = if text.is_valid(r) {
+                        text.value(r).len() as u64
+                    } else {
+                        0
+                    };
+                    t.saturating_add((c.unwrap_or(0).max(0) as u64).saturating_mul(len))
+                })))
+            }
             Builds::Repeat => {
                 let Some(counts) = as_i64(args, 1, rows)? else {
                     return Ok(None);
@@ -196,25 +227,44 @@ impl ScalarUDFImpl for Guarded {
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let limit = match self.builds {
+            Builds::Series | Builds::Repeat => MAX_ELEMENTS,
+            Builds::Pad | Builds::RepeatText => MAX_TEXT,
+        };
         if let Some(n) = self.elements(&args.args, args.number_rows)?
-            && n > MAX_ELEMENTS
+            && n > limit
         {
-            let (function, hint) = match (self.builds, self.inner.name()) {
+            let series_hint = "; for many rows use generate_series(…) in FROM";
+            let (function, message) = match (self.builds, self.inner.name()) {
                 (Builds::Series, "generate_series") => (
                     "generate_series",
-                    "; for many rows use generate_series(…) in FROM",
+                    format!(
+                        "would build {n} array elements, more than the maximum allowed ({limit}){series_hint}"
+                    ),
                 ),
-                (Builds::Series, _) => ("range", "; for many rows use generate_series(…) in FROM"),
-                (Builds::Repeat, _) => ("array_repeat", ""),
+                (Builds::Series, _) => (
+                    "range",
+                    format!(
+                        "would build {n} array elements, more than the maximum allowed ({limit}){series_hint}"
+                    ),
+                ),
+                (Builds::Repeat, _) => (
+                    "array_repeat",
+                    format!(
+                        "would build {n} array elements, more than the maximum allowed ({limit})"
+                    ),
+                ),
+                (Builds::Pad, name) => (
+                    if name == "rpad" { "rpad" } else { "lpad" },
+                    format!("requested length too large: {n} characters, more than {limit}"),
+                ),
+                (Builds::RepeatText, _) => (
+                    "repeat",
+                    format!("requested length too large: {n} bytes, more than {limit}"),
+                ),
             };
             return Err(DataFusionError::External(Box::new(
-                FunctionError::TooLarge {
-                    function,
-                    message: format!(
-                        "would build {n} array elements, more than the maximum allowed \
-                     ({MAX_ELEMENTS}){hint}"
-                    ),
-                },
+                FunctionError::TooLarge { function, message },
             )));
         }
         self.inner.invoke_with_args(args)

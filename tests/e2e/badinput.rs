@@ -276,6 +276,11 @@ async fn arrays_past_the_size_limit_are_refused_and_the_server_stays_up() {
         "SELECT cardinality(generate_series(TIMESTAMP '2026-01-01', TIMESTAMP '2026-01-02', INTERVAL '1 microsecond'))",
         "SELECT cardinality(array_repeat(array_repeat(1, 20000), 20000))",
         "SELECT sum(cardinality(range(x, x + 2000000))) FROM generate_series(1, 100) t(x)",
+        // Text past PostgreSQL's 1 GB value ("requested length too large").
+        "SELECT length(lpad('x', 2000000000))",
+        "SELECT length(rpad('x', 1100000000, 'y'))",
+        "SELECT length(repeat('ab', 600000000))",
+        "SELECT sum(length(lpad('a', x * 200000))) FROM generate_series(1, 8000) t(x)",
     ] {
         let err = c.simple_query(sql).await.unwrap_err();
         assert_eq!(err.code().map(|s| s.code()), Some("54000"), "{sql}: {err}");
@@ -283,12 +288,16 @@ async fn arrays_past_the_size_limit_are_refused_and_the_server_stays_up() {
     let row = c
         .query_one(
             "SELECT CAST(cardinality(range(1, 1000001)) AS bigint), CAST(cardinality(array_repeat(7, 5)) AS bigint), \
-             (SELECT count(*) FROM generate_series(1, 200000000))",
+             (SELECT count(*) FROM generate_series(1, 200000000)), \
+             lpad('ab', 5, 'x') || rpad('ab', 4) || repeat('ab', 3), \
+             CAST(length(repeat('ab', 1000000)) AS bigint)",
             &[],
         )
         .await
         .unwrap();
     let got: (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
     assert_eq!(got, (1_000_000, 5, 200_000_000));
+    let text: (String, i64) = (row.get(3), row.get(4));
+    assert_eq!(text, ("xxxabab  ababab".to_string(), 2_000_000));
     assert!(srv.alive());
 }
