@@ -64,19 +64,28 @@ impl DataFiles {
                 keep.insert(s.filepath, Arc::new(s.keep_mask));
             }
         }
+        // A file with a vector whose rows were not found would read deleted rows as live
+        // (and a new vector written for it would bring them back): an error instead.
         let files = views
             .iter()
             .map(|f| {
                 let path = f.object_store_path();
-                let mask = f.deletion_vector_descriptor().and_then(|_| {
-                    let name = path.as_ref();
-                    keep.iter()
-                        .find(|(uri, _)| uri.ends_with(name))
-                        .map(|(_, m)| m.clone())
-                });
-                (path, mask)
+                let mask = match f.deletion_vector_descriptor() {
+                    None => None,
+                    Some(_) => Some(
+                        keep.iter()
+                            .find(|(uri, _)| uri.ends_with(path.as_ref()))
+                            .map(|(_, m)| m.clone())
+                            .ok_or_else(|| {
+                                IngestError::Read(format!(
+                                    "the deletion vector of {path} could not be read"
+                                ))
+                            })?,
+                    ),
+                };
+                Ok((path, mask))
             })
-            .collect();
+            .collect::<Result<_>>()?;
         Ok(DataFiles {
             table: table.clone(),
             store: table.object_store(),
