@@ -68,6 +68,7 @@ pub fn identity_schema() -> SchemaRef {
         ("skipped_edges", DataType::Int64),
         ("largest_person", DataType::Int64),
         ("seconds", DataType::Float64),
+        ("full_reason", DataType::Utf8),
     ])
 }
 
@@ -90,6 +91,10 @@ pub fn identity_rows(s: &touchlake_ingest::identity::IdentitySummary) -> Result<
             i(s.skipped_edges),
             i(s.largest_person),
             Arc::new(Float64Array::from(vec![s.seconds])),
+            // Why the run resolved everything (NULL when it continued incrementally).
+            Arc::new(StringArray::from(vec![
+                (!s.full_reason.is_empty()).then(|| s.full_reason.clone()),
+            ])),
         ],
     )
 }
