@@ -30,7 +30,6 @@ macro_rules! delegate_to_inner {
 }
 
 pub mod args;
-pub mod array_limit;
 pub mod attribution;
 pub mod btyd;
 pub mod calendar;
@@ -57,6 +56,7 @@ pub mod sequence;
 pub mod session_list;
 pub mod sessions;
 pub mod shapley;
+pub mod size_limit;
 pub mod special;
 pub mod time;
 pub mod to_char;
@@ -111,6 +111,6 @@ pub fn register_all(registry: &mut dyn FunctionRegistry) -> datafusion::error::R
     {
         registry.register_udwf(std::sync::Arc::new(udwf))?;
     }
-    array_limit::register(registry)?;
+    size_limit::register(registry)?;
     Ok(())
 }

@@ -37,6 +37,8 @@ pub struct DataFiles {
     views: Vec<LogicalFileView>,
     /// Per file: its path, and the rows kept (`true`) if it has a deletion vector.
     files: Vec<(Path, Option<Arc<Vec<bool>>>)>,
+    /// The files' footers, once read.
+    footers: tokio::sync::OnceCell<Vec<ArrowReaderMetadata>>,
 }
 
 /// The rows chosen in one data file: their positions in the file and the columns asked.
@@ -91,6 +93,7 @@ impl DataFiles {
             store: table.object_store(),
             views,
             files,
+            footers: Default::default(),
         })
     }
 
@@ -118,19 +121,8 @@ impl DataFiles {
             .map(|(i, _)| i)
     }
 
-    /// Rows chosen by `choose` (given `by`, the columns it reads, of a batch of live
-    /// rows; it returns the indexes of the rows it takes, ascending) with the columns
-    /// `read` (none: only the positions), by file. The row groups of all files are read
-    /// two at a time. Files with no chosen row are left out.
-    pub async fn choose<F>(&self, by: &[&str], choose: F, read: &[&str]) -> Result<Vec<Chosen>>
-    where
-        F: Fn(&RecordBatch) -> Result<Vec<u32>> + Send + Sync + 'static,
-    {
-        let choose: Chooser = Arc::new(choose);
-        let by: Arc<Vec<String>> = Arc::new(by.iter().map(|s| s.to_string()).collect());
-        let read: Arc<Vec<String>> = Arc::new(read.iter().map(|s| s.to_string()).collect());
-        // Each file's footer, then one job per row group. Only the column chunks a
-        // step reads are fetched.
+    /// Every file's footer (read once, for all the passes over the files).
+    async fn read_footers(&self) -> Result<Vec<ArrowReaderMetadata>> {
         let store = self.store.clone();
         let files: Vec<(Path, u64)> = self
             .files
@@ -138,7 +130,7 @@ impl DataFiles {
             .zip(&self.views)
             .map(|((path, _), v)| (path.clone(), v.size() as u64))
             .collect();
-        let opened: Vec<ArrowReaderMetadata> = futures::stream::iter(files.clone())
+        futures::stream::iter(files)
             .map(move |(path, size)| {
                 let store = store.clone();
                 async move {
@@ -154,15 +146,31 @@ impl DataFiles {
             })
             .buffered(2)
             .try_collect()
-            .await?;
+            .await
+    }
+
+    /// Rows chosen by `choose` (given `by`, the columns it reads, of a batch of live
+    /// rows; it returns the indexes of the rows it takes, ascending) with the columns
+    /// `read` (none: only the positions), by file. The row groups of all files are read
+    /// two at a time. Files with no chosen row are left out.
+    pub async fn choose<F>(&self, by: &[&str], choose: F, read: &[&str]) -> Result<Vec<Chosen>>
+    where
+        F: Fn(&RecordBatch) -> Result<Vec<u32>> + Send + Sync + 'static,
+    {
+        let choose: Chooser = Arc::new(choose);
+        let by: Arc<Vec<String>> = Arc::new(by.iter().map(|s| s.to_string()).collect());
+        let read: Arc<Vec<String>> = Arc::new(read.iter().map(|s| s.to_string()).collect());
+        // Each file's footer, then one job per row group. Only the column chunks a
+        // step reads are fetched.
+        let opened = self.footers.get_or_try_init(|| self.read_footers()).await?;
         let mut jobs = vec![];
         for (i, meta) in opened.iter().enumerate() {
             let mut start = 0usize;
             for (g, rg) in meta.metadata().row_groups().iter().enumerate() {
                 let group = Group {
                     store: self.store.clone(),
-                    path: files[i].0.clone(),
-                    size: files[i].1,
+                    path: self.files[i].0.clone(),
+                    size: self.views[i].size() as u64,
                     meta: meta.clone(),
                     index: g,
                     start,

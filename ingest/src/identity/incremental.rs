@@ -18,11 +18,8 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
-use datafusion::arrow::array::{
-    Array, AsArray, Int64Array, RecordBatch, StringArray, StringViewArray,
-};
-use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, TimeUnit};
+use datafusion::arrow::array::{Array, RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::prelude::SessionContext;
 use deltalake::DeltaTable;
 use futures::TryStreamExt;
@@ -142,27 +139,11 @@ fn unplaced(touchpoints: &DeltaTable) -> Option<(u64, u64)> {
     Some((new, all))
 }
 
-/// Column `name` of `b` as text.
-fn text(b: &RecordBatch, name: &str) -> Result<StringViewArray> {
-    let a = b
-        .column_by_name(name)
-        .ok_or_else(|| crate::error::IngestError::Read(format!("no column {name}")))?;
-    Ok(cast(a, &DataType::Utf8View)?.as_string_view().clone())
-}
-
-/// Column `name` of `b` as 64-bit integers (timestamps as their raw value).
-fn int(b: &RecordBatch, name: &str) -> Result<Int64Array> {
-    let a = b
-        .column_by_name(name)
-        .ok_or_else(|| crate::error::IngestError::Read(format!("no column {name}")))?;
-    let a = match a.data_type() {
-        DataType::Timestamp(_, _) => cast(
-            &cast(a, &DataType::Timestamp(TimeUnit::Microsecond, None))?,
-            &DataType::Int64,
-        )?,
-        _ => cast(a, &DataType::Int64)?,
-    };
-    Ok(a.as_primitive::<Int64Type>().clone())
+/// Where column `name` is in `b` (a data file's columns come in the file's order).
+fn at(b: &RecordBatch, name: &str) -> Result<usize> {
+    b.schema()
+        .index_of(name)
+        .map_err(|_| crate::error::IngestError::Read(format!("no column {name}")))
 }
 
 fn one_column(name: &str, values: impl IntoIterator<Item = String>) -> Result<RecordBatch> {
@@ -227,7 +208,10 @@ pub(super) async fn load(lake: &Lake, ctx: &SessionContext) -> Result<Work> {
         .choose(
             &["identifier_type", "identifier_value"],
             move |b| {
-                let (t, v) = (text(b, "identifier_type")?, text(b, "identifier_value")?);
+                let (t, v) = (
+                    text_col(b, at(b, "identifier_type")?)?,
+                    text_col(b, at(b, "identifier_value")?)?,
+                );
                 Ok((0..b.num_rows())
                     .filter(|&i| {
                         graph::type_index(t.value(i))
@@ -240,7 +224,7 @@ pub(super) async fn load(lake: &Lake, ctx: &SessionContext) -> Result<Work> {
         )
         .await?
     {
-        let c = text(&c.batch, "cluster_id")?;
+        let c = text_col(&c.batch, at(&c.batch, "cluster_id")?)?;
         clusters.extend(c.iter().flatten().map(str::to_string));
     }
     phases.mark("clusters");
@@ -253,7 +237,7 @@ pub(super) async fn load(lake: &Lake, ctx: &SessionContext) -> Result<Work> {
         .choose(
             &["cluster_id"],
             move |b| {
-                let c = text(b, "cluster_id")?;
+                let c = text_col(b, at(b, "cluster_id")?)?;
                 Ok((0..b.num_rows())
                     .filter(|&i| c.is_valid(i) && touched.contains(c.value(i)))
                     .map(|i| i as u32)
@@ -273,14 +257,14 @@ pub(super) async fn load(lake: &Lake, ctx: &SessionContext) -> Result<Work> {
         stored_at.push((c.file, c.positions.clone()));
         let b = &c.batch;
         let (t, v, p) = (
-            text(b, "identifier_type")?,
-            text(b, "identifier_value")?,
-            text(b, "person_id")?,
+            text_col(b, at(b, "identifier_type")?)?,
+            text_col(b, at(b, "identifier_value")?)?,
+            text_col(b, at(b, "person_id")?)?,
         );
         let (f, l, n) = (
-            int(b, "first_seen")?,
-            int(b, "last_seen")?,
-            int(b, "touchpoints")?,
+            int_col(b, at(b, "first_seen")?)?,
+            int_col(b, at(b, "last_seen")?)?,
+            int_col(b, at(b, "touchpoints")?)?,
         );
         for i in 0..b.num_rows() {
             if let Some(ty) = graph::type_index(t.value(i)) {

@@ -1,5 +1,6 @@
-//! A size limit for the functions that build arrays from numbers rather than from data:
-//! `range`/`generate_series` called as scalars (`SELECT range(1, 3000000000)`) and
+//! A size limit for the functions that build values from numbers rather than from data.
+//!
+//! Arrays: `range`/`generate_series` called as scalars (`SELECT range(1, 3000000000)`) and
 //! `array_repeat`. DataFusion allocates their whole result up front, so one short
 //! statement could ask for tens of gigabytes and get the server killed for running out of
 //! memory. Past PostgreSQL's largest array (134,217,727 elements, its `MaxArraySize`) in
@@ -45,10 +46,12 @@ enum Builds {
     RepeatText,
 }
 
-/// A DataFusion array function with the limit in front.
+/// A DataFusion function that builds arrays or text, with the limit in front.
 #[derive(Debug)]
 struct Guarded {
     inner: Arc<dyn ScalarUDFImpl>,
+    /// The name it is registered under (for errors).
+    name: &'static str,
     builds: Builds,
 }
 
@@ -67,7 +70,8 @@ impl Hash for Guarded {
     }
 }
 
-/// Replace `range`, `generate_series` and `array_repeat` in `registry` with guarded ones.
+/// Replace `range`, `generate_series`, `array_repeat`, `lpad`, `rpad` and `repeat` in
+/// `registry` with guarded ones.
 pub fn register(registry: &mut dyn FunctionRegistry) -> Result<()> {
     for (name, builds) in [
         ("range", Builds::Series),
@@ -82,6 +86,7 @@ pub fn register(registry: &mut dyn FunctionRegistry) -> Result<()> {
         };
         let guarded = Guarded {
             inner: udf.inner().clone(),
+            name,
             builds,
         };
         registry.register_udf(Arc::new(ScalarUDF::new_from_impl(guarded)))?;
@@ -234,37 +239,26 @@ impl ScalarUDFImpl for Guarded {
         if let Some(n) = self.elements(&args.args, args.number_rows)?
             && n > limit
         {
-            let series_hint = "; for many rows use generate_series(…) in FROM";
-            let (function, message) = match (self.builds, self.inner.name()) {
-                (Builds::Series, "generate_series") => (
-                    "generate_series",
-                    format!(
-                        "would build {n} array elements, more than the maximum allowed ({limit}){series_hint}"
-                    ),
+            let message = match self.builds {
+                Builds::Series => format!(
+                    "would build {n} array elements, more than the maximum allowed ({limit}); \
+                     for many rows use generate_series(…) in FROM"
                 ),
-                (Builds::Series, _) => (
-                    "range",
-                    format!(
-                        "would build {n} array elements, more than the maximum allowed ({limit}){series_hint}"
-                    ),
+                Builds::Repeat => format!(
+                    "would build {n} array elements, more than the maximum allowed ({limit})"
                 ),
-                (Builds::Repeat, _) => (
-                    "array_repeat",
-                    format!(
-                        "would build {n} array elements, more than the maximum allowed ({limit})"
-                    ),
-                ),
-                (Builds::Pad, name) => (
-                    if name == "rpad" { "rpad" } else { "lpad" },
-                    format!("requested length too large: {n} characters, more than {limit}"),
-                ),
-                (Builds::RepeatText, _) => (
-                    "repeat",
-                    format!("requested length too large: {n} bytes, more than {limit}"),
-                ),
+                Builds::Pad => {
+                    format!("requested length too large: {n} characters, more than {limit}")
+                }
+                Builds::RepeatText => {
+                    format!("requested length too large: {n} bytes, more than {limit}")
+                }
             };
             return Err(DataFusionError::External(Box::new(
-                FunctionError::TooLarge { function, message },
+                FunctionError::TooLarge {
+                    function: self.name,
+                    message,
+                },
             )));
         }
         self.inner.invoke_with_args(args)
