@@ -23,12 +23,16 @@ use touchlake_catalog::Lake;
 
 use crate::error::{IngestError, Result};
 
+/// A set of touchpoint ids. Fx hashing: the ids are SHA-256 bits already, and std's
+/// SipHash was most of the time of a chunk's check and of adding its ids.
+pub type IdSet = rustc_hash::FxHashSet<u128>;
+
 /// The ids of one table's touchpoints and the data files they were read from.
 #[derive(Default)]
 pub struct Seen {
     version: Option<u64>,
     files: HashSet<String>,
-    ids: HashSet<u128>,
+    ids: IdSet,
 }
 
 type Registry = Mutex<HashMap<String, Arc<Mutex<Seen>>>>;
@@ -117,7 +121,7 @@ fn active_files(t: &DeltaTable) -> impl Iterator<Item = String> + '_ {
 }
 
 /// Add the `touchpoint_id`s of one Parquet data file to `ids`.
-fn read_ids(bytes: bytes::Bytes, ids: &mut HashSet<u128>) -> Result<()> {
+fn read_ids(bytes: bytes::Bytes, ids: &mut IdSet) -> Result<()> {
     let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)
         .map_err(|e| IngestError::Read(format!("touchpoints data file: {e}")))?;
     let Some(col) = builder

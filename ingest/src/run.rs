@@ -10,7 +10,7 @@
 //! exactly once, and the tables equal those of an uninterrupted run (apart from the
 //! lineage columns `run_id`/`ingested_at`). The file enters `quality.ingest_files` last.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -749,24 +749,31 @@ pub async fn ingest_chunk(
             &DataType::Utf8,
         )?;
         let reason = reason.as_string::<i32>();
-        let loc = cast(
-            m.column_by_name(LOCATION).ok_or_else(missing)?,
-            &DataType::Utf8,
-        )?;
-        let loc = loc.as_string::<i32>();
-        let raw = cast(m.column_by_name(RAW).ok_or_else(missing)?, &DataType::Utf8)?;
-        let raw = raw.as_string::<i32>();
         let pos = cast(m.column_by_name(ROW).ok_or_else(missing)?, &DataType::Int64)?;
         let pos = pos.as_primitive::<Int64Type>();
+        let mut bad = vec![];
         for i in 0..m.num_rows() {
-            if !reason.value(i).is_empty() {
+            if reason.value(i).is_empty() {
+                valid.push((pos.value(i), i));
+            } else {
+                bad.push(i);
+            }
+        }
+        // Locations and raw records only for the rejected rows.
+        if !bad.is_empty() {
+            let loc = cast(
+                m.column_by_name(LOCATION).ok_or_else(missing)?,
+                &DataType::Utf8,
+            )?;
+            let loc = loc.as_string::<i32>();
+            let raw = cast(m.column_by_name(RAW).ok_or_else(missing)?, &DataType::Utf8)?;
+            let raw = raw.as_string::<i32>();
+            for i in bad {
                 rejected.push((
                     loc.value(i).to_string(),
                     raw.value(i).to_string(),
                     reason.value(i).to_string(),
                 ));
-            } else {
-                valid.push((pos.value(i), i));
             }
         }
     }
@@ -817,7 +824,8 @@ pub async fn ingest_chunk(
             )?;
             let ids = ids.as_string::<i32>();
             let mut keep = vec![false; m.num_rows()];
-            let mut new_ids = HashSet::with_capacity(valid.len());
+            let mut new_ids =
+                crate::dedup::IdSet::with_capacity_and_hasher(valid.len(), Default::default());
             for &(_, i) in &valid {
                 keep[i] = match crate::dedup::id_key(ids.value(i)) {
                     Some(k) => !seen.contains(k) && new_ids.insert(k),
@@ -983,6 +991,7 @@ pub async fn append(
         CommitProperties::default().with_application_transaction(Transaction::new(app_id, 1));
     let mut write = t
         .write(batches)
+        .with_writer_properties(writer_properties())
         .with_save_mode(SaveMode::Append)
         .with_commit_properties(props);
     if merge_schema {
@@ -991,6 +1000,22 @@ pub async fn append(
     let t = write.await?;
     lake.invalidate(schema, table).await;
     Ok(Some(t))
+}
+
+/// Parquet settings of ingest writes: delta-rs's own (Snappy), without dictionary
+/// encoding for the columns whose values are unique per row (`touchpoint_id`, a raw
+/// record's `_location`). Their dictionaries always overflowed and fell back to plain
+/// after hashing every value into them.
+fn writer_properties() -> deltalake::parquet::file::properties::WriterProperties {
+    use deltalake::parquet::basic::Compression;
+    use deltalake::parquet::file::properties::WriterProperties;
+    use deltalake::parquet::schema::types::ColumnPath;
+    WriterProperties::builder()
+        .set_created_by(format!("touchlake {}", env!("CARGO_PKG_VERSION")))
+        .set_compression(Compression::SNAPPY)
+        .set_column_dictionary_enabled(ColumnPath::from("touchpoint_id"), false)
+        .set_column_dictionary_enabled(ColumnPath::from(LOCATION), false)
+        .build()
 }
 
 /// Append the run's row to `quality.ingest_runs`.
