@@ -4,8 +4,11 @@
 //! key), so the set of ids of the whole table answers "is this record already in?" for
 //! every source. The set is kept in memory per table and brought up to date from the Delta
 //! log before each use: the data files added since it was last read are read (only their
-//! `touchpoint_id` column), and if a file it had read was removed (OPTIMIZE, DELETE,
-//! VACUUM of a rewritten table) it is built again from all files. A chunk's check and its
+//! `touchpoint_id` column). Files removed by a commit that keeps the ids (an identity
+//! run, which only sets `person_id`, or a rearrangement such as OPTIMIZE whose removes
+//! say `dataChange: false`) are followed through the log: their replacements are known
+//! without reading them. If another commit removed a file it had read (DELETE, UPDATE,
+//! an overwrite), it is built again from all files. A chunk's check and its
 //! commit happen under the set's lock, so two runs in one process never both admit the
 //! same new touchpoint. Memory: about 32 bytes per touchpoint.
 
@@ -15,6 +18,7 @@ use std::sync::{Arc, LazyLock};
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::datatypes::DataType;
 use deltalake::DeltaTable;
+use deltalake::kernel::Action;
 use deltalake::parquet::arrow::ProjectionMask;
 use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use object_store::ObjectStoreExt;
@@ -91,15 +95,25 @@ impl Seen {
             return Ok(());
         }
         let active: HashSet<String> = active_files(t).collect();
-        if self.files.iter().any(|f| !active.contains(f)) {
+        // Follow the log from the set's version: a file can be removed and added again
+        // under its name with a deletion vector, so the listing alone does not tell.
+        let followed = match (self.version, t.version()) {
+            (Some(from), Some(to)) if from < to => self.follow(t, from, to).await?,
+            (None, _) => self.files.is_empty(),
+            _ => false,
+        };
+        let rebuilt = !followed || self.files.iter().any(|f| !active.contains(f));
+        if rebuilt {
             self.files.clear();
             self.ids.clear();
         }
         let store = t.object_store();
+        let mut read = 0usize;
         for f in &active {
             if self.files.contains(f) {
                 continue;
             }
+            read += 1;
             let bytes = store
                 .get(&object_store::path::Path::from(f.as_str()))
                 .await?
@@ -108,9 +122,70 @@ impl Seen {
             read_ids(bytes, &mut self.ids)?;
             self.files.insert(f.clone());
         }
+        tracing::debug!(
+            "touchpoint id set at version {:?}: {read} files read{}, {} ids",
+            t.version(),
+            if rebuilt { " (rebuilt)" } else { "" },
+            self.ids.len()
+        );
         self.version = t.version();
         Ok(())
     }
+
+    /// Follow the commits after `from` up to `to` that removed files. Those of an
+    /// identity run (its application transaction) and those that only rearrange rows
+    /// (every remove with `dataChange: false`) keep the ids: the removed files leave the
+    /// set's files, and the files they added enter it unread if every removed file had
+    /// been read (else they are read, as they hold rows the set has not seen). False
+    /// (rebuild) when another commit removed a file the set had read, or a commit is
+    /// missing from the log.
+    async fn follow(&mut self, t: &DeltaTable, from: u64, to: u64) -> Result<bool> {
+        let log = t.log_store();
+        for v in from + 1..=to {
+            let Some(bytes) = log.read_commit_entry(v as _).await? else {
+                return Ok(false);
+            };
+            let (mut identity, mut rearranged) = (false, true);
+            let (mut removed, mut added) = (vec![], vec![]);
+            for action in deltalake::logstore::get_actions(v as _, &bytes)? {
+                match action {
+                    Action::Txn(x) if x.app_id.starts_with(IDENTITY_TXN) => identity = true,
+                    Action::Remove(r) => {
+                        rearranged &= !r.data_change;
+                        removed.push(store_path(&r.path));
+                    }
+                    Action::Add(a) => added.push(store_path(&a.path)),
+                    _ => {}
+                }
+            }
+            if removed.is_empty() {
+                continue; // an append: its files are read by the caller
+            }
+            let keeps_ids = identity || rearranged;
+            if !keeps_ids && removed.iter().any(|r| self.files.contains(r)) {
+                return Ok(false);
+            }
+            let mut all_read = true;
+            for r in &removed {
+                all_read &= self.files.remove(r);
+            }
+            if keeps_ids && all_read {
+                self.files.extend(added);
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// The application transaction id prefix of an identity run's commits
+/// (`touchlake-identity:<run id>`).
+pub const IDENTITY_TXN: &str = "touchlake-identity:";
+
+/// A log entry's (percent-encoded) file path as [`active_files`] names it.
+fn store_path(raw: &str) -> String {
+    object_store::path::Path::from_url_path(raw)
+        .map(|p| p.to_string())
+        .unwrap_or_else(|_| raw.to_string())
 }
 
 fn active_files(t: &DeltaTable) -> impl Iterator<Item = String> + '_ {

@@ -8,13 +8,14 @@ import pytest
 
 
 class Server:
-    def __init__(self, lake, args=("serve",), env=None):
+    def __init__(self, lake, args=("serve",), env=None, log=None):
         binary = os.environ.get("TOUCHLAKE_BIN", os.path.expanduser("~/.cache/touchlake-target/debug/touchlake"))
         env = dict(os.environ, TOUCHLAKE_REFRESH_SECONDS="0.2", **(env or {}))
         self.lake = lake
+        # `log`: a file to write the server's log (stderr) to.
         self.proc = subprocess.Popen(
             [binary, *args, "--lake", lake, "--listen", "127.0.0.1:0"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+            stdout=subprocess.PIPE, stderr=log or subprocess.DEVNULL, text=True, env=env,
         )
         found = threading.Event()
         self.addr = None

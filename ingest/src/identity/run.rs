@@ -430,7 +430,7 @@ pub async fn run(lake: &Lake, config: &Config) -> Result<IdentitySummary> {
         // 4. unified.touchpoints.person_id, in one commit.
         let props = deltalake::kernel::transaction::CommitProperties::default()
             .with_application_transaction(deltalake::kernel::Transaction::new(
-                format!("touchlake-identity:{run_id}"),
+                format!("{}{run_id}", crate::dedup::IDENTITY_TXN),
                 1,
             ));
         let person_expr = ctx
