@@ -744,10 +744,7 @@ pub async fn ingest_chunk(
     // Valid rows as (record position, row of `mapped`).
     let mut valid: Vec<(i64, usize)> = vec![];
     if let Some(m) = &mapped {
-        let reason = cast(
-            m.column_by_name(REASON).ok_or_else(missing)?,
-            &DataType::Utf8,
-        )?;
+        let reason = text_of(m, REASON)?;
         let reason = reason.as_string::<i32>();
         let pos = cast(m.column_by_name(ROW).ok_or_else(missing)?, &DataType::Int64)?;
         let pos = pos.as_primitive::<Int64Type>();
@@ -761,13 +758,8 @@ pub async fn ingest_chunk(
         }
         // Locations and raw records only for the rejected rows.
         if !bad.is_empty() {
-            let loc = cast(
-                m.column_by_name(LOCATION).ok_or_else(missing)?,
-                &DataType::Utf8,
-            )?;
-            let loc = loc.as_string::<i32>();
-            let raw = cast(m.column_by_name(RAW).ok_or_else(missing)?, &DataType::Utf8)?;
-            let raw = raw.as_string::<i32>();
+            let (loc, raw) = (text_of(m, LOCATION)?, text_of(m, RAW)?);
+            let (loc, raw) = (loc.as_string::<i32>(), raw.as_string::<i32>());
             for i in bad {
                 rejected.push((
                     loc.value(i).to_string(),
@@ -818,10 +810,7 @@ pub async fn ingest_chunk(
         if let (Some(m), false) = (&mapped, valid.is_empty()) {
             let mut seen = crate::dedup::lock(lake).await?;
             valid.sort_unstable();
-            let ids = cast(
-                m.column_by_name("touchpoint_id").ok_or_else(missing)?,
-                &DataType::Utf8,
-            )?;
+            let ids = text_of(m, "touchpoint_id")?;
             let ids = ids.as_string::<i32>();
             let mut keep = vec![false; m.num_rows()];
             let mut new_ids =
@@ -891,6 +880,14 @@ fn with_missing_columns(batch: RecordBatch, mapping: &Mapping) -> Result<RecordB
     Ok(RecordBatch::try_new(
         Arc::new(Schema::new(fields)),
         columns,
+    )?)
+}
+
+/// Column `name` of the mapped rows, as text.
+fn text_of(m: &RecordBatch, name: &str) -> Result<ArrayRef> {
+    Ok(cast(
+        m.column_by_name(name).ok_or_else(missing)?,
+        &DataType::Utf8,
     )?)
 }
 
@@ -1004,8 +1001,8 @@ pub async fn append(
 
 /// Parquet settings of ingest writes: delta-rs's own (Snappy), without dictionary
 /// encoding for the columns whose values are unique per row (`touchpoint_id`, a raw
-/// record's `_location`). Their dictionaries always overflowed and fell back to plain
-/// after hashing every value into them.
+/// record's `_location`): their dictionaries only grew until they passed the page limit
+/// and fell back to plain, after every value had been hashed into them.
 fn writer_properties() -> deltalake::parquet::file::properties::WriterProperties {
     use deltalake::parquet::basic::Compression;
     use deltalake::parquet::file::properties::WriterProperties;
