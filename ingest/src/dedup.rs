@@ -50,16 +50,17 @@ pub fn id_key(id: &str) -> Option<u128> {
     u128::from_str_radix(id, 16).ok()
 }
 
-/// The id set of `unified.touchpoints` of `lake`, locked and brought up to date.
-pub async fn lock(lake: &Lake) -> Result<OwnedMutexGuard<Seen>> {
+/// The id set of `unified.touchpoints` of `lake`, locked and brought up to date, and the
+/// table as loaded for that (`None`: no table yet), for the caller's append.
+pub async fn lock(lake: &Lake) -> Result<(OwnedMutexGuard<Seen>, Option<DeltaTable>)> {
     let mut seen = hold(lake).await;
     lake.invalidate("unified", "touchpoints").await;
-    if let Some((t, _)) = lake.table("unified", "touchpoints").await? {
-        seen.refresh(&t).await?;
-    } else {
-        *seen = Seen::default();
+    let loaded = lake.table("unified", "touchpoints").await?.map(|(t, _)| t);
+    match &loaded {
+        Some(t) => seen.refresh(t).await?,
+        None => *seen = Seen::default(),
     }
-    Ok(seen)
+    Ok((seen, loaded))
 }
 
 /// The id set of `unified.touchpoints` of `lake`, locked as it is: for a writer that

@@ -320,7 +320,8 @@ async fn choose_in_group(
     )))
 }
 
-/// A Parquet file in an object store, read by ranges.
+/// A Parquet file in an object store, read by ranges. (parquet 59 deprecates its own
+/// `ParquetObjectReader` in favour of implementing `AsyncFileReader` like this.)
 struct ObjectFile {
     store: Arc<dyn object_store::ObjectStore>,
     path: Path,

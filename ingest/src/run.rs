@@ -808,7 +808,7 @@ pub async fn ingest_chunk(
         let mut accepted_count = 0u64;
         let mut stats = Default::default();
         if let (Some(m), false) = (&mapped, valid.is_empty()) {
-            let mut seen = crate::dedup::lock(lake).await?;
+            let (mut seen, loaded) = crate::dedup::lock(lake).await?;
             valid.sort_unstable();
             let ids = text_of(m, "touchpoint_id")?;
             let ids = ids.as_string::<i32>();
@@ -826,9 +826,9 @@ pub async fn ingest_chunk(
                 accepted_count = b.num_rows() as u64;
                 stats = crate::checks::batch_stats(&b)?;
                 let b = conform(&b, &tables::touchpoints(), run_id)?;
-                if let Some(t) =
-                    append(lake, "unified", "touchpoints", vec![b], &app_id, false).await?
-                {
+                // The table as the id set's lock loaded it: not loaded a second time.
+                let target = ("unified", "touchpoints");
+                if let Some(t) = append_to(lake, target, loaded, vec![b], &app_id, false).await? {
                     seen.committed(&t, new_ids);
                 }
             }
@@ -970,7 +970,20 @@ pub async fn append(
 ) -> Result<Option<deltalake::DeltaTable>> {
     // Ask the lake first: loading a missing table makes delta-kernel log an error.
     lake.invalidate(schema, table).await;
-    let t = if let Some((t, _)) = lake.table(schema, table).await? {
+    let loaded = lake.table(schema, table).await?.map(|(t, _)| t);
+    append_to(lake, (schema, table), loaded, batches, app_id, merge_schema).await
+}
+
+/// [`append`] to the table as the caller just loaded it (`None`: missing).
+async fn append_to(
+    lake: &Lake,
+    (schema, table): (&str, &str),
+    loaded: Option<deltalake::DeltaTable>,
+    batches: Vec<RecordBatch>,
+    app_id: &str,
+    merge_schema: bool,
+) -> Result<Option<deltalake::DeltaTable>> {
+    let t = if let Some(t) = loaded {
         let snapshot = t.snapshot()?;
         if snapshot
             .transaction_version(t.log_store().as_ref(), app_id)
