@@ -21,6 +21,9 @@ pub struct Config {
     /// limit), so a large query spills to disk or fails with 53200 instead of getting the
     /// server killed for running out of memory.
     pub memory_limit_mb: usize,
+    /// Milliseconds freed memory is kept before it goes back to the operating system
+    /// (-1: never, 0: at once). See [`crate::allocator`].
+    pub memory_release_ms: i64,
     /// Default `statement_timeout` in milliseconds (0 = none).
     pub statement_timeout_ms: u64,
     /// Extra object-store options (e.g. `aws_endpoint`, `aws_allow_http`).
@@ -74,6 +77,7 @@ impl Default for Config {
             listen: "127.0.0.1:5433".into(),
             refresh_seconds: 1.0,
             memory_limit_mb: default_memory_limit_mb(),
+            memory_release_ms: crate::allocator::DEFAULT_RELEASE_MS,
             statement_timeout_ms: 0,
             storage_options: HashMap::new(),
             sources: None,
@@ -148,6 +152,7 @@ impl Config {
                 "TOUCHLAKE_LISTEN" => self.listen = v,
                 "TOUCHLAKE_REFRESH_SECONDS" => self.refresh_seconds = num(&k, &v)?,
                 "TOUCHLAKE_MEMORY_LIMIT_MB" => self.memory_limit_mb = num(&k, &v)?,
+                "TOUCHLAKE_MEMORY_RELEASE_MS" => self.memory_release_ms = num(&k, &v)?,
                 "TOUCHLAKE_STATEMENT_TIMEOUT_MS" => self.statement_timeout_ms = num(&k, &v)?,
                 "TOUCHLAKE_SOURCES" => self.sources = Some(v),
                 "TOUCHLAKE_HTTP_LISTEN" => self.http_listen = Some(v),
@@ -210,5 +215,15 @@ mod tests {
             .apply_env([("TOUCHLAKE_REFRESH_SECONDS".to_string(), "soon".to_string())].into_iter())
             .unwrap_err();
         assert!(err.to_string().contains("TOUCHLAKE_REFRESH_SECONDS"));
+    }
+
+    #[test]
+    fn memory_release_is_a_minute_unless_set() {
+        assert_eq!(Config::default().memory_release_ms, 60_000);
+        let mut cfg: Config = toml::from_str("memory_release_ms = -1").unwrap();
+        assert_eq!(cfg.memory_release_ms, -1);
+        cfg.apply_env([("TOUCHLAKE_MEMORY_RELEASE_MS".to_string(), "0".to_string())].into_iter())
+            .unwrap();
+        assert_eq!(cfg.memory_release_ms, 0);
     }
 }

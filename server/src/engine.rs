@@ -116,6 +116,7 @@ impl Engine {
     pub async fn start(
         config: Config,
     ) -> Result<Arc<Engine>, Box<dyn std::error::Error + Send + Sync>> {
+        crate::allocator::set_release_delay(config.memory_release_ms);
         let refresh = Duration::from_secs_f64(config.refresh_seconds.max(0.0));
         let lake = Lake::open(&config.lake, &config.storage_options, refresh).await?;
         let mut rt = RuntimeEnvBuilder::new();

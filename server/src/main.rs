@@ -5,6 +5,7 @@
 //! sessions. Depends on `touchlake-catalog` (the lake), `touchlake-ingest` (the demo
 //! data) and `touchlake-functions` (SQL functions).
 
+mod allocator;
 mod collector;
 mod compat;
 mod config;
@@ -126,12 +127,6 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// thread that runs out of stack aborts the whole process: with this much (reserved, and
 /// committed only as used) the deepest statement [`session`] accepts fits.
 const THREAD_STACK: usize = 64 << 20;
-
-/// mimalloc rather than glibc's allocator: Arrow and Parquet allocate and free large
-/// buffers per batch, which glibc returns to the kernel and faults in again (page faults
-/// and `malloc_consolidate` were 15% of an ingest profile).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -304,7 +304,10 @@ fn intern_column(nodes: &mut TypeNodes, col: &StringArray, ts: &Int64Array, out:
 /// Read every touchpoint into a graph of its identifiers and edges, and `placed`.
 /// Identifiers are numbered one type per thread (two at once), edges are linked in
 /// parallel too.
-pub(super) async fn read_all(ctx: &SessionContext) -> Result<(Graph, Placed, u64)> {
+pub(super) async fn read_all(
+    ctx: &SessionContext,
+    phases: &mut super::run::Phases,
+) -> Result<(Graph, Placed, u64)> {
     let mut types: Vec<TypeNodes> = (0..TYPES.len() as u8).map(TypeNodes::new).collect();
     let mut placed = Placed::default();
     let mut local: Vec<Vec<u32>> = vec![vec![]; TYPES.len()];
@@ -360,11 +363,13 @@ pub(super) async fn read_all(ctx: &SessionContext) -> Result<(Graph, Placed, u64
         Ok(())
     })
     .await?;
+    phases.mark("touchpoints");
     let (mut g, first) = Graph::from_types(types);
     for n in placed.nodes.iter_mut() {
         *n = first[(*n >> LOCAL_BITS) as usize] + (*n & ((1 << LOCAL_BITS) - 1));
     }
     placed.link(&mut g, 0);
+    phases.mark("edges");
     Ok((g, placed, rows))
 }
 

@@ -150,8 +150,11 @@ pub(super) struct Scope {
 }
 
 async fn load_full(lake: &Lake, ctx: &SessionContext) -> Result<Work> {
-    let (g, placed, touchpoints) = super::read::read_all(ctx).await?;
+    let mut phases = Phases::start();
+    let (g, placed, touchpoints) = super::read::read_all(ctx, &mut phases).await?;
     let prev = load_previous(lake, ctx, &g).await?;
+    phases.mark("previous mapping");
+    tracing::debug!("identity full read: {}", phases.report());
     let n = g.nodes.len();
     Ok(Work {
         graph: g,
@@ -481,31 +484,40 @@ pub async fn run(lake: &Lake, config: &Config) -> Result<IdentitySummary> {
         // recorded only after all of them: a run that stops half way is not continued
         // incrementally (its identities version is not recorded), the next one is full.
         let (identities_version, _, _, touchpoints_version) = tokio::try_join!(
-            write(
-                ctx,
-                lake,
-                "unified",
-                "identities",
-                vec![identities],
-                identities_replaced,
+            timed(
+                "unified.identities",
+                write(
+                    ctx,
+                    lake,
+                    "unified",
+                    "identities",
+                    vec![identities],
+                    identities_replaced,
+                )
             ),
-            write(
-                ctx,
-                lake,
-                "unified",
-                "persons",
-                persons_batches,
-                person_predicate.clone(),
+            timed(
+                "unified.persons",
+                write(
+                    ctx,
+                    lake,
+                    "unified",
+                    "persons",
+                    persons_batches,
+                    person_predicate.clone(),
+                )
             ),
-            write(
-                ctx,
-                lake,
-                "quality",
-                "identity_diagnostics",
-                vec![diagnostics],
-                person_predicate,
+            timed(
+                "quality.identity_diagnostics",
+                write(
+                    ctx,
+                    lake,
+                    "quality",
+                    "identity_diagnostics",
+                    vec![diagnostics],
+                    person_predicate,
+                )
             ),
-            touchpoints,
+            timed("unified.touchpoints", touchpoints),
         )?;
         versions = (touchpoints_version, Some(identities_version));
         lake.invalidate("unified", "touchpoints").await;
@@ -585,6 +597,17 @@ pub async fn run(lake: &Lake, config: &Config) -> Result<IdentitySummary> {
     let garbage = (lookup, placed, work.prev, persons);
     std::thread::spawn(move || drop(garbage));
     Ok(summary)
+}
+
+/// `fut`, with its time logged at debug level as the write of `table`.
+async fn timed<T>(table: &str, fut: impl std::future::Future<Output = T>) -> T {
+    let t = std::time::Instant::now();
+    let out = fut.await;
+    tracing::debug!(
+        "identity run wrote {table} in {:.2}s",
+        t.elapsed().as_secs_f64()
+    );
+    out
 }
 
 /// Rows of `unified.persons` for this run's persons: the activity of the touchpoints
