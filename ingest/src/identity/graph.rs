@@ -182,13 +182,11 @@ impl Flag {
     }
 }
 
-/// One identifier.
+/// One identifier (its normalized value is [`Graph::value`]).
 #[derive(Debug, Clone)]
 pub struct Node {
     /// Index into [`TYPES`].
     pub ty: u8,
-    /// Normalized value.
-    pub value: String,
     /// Earliest touchpoint (µs since the epoch).
     pub first_seen: i64,
     /// Latest touchpoint.
@@ -219,13 +217,82 @@ pub struct Edge {
     pub last_seen: i64,
 }
 
+/// Texts numbered from 0, kept in one buffer: millions of identifier values as one
+/// allocation instead of one (and a copy for the index) each.
+#[derive(Debug, Default, Clone)]
+struct Texts {
+    bytes: String,
+    ends: Vec<usize>,
+}
+
+impl Texts {
+    fn push(&mut self, s: &str) {
+        self.bytes.push_str(s);
+        self.ends.push(self.bytes.len());
+    }
+
+    fn get(&self, i: u32) -> &str {
+        let i = i as usize;
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.bytes[start..self.ends[i]]
+    }
+
+    /// Add `other`'s texts after these.
+    fn append(&mut self, other: Texts) {
+        let base = self.bytes.len();
+        self.bytes.push_str(&other.bytes);
+        self.ends.extend(other.ends.iter().map(|e| e + base));
+    }
+}
+
+/// Value → node number, for the values in a [`Texts`]. Entries are (number, 32-bit hash
+/// of the value), so that growing the table rehashes without reading the values.
+#[derive(Debug, Default, Clone)]
+struct ValueIndex(hashbrown::HashTable<(u32, u32)>);
+
+/// The hash of a value, 32 bits wide (the index keeps it beside the number).
+fn text_hash(s: &str) -> u32 {
+    use std::hash::BuildHasher;
+    rustc_hash::FxBuildHasher.hash_one(s) as u32
+}
+
+/// A stored 32-bit hash spread over the 64 bits the table uses (bucket and tag bits).
+fn spread(h: u32) -> u64 {
+    u64::from(h) << 32 | u64::from(h)
+}
+
+impl ValueIndex {
+    /// The number of `value` (`number(i)`: the text of number `i`).
+    fn find<'a>(&self, value: &str, text: impl Fn(u32) -> &'a str) -> Option<u32> {
+        let h = text_hash(value);
+        self.0
+            .find(spread(h), |&(i, eh)| eh == h && text(i) == value)
+            .map(|&(i, _)| i)
+    }
+
+    /// Record that `value` is number `i` (not in the index yet).
+    fn insert(&mut self, value: &str, i: u32) {
+        let h = text_hash(value);
+        self.0
+            .insert_unique(spread(h), (i, h), |&(_, eh)| spread(eh));
+    }
+
+    /// Add `base` to every number.
+    fn offset(&mut self, base: u32) {
+        for e in self.0.iter_mut() {
+            e.0 += base;
+        }
+    }
+}
+
 /// The identifiers of one type, numbered from 0: a graph is built one type per thread
 /// ([`Graph::from_types`]).
 #[derive(Debug, Default)]
 pub struct TypeNodes {
     ty: u8,
-    index: FxHashMap<Box<str>, u32>,
+    index: ValueIndex,
     nodes: Vec<Node>,
+    values: Texts,
 }
 
 impl TypeNodes {
@@ -244,7 +311,7 @@ impl TypeNodes {
 
     /// The number of `value`, if known.
     pub fn find(&self, value: &str) -> Option<u32> {
-        self.index.get(value).copied()
+        self.index.find(value, |i| self.values.get(i))
     }
 
     /// Record one touchpoint at `ts` on identifier `i`.
@@ -254,7 +321,18 @@ impl TypeNodes {
 
     /// The number of `value`, created if new; records one touchpoint at `ts`.
     pub fn touch(&mut self, value: &str, ts: i64) -> u32 {
-        touch_in(&mut self.index, &mut self.nodes, self.ty, value, ts)
+        if let Some(i) = self.find(value) {
+            self.touch_node(i, ts);
+            return i;
+        }
+        add_node(
+            &mut self.index,
+            &mut self.nodes,
+            &mut self.values,
+            self.ty,
+            value,
+            ts,
+        )
     }
 }
 
@@ -263,8 +341,10 @@ impl TypeNodes {
 pub struct Graph {
     /// The nodes.
     pub nodes: Vec<Node>,
-    /// Per identifier type: value → node (looked up by `&str`, without allocating).
-    index: [FxHashMap<Box<str>, u32>; TYPES.len()],
+    /// The nodes' values, by node.
+    values: Texts,
+    /// Per identifier type: value → node.
+    index: [ValueIndex; TYPES.len()],
     /// Edge → (first seen, last seen), in [`SHARDS`] maps by a hash of the edge, so that
     /// [`Graph::link_groups`] fills them in parallel.
     edges: [FxHashMap<(u32, u32), (i64, i64)>; SHARDS],
@@ -273,28 +353,24 @@ pub struct Graph {
 /// Edge maps built in parallel (one per core of the machines this runs on).
 const SHARDS: usize = 2;
 
-/// The node of `value` in `index` (numbered by its place in `nodes`), created if new;
-/// records one touchpoint at `ts`.
-fn touch_in(
-    index: &mut FxHashMap<Box<str>, u32>,
+/// A new node of `value` (numbered by its place in `nodes`) seen once at `ts`.
+fn add_node(
+    index: &mut ValueIndex,
     nodes: &mut Vec<Node>,
+    values: &mut Texts,
     ty: u8,
     value: &str,
     ts: i64,
 ) -> u32 {
-    if let Some(&i) = index.get(value) {
-        nodes[i as usize].touch(ts);
-        return i;
-    }
     let i = nodes.len() as u32;
     nodes.push(Node {
         ty,
-        value: value.to_string(),
         first_seen: ts,
         last_seen: ts,
         touchpoints: 1,
     });
-    index.insert(value.into(), i);
+    values.push(value);
+    index.insert(value, i);
     i
 }
 
@@ -323,13 +399,23 @@ fn shard(a: u32, b: u32) -> usize {
 impl Graph {
     /// The node of `(ty, value)`, created if new; records one touchpoint at `ts`.
     pub fn touch(&mut self, ty: u8, value: &str, ts: i64) -> u32 {
-        touch_in(
+        if let Some(i) = self.find(ty, value) {
+            self.touch_node(i, ts);
+            return i;
+        }
+        add_node(
             &mut self.index[usize::from(ty)],
             &mut self.nodes,
+            &mut self.values,
             ty,
             value,
             ts,
         )
+    }
+
+    /// The normalized value of node `i`.
+    pub fn value(&self, i: u32) -> &str {
+        self.values.get(i)
     }
 
     /// A graph of these identifiers (each type's in [`TYPES`] order, one after the
@@ -340,15 +426,20 @@ impl Graph {
         // copied millions of nodes several times.
         g.nodes
             .reserve_exact(types.iter().map(|t| t.nodes.len()).sum());
+        g.values
+            .bytes
+            .reserve_exact(types.iter().map(|t| t.values.bytes.len()).sum());
+        g.values
+            .ends
+            .reserve_exact(types.iter().map(|t| t.values.ends.len()).sum());
         let mut first = [0u32; TYPES.len()];
         for mut t in types {
             let ty = usize::from(t.ty);
             let base = g.nodes.len() as u32;
             first[ty] = base;
-            for v in t.index.values_mut() {
-                *v += base;
-            }
+            t.index.offset(base);
             g.nodes.append(&mut t.nodes);
+            g.values.append(t.values);
             g.index[ty] = t.index;
         }
         (g, first)
@@ -361,7 +452,9 @@ impl Graph {
 
     /// The node of `(ty, value)`, if any.
     pub fn find(&self, ty: u8, value: &str) -> Option<u32> {
-        self.index.get(usize::from(ty))?.get(value).copied()
+        self.index
+            .get(usize::from(ty))?
+            .find(value, |i| self.values.get(i))
     }
 
     /// Record that `x` and `y` were seen together at `ts` (self-edges are ignored).
@@ -448,7 +541,7 @@ impl Graph {
         order.dedup();
         order.sort_unstable_by(|&x, &y| {
             let (nx, ny) = (&self.nodes[x as usize], &self.nodes[y as usize]);
-            (nx.ty, nx.value.as_str()).cmp(&(ny.ty, ny.value.as_str()))
+            (nx.ty, self.value(x)).cmp(&(ny.ty, self.value(y)))
         });
         let rank: FxHashMap<u32, u32> = order
             .iter()
@@ -769,6 +862,37 @@ mod tests {
         let x = g.find(type_index(a.0).unwrap(), a.1).unwrap();
         let y = g.find(type_index(b.0).unwrap(), b.1).unwrap();
         r.component[x as usize] == r.component[y as usize]
+    }
+
+    #[test]
+    fn types_numbered_apart_keep_their_values_when_joined() {
+        let (phone, email) = (type_index("phone").unwrap(), type_index("email").unwrap());
+        let mut types: Vec<TypeNodes> = (0..TYPES.len() as u8).map(TypeNodes::new).collect();
+        // Enough values to grow the index several times.
+        for i in 0..5000 {
+            types[phone as usize].touch(&format!("+86138{i:08}"), i);
+            types[email as usize].touch(&format!("u{i}@x.com"), i);
+        }
+        assert_eq!(types[email as usize].touch("u7@x.com", 9000), 7);
+        let (mut g, first) = Graph::from_types(types);
+        assert_eq!(first[email as usize], first[phone as usize] + 5000);
+        for i in [0, 1, 4999] {
+            let p = g.find(phone, &format!("+86138{i:08}")).unwrap();
+            let e = g.find(email, &format!("u{i}@x.com")).unwrap();
+            assert_eq!(g.value(p), format!("+86138{i:08}"));
+            assert_eq!(g.value(e), format!("u{i}@x.com"));
+            assert_eq!(g.nodes[e as usize].ty, email);
+        }
+        assert_eq!(g.find(email, "+8613800000000"), None);
+        assert_eq!(
+            g.nodes[g.find(email, "u7@x.com").unwrap() as usize].touchpoints,
+            2
+        );
+        // A node added after the join gets the next number and is found.
+        let n = g.touch(phone, "+8613900000000", 1);
+        assert_eq!(n as usize, g.nodes.len() - 1);
+        assert_eq!(g.find(phone, "+8613900000000"), Some(n));
+        assert_eq!(g.value(n), "+8613900000000");
     }
 
     #[test]

@@ -481,11 +481,20 @@ pub(super) async fn load_previous(
         while let Some(b) = s.next().await {
             let b = b?;
             let (t, v, p) = (text_col(&b, 0)?, text_col(&b, 1)?, text_col(&b, 2)?);
+            // A person's identifiers are written next to each other: its number is looked
+            // up once per run of rows, not once per row.
+            let mut last: Option<(usize, u32)> = None;
             for i in 0..b.num_rows() {
                 if let Some(node) =
                     graph::type_index(t.value(i)).and_then(|ty| g.find(ty, v.value(i)))
                 {
-                    prev.insert(node, p.value(i));
+                    let id = p.value(i);
+                    let n = match last {
+                        Some((j, n)) if p.value(j) == id => n,
+                        _ => prev.number(id),
+                    };
+                    last = Some((i, n));
+                    prev.set(node, n);
                 }
             }
         }
@@ -521,6 +530,11 @@ impl Previous {
     /// Record that the identifier of `node` belonged to person `id`.
     pub(super) fn insert(&mut self, node: u32, id: &str) {
         let n = self.number(id);
+        self.set(node, n);
+    }
+
+    /// Record that the identifier of `node` belonged to person number `n`.
+    fn set(&mut self, node: u32, n: u32) {
         let i = node as usize;
         if self.person_of.len() <= i {
             self.person_of.resize(i + 1, u32::MAX);
@@ -540,6 +554,16 @@ impl Previous {
     pub(super) fn person(&self, node: u32) -> Option<&str> {
         self.person_number(node)
             .map(|n| self.ids[n as usize].as_str())
+    }
+
+    /// Whether `id` is the id of a person of the previous run.
+    pub(super) fn knows(&self, id: &str) -> bool {
+        self.number.contains_key(id)
+    }
+
+    /// When person number `n` was first seen, if it has a row in `unified.persons`.
+    pub(super) fn first_seen_of_number(&self, n: u32) -> Option<i64> {
+        self.first_seen.get(&n).copied()
     }
 
     /// When person `id` was first seen, if it has a row in `unified.persons`.

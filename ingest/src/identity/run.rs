@@ -18,7 +18,7 @@
 //! **A touchpoint's person** is the person of its identifier of the highest priority that
 //! the degree guard did not take out (else of its first identifier); NULL if it has none.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use chrono::Utc;
@@ -266,7 +266,14 @@ pub async fn run(lake: &Lake, config: &Config) -> Result<IdentitySummary> {
         splits,
         whole,
     } = loop {
-        let out = assign_ids(&work.graph, &res, &work.prev, &work.foreign, &taken);
+        let out = assign_ids(
+            &work.graph,
+            &res,
+            &work.prev,
+            &work.foreign,
+            &taken,
+            work.scope.is_some(),
+        );
         if work.scope.is_none() {
             break out;
         }
@@ -388,7 +395,7 @@ pub async fn run(lake: &Lake, config: &Config) -> Result<IdentitySummary> {
             tables::identities(),
             vec![
                 strings(rows.iter().map(|r| TYPES[node(r).ty as usize])),
-                strings(rows.iter().map(|r| node(r).value.as_str())),
+                strings(rows.iter().map(|&(i, _)| g.value(i as u32))),
                 strings(rows.iter().map(|&(_, k)| persons[k].id.as_str())),
                 ts_array(rows.iter().map(|r| Some(node(r).first_seen)).collect()),
                 ts_array(rows.iter().map(|r| Some(node(r).last_seen)).collect()),
@@ -527,22 +534,20 @@ pub async fn run(lake: &Lake, config: &Config) -> Result<IdentitySummary> {
         if !merges.is_empty() {
             let now = Utc::now().timestamp_micros();
             let m = merges.len();
-            let via = |f: fn(&graph::Node) -> &str| -> ArrayRef {
-                Arc::new(StringArray::from(
-                    merges
-                        .iter()
-                        .map(|x| x.via.map(|v| f(&g.nodes[v as usize]).to_string()))
-                        .collect::<Vec<_>>(),
-                ))
-            };
+            let via_type: Vec<Option<&str>> = merges
+                .iter()
+                .map(|x| x.via.map(|v| TYPES[g.nodes[v as usize].ty as usize]))
+                .collect();
+            let via_value: Vec<Option<&str>> =
+                merges.iter().map(|x| x.via.map(|v| g.value(v))).collect();
             let batch = RecordBatch::try_new(
                 tables::identity_merges(),
                 vec![
                     ts_array(vec![Some(now); m]),
                     strings(merges.iter().map(|x| x.from.as_str())),
                     strings(merges.iter().map(|x| x.into.as_str())),
-                    via(|n| TYPES[n.ty as usize]),
-                    via(|n| n.value.as_str()),
+                    Arc::new(StringArray::from(via_type)),
+                    Arc::new(StringArray::from(via_value)),
                     Arc::new(StringArray::from(vec![run_id.clone(); m])),
                 ],
             )?;
@@ -691,11 +696,7 @@ fn persons_batch(lookup: &Lookup, persons: &[Person], placed: &Placed) -> Result
                     .iter()
                     .map(|p| TYPES[g.nodes[p.anchor as usize].ty as usize]),
             ),
-            strings(
-                persons
-                    .iter()
-                    .map(|p| g.nodes[p.anchor as usize].value.as_str()),
-            ),
+            strings(persons.iter().map(|p| g.value(p.anchor))),
         ],
     )?;
     Ok(batch)
@@ -748,46 +749,62 @@ struct Assigned {
 
 /// Group nodes into persons and give each its id.
 /// Nodes marked `foreign` are outside this run and belong to no person of it; a new
-/// person never gets an id in `taken` (ids of persons outside this run).
+/// person never gets an id in `taken` (ids of persons outside this run). `whole` is
+/// filled only if `want_whole` (an increment needs it).
 fn assign_ids(
     g: &Graph,
     res: &Resolution,
     prev: &Previous,
     foreign: &[bool],
     taken: &HashSet<String>,
+    want_whole: bool,
 ) -> Assigned {
-    // (representative, node), sorted: each person's nodes in a run, persons in the
-    // order of their representatives.
-    let mut order: Vec<(u32, u32)> = res
-        .component
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| !foreign.get(*i).copied().unwrap_or(false))
-        .map(|(i, &root)| (root, i as u32))
-        .collect();
-    order.sort_unstable();
-    let groups = order
-        .chunk_by(|a, b| a.0 == b.0)
-        .map(|c| (c[0].0, c.iter().map(|x| x.1).collect::<Vec<u32>>()));
+    // Each component's nodes, components in the order of their representatives and
+    // nodes in their own order: a counting sort by representative.
+    let n = res.component.len();
+    let inside = |i: usize| !foreign.get(i).copied().unwrap_or(false);
+    let mut start = vec![0u32; n + 1];
+    for (i, &root) in res.component.iter().enumerate() {
+        if inside(i) {
+            start[root as usize + 1] += 1;
+        }
+    }
+    for r in 0..n {
+        start[r + 1] += start[r];
+    }
+    let mut flat = vec![0u32; start[n] as usize];
+    {
+        let mut fill = start.clone();
+        for (i, &root) in res.component.iter().enumerate() {
+            if inside(i) {
+                let f = &mut fill[root as usize];
+                flat[*f as usize] = i as u32;
+                *f += 1;
+            }
+        }
+    }
+    let groups = (0..n)
+        .filter(|&r| start[r + 1] > start[r])
+        .map(|r| (r as u32, &flat[start[r] as usize..start[r + 1] as usize]));
     let rank = |i: u32| {
         let n = &g.nodes[i as usize];
-        (n.ty, n.first_seen, n.value.as_str())
+        (n.ty, n.first_seen, g.value(i))
     };
-    // Where each previous person's anchor is now.
-    let mut anchor_home: FxHashMap<&str, u32> = FxHashMap::default();
+    // Per previous person (by number): where its anchor is now (`u32::MAX`: unknown).
+    let known = prev.ids.len();
+    let mut anchor_home = vec![u32::MAX; known];
+    let mut has_anchor = vec![false; known];
     for (&pid, (ty, v)) in &prev.anchor {
+        has_anchor[pid as usize] = true;
         if let Some(node) = g.find(*ty, v) {
-            anchor_home.insert(
-                prev.ids[pid as usize].as_str(),
-                res.component[node as usize],
-            );
+            anchor_home[pid as usize] = res.component[node as usize];
         }
     }
     // Previous persons whose anchor is unknown: their best identifier stands in.
     let mut fallback: FxHashMap<u32, u32> = FxHashMap::default();
     for i in 0..g.nodes.len() {
         if let Some(pid) = prev.person_number(i as u32)
-            && !prev.anchor.contains_key(&pid)
+            && !has_anchor[pid as usize]
         {
             let e = fallback.entry(pid).or_insert(i as u32);
             if rank(i as u32) < rank(*e) {
@@ -796,80 +813,92 @@ fn assign_ids(
         }
     }
     for (pid, node) in fallback {
-        anchor_home.insert(
-            prev.ids[pid as usize].as_str(),
-            res.component[node as usize],
-        );
+        anchor_home[pid as usize] = res.component[node as usize];
     }
 
-    // Ids in use: the previous run's, those taken, and those given in this run.
-    let mut used: FxHashSet<&str> = prev.ids.iter().map(String::as_str).collect();
-    used.extend(taken.iter().map(String::as_str));
+    // Ids given to new persons in this run (those in use before are the previous run's
+    // and `taken`).
     let mut given: FxHashSet<String> = FxHashSet::default();
     let mut persons = vec![];
     let mut merges = vec![];
     let mut kept = 0u64;
-    let mut split_parts: FxHashMap<&str, u32> = FxHashMap::default();
+    // Per previous person: the persons of this run holding some of its identifiers.
+    let mut split_parts = vec![0u32; known];
+    // (person of this run, the previous person whose id it kept).
+    let mut survivors: Vec<(usize, u32)> = vec![];
+    let mut present: Vec<(u32, u32)> = vec![];
     for (root, members) in groups {
         let anchor = *members
             .iter()
             .min_by(|a, b| rank(**a).cmp(&rank(**b)))
             .unwrap_or(&root);
-        // Previous persons present here, and those whose anchor is here.
-        let mut present: BTreeMap<&str, Option<u32>> = BTreeMap::new();
-        for &m in &members {
-            if let Some(pid) = prev.person(m) {
-                let via = present.entry(pid).or_insert(None);
-                if via.is_none() {
-                    *via = Some(m);
-                }
-            }
+        // Previous persons present here, each with its first identifier here.
+        present.clear();
+        present.extend(
+            members
+                .iter()
+                .filter_map(|&m| prev.person_number(m).map(|pid| (pid, m))),
+        );
+        present.sort_unstable();
+        present.dedup_by_key(|p| p.0);
+        for &(pid, _) in &present {
+            split_parts[pid as usize] += 1;
         }
-        for pid in present.keys() {
-            *split_parts.entry(pid).or_default() += 1;
-        }
-        let mut eligible: Vec<&str> = present
-            .keys()
+        // Those whose anchor is here, the one seen first (then the smallest id) first.
+        let mut eligible: Vec<(u32, u32)> = present
+            .iter()
             .copied()
-            .filter(|pid| anchor_home.get(pid) == Some(&root))
+            .filter(|&(pid, _)| anchor_home[pid as usize] == root)
             .collect();
-        eligible.sort_by_key(|pid| (prev.first_seen_of(pid).unwrap_or(i64::MAX), *pid));
+        eligible.sort_by_key(|&(pid, _)| {
+            (
+                prev.first_seen_of_number(pid).unwrap_or(i64::MAX),
+                prev.ids[pid as usize].as_str(),
+            )
+        });
         let id = match eligible.first() {
-            Some(survivor) => {
+            Some(&(survivor, _)) => {
                 kept += 1;
-                for other in &eligible[1..] {
+                let into = &prev.ids[survivor as usize];
+                for &(other, via) in &eligible[1..] {
                     merges.push(Merge {
-                        from: other.to_string(),
-                        into: survivor.to_string(),
-                        via: present.get(other).copied().flatten(),
+                        from: prev.ids[other as usize].clone(),
+                        into: into.clone(),
+                        via: Some(via),
                     });
                 }
-                survivor.to_string()
+                survivors.push((persons.len(), survivor));
+                into.clone()
             }
             None => {
-                let n = &g.nodes[anchor as usize];
-                let mut id = new_id(TYPES[n.ty as usize], &n.value, "");
+                let value = g.value(anchor);
+                let ty = TYPES[g.nodes[anchor as usize].ty as usize];
+                let mut id = new_id(ty, value, "");
                 let mut salt = 0;
-                while used.contains(id.as_str()) || given.contains(&id) {
+                while prev.knows(&id) || taken.contains(&id) || given.contains(&id) {
                     salt += 1;
-                    id = new_id(TYPES[n.ty as usize], &n.value, &salt.to_string());
+                    id = new_id(ty, value, &salt.to_string());
                 }
+                given.insert(id.clone());
                 id
             }
         };
-        given.insert(id.clone());
         persons.push(Person {
             id,
             anchor,
-            members,
+            members: members.to_vec(),
         });
     }
-    let splits = split_parts.values().filter(|&&n| n > 1).count() as u64;
-    let whole = persons
-        .iter()
-        .filter(|p| split_parts.get(p.id.as_str()) == Some(&1))
-        .map(|p| p.id.clone())
-        .collect();
+    let splits = split_parts.iter().filter(|&&n| n > 1).count() as u64;
+    let whole = if want_whole {
+        survivors
+            .iter()
+            .filter(|&&(_, pid)| split_parts[pid as usize] == 1)
+            .map(|&(p, _)| persons[p].id.clone())
+            .collect()
+    } else {
+        HashSet::new()
+    };
     Assigned {
         persons,
         merges,
@@ -999,7 +1028,7 @@ fn diagnostics_batch(
             format!(
                 "not joined with {} {} (seen together from {})",
                 TYPES[other.ty as usize],
-                other.value,
+                g.value(e.b),
                 chrono::DateTime::<Utc>::from_timestamp_micros(e.first_seen)
                     .map(|t| t.to_rfc3339())
                     .unwrap_or_default()
@@ -1033,7 +1062,7 @@ fn diagnostics_batch(
                 rows.iter()
                     .map(|r| TYPES[g.nodes[r.0 as usize].ty as usize]),
             ),
-            strings(rows.iter().map(|r| g.nodes[r.0 as usize].value.as_str())),
+            strings(rows.iter().map(|r| g.value(r.0))),
             strings(rows.iter().map(|r| r.1)),
             strings(rows.iter().map(|r| r.2.as_str())),
             Arc::new(StringArray::from_iter_values(
