@@ -262,7 +262,7 @@ fn spread(h: u32) -> u64 {
 }
 
 impl ValueIndex {
-    /// The number of `value` (`number(i)`: the text of number `i`).
+    /// The number of `value` (`text(i)`: the value of number `i`).
     fn find<'a>(&self, value: &str, text: impl Fn(u32) -> &'a str) -> Option<u32> {
         let h = text_hash(value);
         self.0
@@ -321,11 +321,7 @@ impl TypeNodes {
 
     /// The number of `value`, created if new; records one touchpoint at `ts`.
     pub fn touch(&mut self, value: &str, ts: i64) -> u32 {
-        if let Some(i) = self.find(value) {
-            self.touch_node(i, ts);
-            return i;
-        }
-        add_node(
+        touch_in(
             &mut self.index,
             &mut self.nodes,
             &mut self.values,
@@ -353,8 +349,9 @@ pub struct Graph {
 /// Edge maps built in parallel (one per core of the machines this runs on).
 const SHARDS: usize = 2;
 
-/// A new node of `value` (numbered by its place in `nodes`) seen once at `ts`.
-fn add_node(
+/// The node of `value` in `index` (numbered by its place in `nodes` and `values`),
+/// created if new; records one touchpoint at `ts`.
+fn touch_in(
     index: &mut ValueIndex,
     nodes: &mut Vec<Node>,
     values: &mut Texts,
@@ -362,6 +359,10 @@ fn add_node(
     value: &str,
     ts: i64,
 ) -> u32 {
+    if let Some(i) = index.find(value, |i| values.get(i)) {
+        nodes[i as usize].touch(ts);
+        return i;
+    }
     let i = nodes.len() as u32;
     nodes.push(Node {
         ty,
@@ -399,11 +400,7 @@ fn shard(a: u32, b: u32) -> usize {
 impl Graph {
     /// The node of `(ty, value)`, created if new; records one touchpoint at `ts`.
     pub fn touch(&mut self, ty: u8, value: &str, ts: i64) -> u32 {
-        if let Some(i) = self.find(ty, value) {
-            self.touch_node(i, ts);
-            return i;
-        }
-        add_node(
+        touch_in(
             &mut self.index[usize::from(ty)],
             &mut self.nodes,
             &mut self.values,
