@@ -92,6 +92,11 @@ pub(super) struct Activity {
 pub(super) struct Placed {
     /// Per touchpoint.
     pub rows: Vec<Activity>,
+    /// A full run's touchpoints by (the low 64 bits of) their `touchpoint_id`: the row
+    /// each was placed at, `u32::MAX` where two rows share the key. The rewrite of
+    /// `unified.touchpoints` finds a row's person here instead of looking up each of its
+    /// identifiers again.
+    pub by_id: FxHashMap<u64, u32>,
     nodes: Vec<u32>,
     ends: Vec<u32>,
     channels: FxHashMap<String, u32>,
@@ -165,6 +170,8 @@ pub(super) struct Columns {
     revenue: Decimal128Array,
     /// The identifier columns, in [`COLUMNS`] order, as stored.
     pub ids: Vec<StringArray>,
+    /// `touchpoint_id`.
+    pub touchpoint_id: StringArray,
 }
 
 impl Columns {
@@ -235,7 +242,7 @@ pub(super) async fn scan_columns(
     // occurred_at is µs; CAST of a timestamp to BIGINT gives its raw value.
     let sql = format!(
         "SELECT CAST(occurred_at AS BIGINT), CAST(channel AS VARCHAR), event_type = 'purchase', \
-         CAST(revenue AS DECIMAL(38, 2)), {} FROM tp{filter}",
+         CAST(revenue AS DECIMAL(38, 2)), {}, CAST(touchpoint_id AS VARCHAR) FROM tp{filter}",
         COLUMNS.join(", ")
     );
     let mut stream = ctx.sql(&sql).await?.execute_stream().await?;
@@ -251,6 +258,7 @@ pub(super) async fn scan_columns(
             ids: (0..TYPES.len())
                 .map(|t| text_col(&batch, 4 + t))
                 .collect::<Result<_>>()?,
+            touchpoint_id: text_col(&batch, 4 + TYPES.len())?,
         })?;
     }
     Ok(rows)
@@ -358,6 +366,19 @@ pub(super) async fn read_all(
                 }
             }
             let act = c.activity(i, &mut placed);
+            if let Some(key) = c
+                .touchpoint_id
+                .is_valid(i)
+                .then(|| crate::dedup::id_key(c.touchpoint_id.value(i)))
+                .flatten()
+            {
+                let at = placed.rows.len() as u32;
+                placed
+                    .by_id
+                    .entry(key as u64)
+                    .and_modify(|r| *r = u32::MAX)
+                    .or_insert(at);
+            }
             placed.push(act, &row[..k]);
         }
         Ok(())

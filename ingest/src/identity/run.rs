@@ -311,7 +311,6 @@ pub async fn run(lake: &Lake, config: &Config) -> Result<IdentitySummary> {
     let scope = work.scope;
     let stored_degree = work.stored_degree;
     let foreign = work.foreign;
-    let placed = work.placed;
     let mut guarded = vec![false; work.graph.nodes.len()];
     for &i in &res.guarded {
         guarded[i as usize] = true;
@@ -334,12 +333,28 @@ pub async fn run(lake: &Lake, config: &Config) -> Result<IdentitySummary> {
             .cloned()
             .collect();
     }
-    let lookup = Arc::new(Lookup {
+    let mut lookup = Lookup {
         graph: work.graph,
         person_of_node,
         ids: persons.iter().map(|p| p.id.clone()).collect(),
         guarded,
-    });
+        by_id: FxHashMap::default(),
+        row_person: vec![],
+    };
+    // A full run's rewrite places each touchpoint by its id (its person found once here
+    // from the nodes read), not by looking up its identifiers again.
+    let mut placed = work.placed;
+    if scope.is_none() {
+        lookup.row_person = (0..placed.rows.len())
+            .map(|r| {
+                lookup
+                    .person(placed.nodes(r).iter().copied())
+                    .unwrap_or(NO_PERSON)
+            })
+            .collect();
+        lookup.by_id = std::mem::take(&mut placed.by_id);
+    }
+    let lookup = Arc::new(lookup);
     let g = &lookup.graph;
     let person_of_node = &lookup.person_of_node;
     ctx.register_udf(person_udf(lookup.clone()));
@@ -443,9 +458,11 @@ pub async fn run(lake: &Lake, config: &Config) -> Result<IdentitySummary> {
                 format!("{}{run_id}", crate::dedup::IDENTITY_TXN),
                 1,
             ));
-        let person_expr = ctx
-            .udf("person_of")?
-            .call(COLUMNS.iter().map(|c| col(*c)).collect());
+        let person_expr = ctx.udf("person_of")?.call(
+            std::iter::once(col("touchpoint_id"))
+                .chain(COLUMNS.iter().map(|c| col(*c)))
+                .collect(),
+        );
         let ctx = &ctx;
         let touchpoints = async move {
             let t = match rows_predicate {
@@ -455,7 +472,10 @@ pub async fn run(lake: &Lake, config: &Config) -> Result<IdentitySummary> {
                         .iter()
                         .map(|f| {
                             if f.name() == "person_id" {
-                                format!("person_of({}) AS person_id", COLUMNS.join(", "))
+                                format!(
+                                    "person_of(touchpoint_id, {}) AS person_id",
+                                    COLUMNS.join(", ")
+                                )
                             } else {
                                 f.name().clone()
                             }
@@ -627,7 +647,11 @@ fn persons_batch(lookup: &Lookup, persons: &[Person], placed: &Placed) -> Result
     let mut revenue = vec![0i128; n];
     let mut channels: Vec<(u32, u32)> = Vec::with_capacity(placed.rows.len());
     for (r, act) in placed.rows.iter().enumerate() {
-        let Some(p) = lookup.person(placed.nodes(r).iter().copied()) else {
+        let person = match lookup.row_person.get(r) {
+            Some(&p) => (p != NO_PERSON).then_some(p),
+            None => lookup.person(placed.nodes(r).iter().copied()),
+        };
+        let Some(p) = person else {
             continue;
         };
         let p = p as usize;
@@ -935,7 +959,15 @@ struct Lookup {
     ids: Vec<String>,
     /// Per node: taken out by the degree guard.
     guarded: Vec<bool>,
+    /// A full run's touchpoints by `touchpoint_id` ([`Placed::by_id`]; empty in an
+    /// increment).
+    by_id: FxHashMap<u64, u32>,
+    /// Per touchpoint placed by a full run: its person ([`NO_PERSON`]: none).
+    row_person: Vec<u32>,
 }
+
+/// No person: a touchpoint without a usable identifier.
+const NO_PERSON: u32 = u32::MAX;
 
 impl Lookup {
     /// The person of a touchpoint with these nodes (in priority order): that of its first
@@ -956,12 +988,13 @@ impl Lookup {
     }
 }
 
-/// `person_of(user_id, member_id, phone, email, openid, device_id, anonymous_id)`: the
-/// person of a touchpoint under this run's resolution.
+/// `person_of(touchpoint_id, user_id, member_id, phone, email, openid, device_id,
+/// anonymous_id)`: the person of a touchpoint under this run's resolution. A touchpoint a
+/// full run placed is found by its id; any other by its identifiers.
 fn person_udf(lookup: Arc<Lookup>) -> ScalarUDF {
     create_udf(
         "person_of",
-        vec![DataType::Utf8; TYPES.len()],
+        vec![DataType::Utf8; TYPES.len() + 1],
         DataType::Utf8,
         Volatility::Immutable,
         Arc::new(move |args: &[ColumnarValue]| {
@@ -972,14 +1005,27 @@ fn person_udf(lookup: Arc<Lookup>) -> ScalarUDF {
                     .enumerate()
                     .map(|(i, a)| (format!("c{i}"), a.clone())),
             )?;
-            let cols: Vec<StringArray> = (0..TYPES.len())
+            let cols: Vec<StringArray> = (0..=TYPES.len())
                 .map(|t| text_col(&batch, t))
                 .collect::<Result<_>>()
                 .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+            let (tp_ids, cols) = (&cols[0], &cols[1..]);
             let g = &lookup.graph;
             let rows = batch.num_rows();
             let mut b = StringBuilder::with_capacity(rows, rows * 18);
             for i in 0..rows {
+                let placed = if lookup.by_id.is_empty() || !tp_ids.is_valid(i) {
+                    None
+                } else {
+                    crate::dedup::id_key(tp_ids.value(i))
+                        .and_then(|k| lookup.by_id.get(&(k as u64)))
+                        .filter(|&&r| r != u32::MAX)
+                };
+                if let Some(&r) = placed {
+                    let p = lookup.row_person[r as usize];
+                    b.append_option((p != NO_PERSON).then(|| lookup.ids[p as usize].as_str()));
+                    continue;
+                }
                 let nodes = cols.iter().enumerate().filter_map(|(t, c)| {
                     c.is_valid(i)
                         .then(|| find_raw(g, t as u8, c.value(i)))
