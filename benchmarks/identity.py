@@ -12,6 +12,7 @@ cross-checked between the three. Medians of --runs; appends a section to RESULTS
         [--no-networkx]
 """
 import argparse
+import hashlib
 import os
 import platform
 import statistics
@@ -51,6 +52,25 @@ def ids(ty, p):
     return out
 
 
+def mix64(x):
+    """splitmix64's finalizer over a uint64 array (wrapping)."""
+    x = x ^ (x >> np.uint64(30))
+    x = x * np.uint64(0xBF58476D1CE4E5B9)
+    x = x ^ (x >> np.uint64(27))
+    x = x * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def touchpoint_ids(tag, k, persons):
+    """32 hex digits hashed from (tag, k, person), as ingest's ids are (the contract's
+    `touchpoint_id` is a hash of the source and natural key)."""
+    seed = np.uint64(int.from_bytes(hashlib.blake2b(f"{tag}{k}".encode(), digest_size=8).digest(), "little"))
+    x = np.asarray(persons, dtype=np.uint64) ^ seed
+    with np.errstate(over="ignore"):
+        hi, lo = mix64(x), mix64(x ^ np.uint64(0x9E3779B97F4A7C15))
+    return pa.array(np.char.add(np.char.mod("%016x", hi), np.char.mod("%016x", lo)))
+
+
 def touchpoints(schema, persons, tag, seed, spec=ROWS, numbers=None):
     """A table of one touchpoint per person in `persons` and entry of `spec` (the
     identifier types it carries), in the lake's schema; `numbers[type]` overrides the
@@ -64,7 +84,7 @@ def touchpoints(schema, persons, tag, seed, spec=ROWS, numbers=None):
         for f in schema:
             name = f.name
             if name == "touchpoint_id":
-                cols[name] = pc.binary_join_element_wise(pa.scalar(f"{tag}{k}-"), pc.cast(pa.array(persons), pa.string()), "")
+                cols[name] = touchpoint_ids(tag, k, persons)
             elif name in ("occurred_at", "ingested_at"):
                 cols[name] = pa.array(BASE_US + rng.integers(0, 86_400_000_000 * 90, n), pa.timestamp("us", tz="UTC"))
             elif name in ("channel", "source"):
