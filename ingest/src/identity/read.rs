@@ -170,8 +170,8 @@ pub(super) struct Columns {
     revenue: Decimal128Array,
     /// The identifier columns, in [`COLUMNS`] order, as stored.
     pub ids: Vec<StringArray>,
-    /// `touchpoint_id`.
-    pub touchpoint_id: StringArray,
+    /// `touchpoint_id`, if asked for (a full run's read).
+    pub touchpoint_id: Option<StringArray>,
 }
 
 impl Columns {
@@ -228,10 +228,11 @@ impl Columns {
 }
 
 /// Call `f` for each batch of touchpoints matching `filter` (SQL over `tp`, or empty for
-/// all); returns the number of rows read.
+/// all), with their `touchpoint_id` if `with_id`; returns the number of rows read.
 pub(super) async fn scan_columns(
     ctx: &SessionContext,
     filter: &str,
+    with_id: bool,
     mut f: impl FnMut(&Columns) -> Result<()>,
 ) -> Result<u64> {
     let filter = if filter.is_empty() {
@@ -242,8 +243,13 @@ pub(super) async fn scan_columns(
     // occurred_at is µs; CAST of a timestamp to BIGINT gives its raw value.
     let sql = format!(
         "SELECT CAST(occurred_at AS BIGINT), CAST(channel AS VARCHAR), event_type = 'purchase', \
-         CAST(revenue AS DECIMAL(38, 2)), {}, CAST(touchpoint_id AS VARCHAR) FROM tp{filter}",
-        COLUMNS.join(", ")
+         CAST(revenue AS DECIMAL(38, 2)), {}{} FROM tp{filter}",
+        COLUMNS.join(", "),
+        if with_id {
+            ", CAST(touchpoint_id AS VARCHAR)"
+        } else {
+            ""
+        }
     );
     let mut stream = ctx.sql(&sql).await?.execute_stream().await?;
     let mut rows = 0u64;
@@ -258,7 +264,11 @@ pub(super) async fn scan_columns(
             ids: (0..TYPES.len())
                 .map(|t| text_col(&batch, 4 + t))
                 .collect::<Result<_>>()?,
-            touchpoint_id: text_col(&batch, 4 + TYPES.len())?,
+            touchpoint_id: if with_id {
+                Some(text_col(&batch, 4 + TYPES.len())?)
+            } else {
+                None
+            },
         })?;
     }
     Ok(rows)
@@ -271,7 +281,7 @@ pub(super) async fn scan(
     filter: &str,
     mut f: impl FnMut(&RawRow),
 ) -> Result<u64> {
-    scan_columns(ctx, filter, |c| {
+    scan_columns(ctx, filter, false, |c| {
         c.rows(&mut f);
         Ok(())
     })
@@ -319,7 +329,7 @@ pub(super) async fn read_all(
     let mut types: Vec<TypeNodes> = (0..TYPES.len() as u8).map(TypeNodes::new).collect();
     let mut placed = Placed::default();
     let mut local: Vec<Vec<u32>> = vec![vec![]; TYPES.len()];
-    let rows = scan_columns(ctx, "", |c| {
+    let rows = scan_columns(ctx, "", true, |c| {
         // Split the types in two halves of about equal work, one per thread.
         let work: Vec<usize> = c.ids.iter().map(|a| a.len() - a.null_count()).collect();
         let mut order: Vec<usize> = (0..TYPES.len()).collect();
@@ -368,9 +378,9 @@ pub(super) async fn read_all(
             let act = c.activity(i, &mut placed);
             if let Some(key) = c
                 .touchpoint_id
-                .is_valid(i)
-                .then(|| crate::dedup::id_key(c.touchpoint_id.value(i)))
-                .flatten()
+                .as_ref()
+                .filter(|t| t.is_valid(i))
+                .and_then(|t| crate::dedup::id_key(t.value(i)))
             {
                 let at = placed.rows.len() as u32;
                 placed
