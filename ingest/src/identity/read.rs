@@ -93,7 +93,7 @@ pub(super) struct Placed {
     /// Per touchpoint.
     pub rows: Vec<Activity>,
     /// A full run's touchpoints by (the low 64 bits of) their `touchpoint_id`: the row
-    /// each was placed at, `u32::MAX` where two rows share the key. The rewrite of
+    /// each was placed at, [`SHARED_ID`] where two rows share the key. The rewrite of
     /// `unified.touchpoints` finds a row's person here instead of looking up each of its
     /// identifiers again.
     pub by_id: FxHashMap<u64, u32>,
@@ -288,6 +288,9 @@ pub(super) async fn scan(
     .await
 }
 
+/// In [`Placed::by_id`]: the key of more than one touchpoint (placed by identifiers).
+pub(super) const SHARED_ID: u32 = u32::MAX;
+
 /// No node: a NULL or blocked identifier.
 const NO_NODE: u32 = u32::MAX;
 
@@ -386,7 +389,7 @@ pub(super) async fn read_all(
                 placed
                     .by_id
                     .entry(key as u64)
-                    .and_modify(|r| *r = u32::MAX)
+                    .and_modify(|r| *r = SHARED_ID)
                     .or_insert(at);
             }
             placed.push(act, &row[..k]);
@@ -599,8 +602,7 @@ impl Previous {
 
     /// When person `id` was first seen, if it has a row in `unified.persons`.
     pub(super) fn first_seen_of(&self, id: &str) -> Option<i64> {
-        let n = self.number.get(id)?;
-        self.first_seen.get(n).copied()
+        self.first_seen_of_number(*self.number.get(id)?)
     }
 
     /// Record persons from a batch of (person_id, first_seen µs, anchor_type,

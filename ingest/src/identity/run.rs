@@ -37,7 +37,7 @@ use touchlake_catalog::Lake;
 
 use super::graph::{self, Config, Flag, Graph, Resolution, TYPES};
 use super::read::{
-    Placed, Previous, find_raw, identity_context, load_previous, load_rules, text_col,
+    Placed, Previous, SHARED_ID, find_raw, identity_context, load_previous, load_rules, text_col,
 };
 use crate::error::{IngestError, Result};
 use crate::files::DataFiles;
@@ -576,7 +576,7 @@ pub async fn run(lake: &Lake, config: &Config) -> Result<IdentitySummary> {
                 "unified",
                 "identity_merges",
                 vec![batch],
-                &format!("touchlake-identity:{run_id}"),
+                &format!("{}{run_id}", crate::dedup::IDENTITY_TXN),
                 false,
             )
             .await?;
@@ -1019,7 +1019,7 @@ fn person_udf(lookup: Arc<Lookup>) -> ScalarUDF {
                 } else {
                     crate::dedup::id_key(tp_ids.value(i))
                         .and_then(|k| lookup.by_id.get(&(k as u64)))
-                        .filter(|&&r| r != u32::MAX)
+                        .filter(|&&r| r != SHARED_ID)
                 };
                 if let Some(&r) = placed {
                     let p = lookup.row_person[r as usize];
