@@ -27,6 +27,7 @@ use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, Add, DeletionVectorDescriptor, StorageType};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use deltalake::parquet::file::properties::WriterProperties;
 use object_store::ObjectStoreExt;
 use roaring::RoaringTreemap;
 use rustc_hash::FxHashSet;
@@ -50,6 +51,7 @@ pub async fn replace_rows(
     keys: &HashSet<String>,
     batches: Vec<RecordBatch>,
     props: CommitProperties,
+    writer: WriterProperties,
 ) -> Result<i64> {
     let table = enable_deletion_vectors(table).await?;
     let files = DataFiles::of(ctx, &table).await?;
@@ -72,7 +74,7 @@ pub async fn replace_rows(
         .map(|c| (c.file, c.positions))
         .collect();
     let predicate = format!("{column} IN ({key_count} keys)");
-    replace_at(&files, found, batches, props, &predicate).await
+    replace_at(&files, found, batches, props, writer, &predicate).await
 }
 
 /// The rows at `found` (file index in `files`, row positions) are replaced by `batches`,
@@ -84,6 +86,7 @@ pub async fn replace_at(
     found: Vec<(usize, Vec<u64>)>,
     batches: Vec<RecordBatch>,
     props: CommitProperties,
+    writer: WriterProperties,
     predicate: &str,
 ) -> Result<i64> {
     let table = files.table();
@@ -124,7 +127,7 @@ pub async fn replace_at(
     }
 
     // The new rows.
-    let mut writer = RecordBatchWriter::for_table(table)?;
+    let mut writer = RecordBatchWriter::for_table(table)?.with_writer_properties(writer);
     for b in batches {
         if b.num_rows() > 0 {
             writer.write(b).await?;

@@ -1001,7 +1001,7 @@ async fn append_to(
         CommitProperties::default().with_application_transaction(Transaction::new(app_id, 1));
     let mut write = t
         .write(batches)
-        .with_writer_properties(writer_properties())
+        .with_writer_properties(crate::tables::writer_properties(schema, table))
         .with_save_mode(SaveMode::Append)
         .with_commit_properties(props);
     if merge_schema {
@@ -1010,22 +1010,6 @@ async fn append_to(
     let t = write.await?;
     lake.invalidate(schema, table).await;
     Ok(Some(t))
-}
-
-/// Parquet settings of ingest writes: delta-rs's own (Snappy), without dictionary
-/// encoding for the columns whose values are unique per row (`touchpoint_id`, a raw
-/// record's `_location`): their dictionaries only grew until they passed the page limit
-/// and fell back to plain, after every value had been hashed into them.
-fn writer_properties() -> deltalake::parquet::file::properties::WriterProperties {
-    use deltalake::parquet::basic::Compression;
-    use deltalake::parquet::file::properties::WriterProperties;
-    use deltalake::parquet::schema::types::ColumnPath;
-    WriterProperties::builder()
-        .set_created_by(format!("touchlake {}", env!("CARGO_PKG_VERSION")))
-        .set_compression(Compression::SNAPPY)
-        .set_column_dictionary_enabled(ColumnPath::from("touchpoint_id"), false)
-        .set_column_dictionary_enabled(ColumnPath::from(LOCATION), false)
-        .build()
 }
 
 /// Append the run's row to `quality.ingest_runs`.

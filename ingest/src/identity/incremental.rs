@@ -396,7 +396,7 @@ pub(super) async fn load(lake: &Lake, ctx: &SessionContext) -> Result<Work> {
         pre_guarded,
         foreign,
         stored_degree: degree,
-        prev,
+        prev: Some(prev),
         scope: Some(Scope {
             persons: persons.into_iter().collect(),
             clusters: clusters.into_iter().collect(),

@@ -23,7 +23,8 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use datafusion::arrow::array::{
-    Array, ArrayRef, Int64Array, RecordBatch, StringArray, StringBuilder, TimestampMicrosecondArray,
+    Array, ArrayRef, AsArray, Int64Array, RecordBatch, StringArray, StringBuilder, StringViewArray,
+    TimestampMicrosecondArray,
 };
 use datafusion::arrow::datatypes::DataType;
 use datafusion::execution::FunctionRegistry;
@@ -37,7 +38,7 @@ use touchlake_catalog::Lake;
 
 use super::graph::{self, Config, Flag, Graph, Resolution, TYPES};
 use super::read::{
-    Placed, Previous, SHARED_ID, find_raw, identity_context, load_previous, load_rules, text_col,
+    Placed, Previous, SHARED_ID, find_raw, identity_context, load_previous, load_rules,
 };
 use crate::error::{IngestError, Result};
 use crate::files::DataFiles;
@@ -107,6 +108,11 @@ impl Phases {
         self.last = Some(now);
     }
 
+    /// Seconds since the last phase ended.
+    pub(super) fn since_last(&self) -> f64 {
+        self.last.map_or(0.0, |t| t.elapsed().as_secs_f64())
+    }
+
     pub(super) fn report(&self) -> String {
         self.done
             .iter()
@@ -130,8 +136,9 @@ pub(super) struct Work {
     pub foreign: Vec<bool>,
     /// Degree of identifiers guarded before this run, carried over.
     pub stored_degree: HashMap<u32, [u32; TYPES.len()]>,
-    /// The previous mapping (of the part resolved).
-    pub prev: Previous,
+    /// The previous mapping (of the part resolved); `None` for a full run, which reads
+    /// it while the graph is resolved.
+    pub prev: Option<Previous>,
     /// `None` for a full run.
     pub scope: Option<Scope>,
 }
@@ -149,11 +156,9 @@ pub(super) struct Scope {
     pub stored_at: (DataFiles, Vec<(usize, Vec<u64>)>),
 }
 
-async fn load_full(lake: &Lake, ctx: &SessionContext) -> Result<Work> {
+async fn load_full(ctx: &SessionContext) -> Result<Work> {
     let mut phases = Phases::start();
     let (g, placed, touchpoints) = super::read::read_all(ctx, &mut phases).await?;
-    let prev = load_previous(lake, ctx, &g).await?;
-    phases.mark("previous mapping");
     tracing::debug!("identity full read: {}", phases.report());
     let n = g.nodes.len();
     Ok(Work {
@@ -163,7 +168,7 @@ async fn load_full(lake: &Lake, ctx: &SessionContext) -> Result<Work> {
         pre_guarded: vec![],
         foreign: vec![false; n],
         stored_degree: HashMap::new(),
-        prev,
+        prev: None,
         scope: None,
     })
 }
@@ -234,7 +239,7 @@ pub async fn run(lake: &Lake, config: &Config) -> Result<IdentitySummary> {
     phases.mark("previous run");
     let work = match &full_reason {
         None => super::incremental::load(lake, &ctx).await?,
-        Some(_) => load_full(lake, &ctx).await?,
+        Some(_) => load_full(&ctx).await?,
     };
     phases.mark("read");
     let mode = if work.scope.is_some() {
@@ -243,17 +248,40 @@ pub async fn run(lake: &Lake, config: &Config) -> Result<IdentitySummary> {
         "full"
     };
     // The resolution is seconds of CPU at a million persons: on a blocking thread, so the
-    // server's async workers keep answering other connections meanwhile.
-    let (work, res) = {
-        let config = config.clone();
-        let rules = rules.clone();
+    // server's async workers keep answering other connections meanwhile. A full run reads
+    // the previous mapping meanwhile (both only read the graph).
+    let Work {
+        graph,
+        placed,
+        touchpoints,
+        pre_guarded,
+        foreign,
+        stored_degree,
+        prev,
+        scope,
+    } = work;
+    let graph = Arc::new(graph);
+    let resolving = {
+        let (g, config, rules) = (graph.clone(), config.clone(), rules.clone());
         tokio::task::spawn_blocking(move || {
-            let res = graph::resolve_with(&work.graph, &config, &rules, &work.pre_guarded);
-            (work, res)
+            let res = graph::resolve_with(&g, &config, &rules, &pre_guarded);
+            (res, pre_guarded)
         })
-        .await
-        .map_err(|e| IngestError::Read(format!("identity resolution failed: {e}")))?
     };
+    let prev = match prev {
+        Some(prev) => prev,
+        None => {
+            let prev = load_previous(lake, &ctx, &graph).await?;
+            tracing::debug!(
+                "identity full run read the previous mapping in {:.2}s",
+                phases.since_last()
+            );
+            prev
+        }
+    };
+    let (res, pre_guarded) = resolving
+        .await
+        .map_err(|e| IngestError::Read(format!("identity resolution failed: {e}")))?;
     phases.mark("resolve");
     // A person id outlives its anchor (a merged person keeps the survivor's id), so a new
     // person's anchor can hash to the id of a person outside an incremental run: such ids
@@ -267,21 +295,21 @@ pub async fn run(lake: &Lake, config: &Config) -> Result<IdentitySummary> {
         whole,
     } = loop {
         let out = assign_ids(
-            &work.graph,
+            &graph,
             &res,
-            &work.prev,
-            &work.foreign,
+            &prev,
+            &foreign,
             &taken,
-            work.scope.is_some(),
+            scope.is_some(),
         );
-        if work.scope.is_none() {
+        if scope.is_none() {
             break out;
         }
         let fresh: Vec<String> = out
             .persons
             .iter()
             .map(|p| p.id.clone())
-            .filter(|id| work.prev.first_seen_of(id).is_none() && !taken.contains(id))
+            .filter(|id| prev.first_seen_of(id).is_none() && !taken.contains(id))
             .collect();
         let clash = super::incremental::existing_persons(&ctx, fresh).await?;
         if clash.is_empty() {
@@ -290,10 +318,10 @@ pub async fn run(lake: &Lake, config: &Config) -> Result<IdentitySummary> {
         taken.extend(clash);
     };
     phases.mark("ids");
-    let nothing_new = work.scope.as_ref().is_some_and(|s| s.new_rows == 0);
+    let nothing_new = scope.as_ref().is_some_and(|s| s.new_rows == 0);
 
     // Person per node (u32::MAX: outside this run).
-    let mut person_of_node: Vec<u32> = vec![u32::MAX; work.graph.nodes.len()];
+    let mut person_of_node: Vec<u32> = vec![u32::MAX; graph.nodes.len()];
     for (p, person) in persons.iter().enumerate() {
         for &m in &person.members {
             person_of_node[m as usize] = p as u32;
@@ -308,10 +336,7 @@ pub async fn run(lake: &Lake, config: &Config) -> Result<IdentitySummary> {
             *e = person.id.clone();
         }
     }
-    let scope = work.scope;
-    let stored_degree = work.stored_degree;
-    let foreign = work.foreign;
-    let mut guarded = vec![false; work.graph.nodes.len()];
+    let mut guarded = vec![false; graph.nodes.len()];
     for &i in &res.guarded {
         guarded[i as usize] = true;
     }
@@ -321,8 +346,8 @@ pub async fn run(lake: &Lake, config: &Config) -> Result<IdentitySummary> {
     if let Some(s) = &scope {
         let mut stay = whole;
         for &i in &res.guarded {
-            let newly = !work.pre_guarded.get(i as usize).copied().unwrap_or(false);
-            if newly && let Some(p) = work.prev.person(i) {
+            let newly = !pre_guarded.get(i as usize).copied().unwrap_or(false);
+            if newly && let Some(p) = prev.person(i) {
                 stay.remove(p);
             }
         }
@@ -334,7 +359,7 @@ pub async fn run(lake: &Lake, config: &Config) -> Result<IdentitySummary> {
             .collect();
     }
     let mut lookup = Lookup {
-        graph: work.graph,
+        graph,
         person_of_node,
         ids: persons.iter().map(|p| p.id.clone()).collect(),
         guarded,
@@ -343,15 +368,9 @@ pub async fn run(lake: &Lake, config: &Config) -> Result<IdentitySummary> {
     };
     // A full run's rewrite places each touchpoint by its id (its person found once here
     // from the nodes read), not by looking up its identifiers again.
-    let mut placed = work.placed;
+    let mut placed = placed;
     if scope.is_none() {
-        lookup.row_person = (0..placed.rows.len())
-            .map(|r| {
-                lookup
-                    .person(placed.nodes(r).iter().copied())
-                    .unwrap_or(NO_PERSON)
-            })
-            .collect();
+        lookup.row_person = row_persons(&lookup, &placed);
         lookup.by_id = std::mem::take(&mut placed.by_id);
     }
     let lookup = Arc::new(lookup);
@@ -388,38 +407,29 @@ pub async fn run(lake: &Lake, config: &Config) -> Result<IdentitySummary> {
             })
         };
 
-        // 1. unified.identities.
-        // In person order: a person's identifiers are adjacent (for readers too), and
-        // each person's id and cluster are looked up once.
-        let person_cluster: Vec<&str> = persons
-            .iter()
-            .map(|p| {
-                cluster_ids
-                    .get(&res.cluster[p.anchor as usize])
-                    .map(String::as_str)
-                    .unwrap_or_default()
-            })
-            .collect();
-        let rows: Vec<(usize, usize)> = persons
-            .iter()
-            .enumerate()
-            .flat_map(|(k, p)| p.members.iter().map(move |&m| (m as usize, k)))
-            .collect();
-        let node = |&(i, _): &(usize, usize)| &g.nodes[i];
-        let identities = RecordBatch::try_new(
-            tables::identities(),
-            vec![
-                strings(rows.iter().map(|r| TYPES[node(r).ty as usize])),
-                strings(rows.iter().map(|&(i, _)| g.value(i as u32))),
-                strings(rows.iter().map(|&(_, k)| persons[k].id.as_str())),
-                ts_array(rows.iter().map(|r| Some(node(r).first_seen)).collect()),
-                ts_array(rows.iter().map(|r| Some(node(r).last_seen)).collect()),
-                Arc::new(Int64Array::from_iter_values(
-                    rows.iter().map(|r| node(r).touchpoints),
-                )),
-                strings(rows.iter().map(|&(_, k)| person_cluster[k])),
-            ],
-        )?;
+        // 1–3 are built at once: unified.identities on a second thread.
+        let (identities, persons_batches, diagnostics) = std::thread::scope(|s| {
+            let identities = s.spawn(|| identities_batch(g, &persons, &res, &cluster_ids));
+            // 2. unified.persons: activity of the rows this run places, plus anchors.
+            let persons_batches = persons_batch(&lookup, &persons, &placed);
+            // 3. Diagnostics of the part resolved.
+            let size_of: Vec<usize> = persons.iter().map(|p| p.members.len()).collect();
+            let diagnostics = diagnostics_batch(
+                g,
+                &res,
+                &stored_degree,
+                &persons,
+                person_of_node,
+                &size_of,
+                &run_id,
+            );
+            let identities = identities.join().map_err(|_| {
+                IngestError::Read("building the rows of unified.identities failed".into())
+            });
+            (identities, persons_batches, diagnostics)
+        });
+        let (identities, persons_batches, diagnostics) =
+            (identities??, vec![persons_batches?], diagnostics?);
         // An increment replaces the rows of the touched clusters, where the read found
         // them. (The new clusters' ids are their persons' smallest ids, none of which is
         // an untouched cluster's.)
@@ -431,25 +441,12 @@ pub async fn run(lake: &Lake, config: &Config) -> Result<IdentitySummary> {
             )
         });
 
-        // 2. unified.persons: activity of the rows this run places, plus anchors.
-        let persons_batches = vec![persons_batch(&lookup, &persons, &placed)?];
         let person_predicate = replace(
             "person_id",
             scope.as_ref().map(|s| s.persons.as_slice()).unwrap_or(&[]),
             new_person_ids.clone(),
         );
 
-        // 3. Diagnostics of the part resolved.
-        let size_of: Vec<usize> = persons.iter().map(|p| p.members.len()).collect();
-        let diagnostics = diagnostics_batch(
-            g,
-            &res,
-            &stored_degree,
-            &persons,
-            person_of_node,
-            &size_of,
-            &run_id,
-        )?;
         phases.mark("batches");
 
         // 4. unified.touchpoints.person_id, in one commit.
@@ -488,6 +485,7 @@ pub async fn run(lake: &Lake, config: &Config) -> Result<IdentitySummary> {
                     tp_table
                         .write(vec![])
                         .with_input_plan(plan)
+                        .with_writer_properties(tables::writer_properties("unified", "touchpoints"))
                         .with_session_state(Arc::new(ctx.state()))
                         .with_save_mode(SaveMode::Overwrite)
                         .with_commit_properties(props)
@@ -498,6 +496,7 @@ pub async fn run(lake: &Lake, config: &Config) -> Result<IdentitySummary> {
                         .update()
                         .with_predicate(pred)
                         .with_update("person_id", person_expr)
+                        .with_writer_properties(tables::writer_properties("unified", "touchpoints"))
                         .with_session_state(Arc::new(ctx.state()))
                         .with_commit_properties(props)
                         .await?
@@ -593,7 +592,7 @@ pub async fn run(lake: &Lake, config: &Config) -> Result<IdentitySummary> {
         run_id: run_id.clone(),
         mode: mode.to_string(),
         full_reason: full_reason.unwrap_or_default(),
-        touchpoints: work.touchpoints,
+        touchpoints,
         identifiers: foreign.iter().filter(|f| !**f).count() as u64,
         edges: res.edges as u64,
         persons: count_persons(lake).await?,
@@ -619,9 +618,71 @@ pub async fn run(lake: &Lake, config: &Config) -> Result<IdentitySummary> {
     // Millions of identifier strings take a second or two to free: not on the caller's
     // time.
     drop(ctx);
-    let garbage = (lookup, placed, work.prev, persons);
+    let garbage = (lookup, placed, prev, persons);
     std::thread::spawn(move || drop(garbage));
     Ok(summary)
+}
+
+/// Each placed touchpoint's person ([`NO_PERSON`]: none), half the rows on a second
+/// thread.
+fn row_persons(lookup: &Lookup, placed: &Placed) -> Vec<u32> {
+    let n = placed.rows.len();
+    let of = |r: usize| {
+        lookup
+            .person(placed.nodes(r).iter().copied())
+            .unwrap_or(NO_PERSON)
+    };
+    let (mut first, second) = std::thread::scope(|s| {
+        let second = s.spawn(|| (n / 2..n).map(of).collect::<Vec<u32>>());
+        let first: Vec<u32> = (0..n / 2).map(of).collect();
+        (first, second.join())
+    });
+    match second {
+        Ok(second) => first.extend(second),
+        // Not reached (the lookup does not panic); computed here if it does.
+        Err(_) => first.extend((n / 2..n).map(of)),
+    }
+    first
+}
+
+/// The rows of `unified.identities` for `persons`, in person order: a person's
+/// identifiers are adjacent (for readers too), and each person's id and cluster are
+/// looked up once. A cluster's id is `cluster_ids` of its representative.
+fn identities_batch(
+    g: &Graph,
+    persons: &[Person],
+    res: &Resolution,
+    cluster_ids: &HashMap<u32, String>,
+) -> Result<RecordBatch> {
+    let person_cluster: Vec<&str> = persons
+        .iter()
+        .map(|p| {
+            cluster_ids
+                .get(&res.cluster[p.anchor as usize])
+                .map(String::as_str)
+                .unwrap_or_default()
+        })
+        .collect();
+    let rows: Vec<(usize, usize)> = persons
+        .iter()
+        .enumerate()
+        .flat_map(|(k, p)| p.members.iter().map(move |&m| (m as usize, k)))
+        .collect();
+    let node = |&(i, _): &(usize, usize)| &g.nodes[i];
+    Ok(RecordBatch::try_new(
+        tables::identities(),
+        vec![
+            strings(rows.iter().map(|r| TYPES[node(r).ty as usize])),
+            strings(rows.iter().map(|&(i, _)| g.value(i as u32))),
+            strings(rows.iter().map(|&(_, k)| persons[k].id.as_str())),
+            ts_array(rows.iter().map(|r| Some(node(r).first_seen)).collect()),
+            ts_array(rows.iter().map(|r| Some(node(r).last_seen)).collect()),
+            Arc::new(Int64Array::from_iter_values(
+                rows.iter().map(|r| node(r).touchpoints),
+            )),
+            strings(rows.iter().map(|&(_, k)| person_cluster[k])),
+        ],
+    )?)
 }
 
 /// `fut`, with its time logged at debug level as the write of `table`.
@@ -952,7 +1013,7 @@ fn ts_array(v: Vec<Option<i64>>) -> ArrayRef {
 }
 /// What `person_of(…)` needs to place a touchpoint.
 struct Lookup {
-    graph: Graph,
+    graph: Arc<Graph>,
     /// Per node: its person (`u32::MAX`: outside this run).
     person_of_node: Vec<u32>,
     /// Per person: its id.
@@ -992,26 +1053,23 @@ impl Lookup {
 /// anonymous_id)`: the person of a touchpoint under this run's resolution. A touchpoint a
 /// full run placed is found by its id; any other by its identifiers.
 fn person_udf(lookup: Arc<Lookup>) -> ScalarUDF {
+    // View strings in: the scan gives them, and casting eight columns of millions of rows
+    // to plain strings cost more than the lookup itself.
     create_udf(
         "person_of",
-        vec![DataType::Utf8; TYPES.len() + 1],
+        vec![DataType::Utf8View; TYPES.len() + 1],
         DataType::Utf8,
         Volatility::Immutable,
         Arc::new(move |args: &[ColumnarValue]| {
             let arrays = ColumnarValue::values_to_arrays(args)?;
-            let batch = RecordBatch::try_from_iter(
-                arrays
-                    .iter()
-                    .enumerate()
-                    .map(|(i, a)| (format!("c{i}"), a.clone())),
-            )?;
-            let cols: Vec<StringArray> = (0..=TYPES.len())
-                .map(|t| text_col(&batch, t))
-                .collect::<Result<_>>()
-                .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
-            let (tp_ids, cols) = (&cols[0], &cols[1..]);
+            let views = arrays
+                .iter()
+                .map(|a| datafusion::arrow::compute::cast(a, &DataType::Utf8View))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            let cols: Vec<&StringViewArray> = views.iter().map(|a| a.as_string_view()).collect();
+            let (tp_ids, cols) = (cols[0], &cols[1..]);
             let g = &lookup.graph;
-            let rows = batch.num_rows();
+            let rows = tp_ids.len();
             let mut b = StringBuilder::with_capacity(rows, rows * 18);
             for i in 0..rows {
                 let placed = if lookup.by_id.is_empty() || !tp_ids.is_valid(i) {
@@ -1151,12 +1209,14 @@ async fn write(
     lake.invalidate(schema, table).await;
     let existing = lake.table(schema, table).await?.map(|(t, _)| t);
     let props = CommitProperties::default;
+    let writer = tables::writer_properties(schema, table);
     let version = match (existing, replace) {
         (Some(_), Some(Replace::At(files, at, predicate))) => {
-            crate::replace::replace_at(files, at, batches, props(), &predicate).await?
+            crate::replace::replace_at(files, at, batches, props(), writer, &predicate).await?
         }
         (Some(t), Some(Replace::Keys(column, keys))) => {
-            crate::replace::replace_rows(ctx, t, column, &keys, batches, props()).await?
+            crate::replace::replace_rows(ctx, t, column, &keys, batches, props(), writer)
+                .await?
         }
         (existing, _) => {
             let t = match existing {
@@ -1166,6 +1226,7 @@ async fn write(
             // Older lakes get the new columns with the first full run.
             let t = t
                 .write(batches)
+                .with_writer_properties(writer)
                 .with_save_mode(SaveMode::Overwrite)
                 .with_schema_mode(deltalake::operations::write::SchemaMode::Overwrite)
                 .await?;
