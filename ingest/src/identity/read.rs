@@ -99,25 +99,31 @@ pub(super) struct Placed {
     pub by_id: FxHashMap<u64, u32>,
     nodes: Vec<u32>,
     ends: Vec<u32>,
-    channels: FxHashMap<String, u32>,
+    channels: Channels,
+}
+
+/// Channel names, numbered.
+#[derive(Default)]
+pub(super) struct Channels(FxHashMap<String, u32>);
+
+impl Channels {
+    /// The number of a channel name.
+    pub fn number(&mut self, name: &str) -> u32 {
+        if let Some(&c) = self.0.get(name) {
+            return c;
+        }
+        let c = self.0.len() as u32;
+        self.0.insert(name.to_string(), c);
+        c
+    }
 }
 
 impl Placed {
-    /// The number of a channel name.
-    pub fn channel(&mut self, name: &str) -> u32 {
-        if let Some(&c) = self.channels.get(name) {
-            return c;
-        }
-        let c = self.channels.len() as u32;
-        self.channels.insert(name.to_string(), c);
-        c
-    }
-
     /// The activity of `row`, with its channel numbered.
     pub fn activity(&mut self, row: &RawRow) -> Activity {
         Activity {
             ts: row.ts,
-            channel: self.channel(row.channel),
+            channel: self.channels.number(row.channel),
             purchase: row.purchase,
             revenue: row.revenue,
         }
@@ -126,6 +132,11 @@ impl Placed {
     /// Record a touchpoint and its nodes.
     pub fn push(&mut self, act: Activity, nodes: &[u32]) {
         self.rows.push(act);
+        self.push_nodes(nodes);
+    }
+
+    /// Record the nodes of the next touchpoint whose activity is in `rows` already.
+    fn push_nodes(&mut self, nodes: &[u32]) {
         self.nodes.extend_from_slice(nodes);
         self.ends.push(self.nodes.len() as u32);
     }
@@ -200,11 +211,11 @@ impl Columns {
         self.ts.len()
     }
 
-    /// The activity of row `i`, its channel numbered in `placed`.
-    pub fn activity(&self, i: usize, placed: &mut Placed) -> Activity {
+    /// The activity of row `i`, its channel numbered in `channels`.
+    fn activity(&self, i: usize, channels: &mut Channels) -> Activity {
         Activity {
             ts: self.ts.value(i),
-            channel: placed.channel(self.channel_at(i)),
+            channel: channels.number(self.channel_at(i)),
             purchase: self.purchase_at(i),
             revenue: self.revenue_at(i),
         }
@@ -322,9 +333,26 @@ fn intern_column(nodes: &mut TypeNodes, col: &StringArray, ts: &Int64Array, out:
     }
 }
 
+/// Run `units` on this thread and one more, each thread taking the next unit not taken
+/// yet (give the largest first).
+fn run_on_two<'a>(units: Vec<Box<dyn FnOnce() + Send + 'a>>) {
+    let queue = std::sync::Mutex::new(units.into_iter());
+    let work = || {
+        // A unit that panicked poisons the queue: the other thread stops too, and the
+        // scope passes the panic on.
+        while let Some(unit) = queue.lock().ok().and_then(|mut q| q.next()) {
+            unit();
+        }
+    };
+    std::thread::scope(|s| {
+        s.spawn(work);
+        work();
+    });
+}
+
 /// Read every touchpoint into a graph of its identifiers and edges, and `placed`.
-/// Identifiers are numbered one type per thread (two at once), edges are linked in
-/// parallel too.
+/// Per batch, each type's identifiers are numbered, and the rows' activities and ids
+/// recorded, as units of work shared by two threads; edges are linked in parallel too.
 pub(super) async fn read_all(
     ctx: &SessionContext,
     phases: &mut super::run::Phases,
@@ -333,35 +361,44 @@ pub(super) async fn read_all(
     let mut placed = Placed::default();
     let mut local: Vec<Vec<u32>> = vec![vec![]; TYPES.len()];
     let rows = scan_columns(ctx, "", true, |c| {
-        // Split the types in two halves of about equal work, one per thread.
-        let work: Vec<usize> = c.ids.iter().map(|a| a.len() - a.null_count()).collect();
-        let mut order: Vec<usize> = (0..TYPES.len()).collect();
-        order.sort_by_key(|&t| std::cmp::Reverse(work[t]));
-        let mut second = [false; TYPES.len()];
-        let (mut a, mut b) = (0, 0);
-        for t in order {
-            if a <= b {
-                a += work[t];
-            } else {
-                b += work[t];
-                second[t] = true;
-            }
-        }
-        let mut halves: [Vec<_>; 2] = [vec![], vec![]];
+        let base = placed.rows.len();
+        let Placed {
+            rows, by_id, channels, ..
+        } = &mut placed;
+        let mut units: Vec<(usize, Box<dyn FnOnce() + Send + '_>)> = vec![];
         for ((nodes, col), out) in types.iter_mut().zip(&c.ids).zip(local.iter_mut()) {
-            halves[usize::from(second[usize::from(nodes.ty())])].push((nodes, col, out));
+            let work = col.len() - col.null_count();
+            units.push((
+                work,
+                Box::new(move || intern_column(nodes, col, &c.ts, out)),
+            ));
         }
-        let [one, two] = halves;
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                for (nodes, col, out) in two {
-                    intern_column(nodes, col, &c.ts, out);
-                }
-            });
-            for (nodes, col, out) in one {
-                intern_column(nodes, col, &c.ts, out);
-            }
-        });
+        units.push((
+            c.len(),
+            Box::new(move || rows.extend((0..c.len()).map(|i| c.activity(i, channels)))),
+        ));
+        if let Some(ids) = &c.touchpoint_id {
+            units.push((
+                c.len(),
+                Box::new(move || {
+                    for i in 0..ids.len() {
+                        let Some(key) = ids
+                            .is_valid(i)
+                            .then(|| crate::dedup::id_key(ids.value(i)))
+                            .flatten()
+                        else {
+                            continue;
+                        };
+                        by_id
+                            .entry(key as u64)
+                            .and_modify(|r| *r = SHARED_ID)
+                            .or_insert((base + i) as u32);
+                    }
+                }),
+            ));
+        }
+        units.sort_by_key(|(work, _)| std::cmp::Reverse(*work));
+        run_on_two(units.into_iter().map(|(_, u)| u).collect());
         let mut row = [0u32; TYPES.len()];
         for i in 0..c.len() {
             let mut k = 0;
@@ -378,21 +415,7 @@ pub(super) async fn read_all(
                     k += 1;
                 }
             }
-            let act = c.activity(i, &mut placed);
-            if let Some(key) = c
-                .touchpoint_id
-                .as_ref()
-                .filter(|t| t.is_valid(i))
-                .and_then(|t| crate::dedup::id_key(t.value(i)))
-            {
-                let at = placed.rows.len() as u32;
-                placed
-                    .by_id
-                    .entry(key as u64)
-                    .and_modify(|r| *r = SHARED_ID)
-                    .or_insert(at);
-            }
-            placed.push(act, &row[..k]);
+            placed.push_nodes(&row[..k]);
         }
         Ok(())
     })

@@ -407,9 +407,13 @@ pub async fn run(lake: &Lake, config: &Config) -> Result<IdentitySummary> {
             })
         };
 
-        // 1–3 are built at once: unified.identities on a second thread.
+        // 1–3 are built at once: unified.identities in two halves (written by two
+        // writers), one on a second thread.
+        let half = persons.len() / 2;
         let (identities, persons_batches, diagnostics) = std::thread::scope(|s| {
-            let identities = s.spawn(|| identities_batch(g, &persons, &res, &cluster_ids));
+            let second =
+                s.spawn(|| identities_batch(g, &persons[half..], &res, &cluster_ids));
+            let first = identities_batch(g, &persons[..half], &res, &cluster_ids);
             // 2. unified.persons: activity of the rows this run places, plus anchors.
             let persons_batches = persons_batch(&lookup, &persons, &placed);
             // 3. Diagnostics of the part resolved.
@@ -423,13 +427,16 @@ pub async fn run(lake: &Lake, config: &Config) -> Result<IdentitySummary> {
                 &size_of,
                 &run_id,
             );
-            let identities = identities.join().map_err(|_| {
-                IngestError::Read("building the rows of unified.identities failed".into())
-            });
+            let identities = second
+                .join()
+                .map_err(|_| {
+                    IngestError::Read("building the rows of unified.identities failed".into())
+                })
+                .and_then(|second| Ok(vec![first?, second?]));
             (identities, persons_batches, diagnostics)
         });
         let (identities, persons_batches, diagnostics) =
-            (identities??, vec![persons_batches?], diagnostics?);
+            (identities?, vec![persons_batches?], diagnostics?);
         // An increment replaces the rows of the touched clusters, where the read found
         // them. (The new clusters' ids are their persons' smallest ids, none of which is
         // an untouched cluster's.)
@@ -517,7 +524,7 @@ pub async fn run(lake: &Lake, config: &Config) -> Result<IdentitySummary> {
                     lake,
                     "unified",
                     "identities",
-                    vec![identities],
+                    identities,
                     identities_replaced,
                 )
             ),
@@ -1224,8 +1231,24 @@ async fn write(
                 None => lake.table_builder(schema, table)?.build()?,
             };
             // Older lakes get the new columns with the first full run.
+            // Each batch is a partition of the input, written by a writer of its own.
+            let input_schema = batches.first().map(|b| b.schema()).ok_or_else(|| {
+                IngestError::Read(format!("no rows given for {schema}.{table}"))
+            })?;
+            let input = datafusion::datasource::MemTable::try_new(
+                input_schema,
+                batches.into_iter().map(|b| vec![b]).collect(),
+            )?;
+            let plan = datafusion::logical_expr::LogicalPlanBuilder::scan(
+                "input",
+                datafusion::datasource::provider_as_source(Arc::new(input)),
+                None,
+            )?
+            .build()?;
             let t = t
-                .write(batches)
+                .write(vec![])
+                .with_input_plan(plan)
+                .with_session_state(Arc::new(ctx.state()))
                 .with_writer_properties(writer)
                 .with_save_mode(SaveMode::Overwrite)
                 .with_schema_mode(deltalake::operations::write::SchemaMode::Overwrite)
