@@ -50,6 +50,24 @@ pub fn id_key(id: &str) -> Option<u128> {
     u128::from_str_radix(id, 16).ok()
 }
 
+/// The low 64 bits of a `touchpoint_id` of 32 hex digits (`None` for any other text):
+/// [`id_key`]'s, read without its generic number parsing, for a key per row of millions.
+pub fn id_key_low(id: &str) -> Option<u64> {
+    let b = id.as_bytes();
+    if b.len() != 32 || !b[..16].iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
+    b[16..].iter().try_fold(0u64, |v, &c| {
+        let d = match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            b'A'..=b'F' => c - b'A' + 10,
+            _ => return None,
+        };
+        Some(v << 4 | u64::from(d))
+    })
+}
+
 /// The id set of `unified.touchpoints` of `lake`, locked and brought up to date, and the
 /// table as loaded for that (`None`: no table yet), for the caller's append.
 pub async fn lock(lake: &Lake) -> Result<(OwnedMutexGuard<Seen>, Option<DeltaTable>)> {
@@ -232,6 +250,28 @@ fn read_ids(bytes: bytes::Bytes, ids: &mut IdSet) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn low_key_is_the_low_bits_of_the_key() {
+        for id in [
+            "0123456789abcdef0123456789ABCDEF",
+            "ffffffffffffffffffffffffffffffff",
+            "00000000000000000000000000000000",
+            "a1b2c3d4e5f60718293a4b5c6d7e8f90",
+        ] {
+            assert_eq!(id_key_low(id), id_key(id).map(|k| k as u64), "{id}");
+        }
+        for id in [
+            "0123456789abcdef0123456789abcdeg",
+            "g123456789abcdef0123456789abcdef",
+            "0123456789abcdef0123456789abcde",
+            "0123456789abcdef0123456789abcdef0",
+            "b0-17",
+            "",
+        ] {
+            assert_eq!(id_key_low(id), None, "{id}");
+        }
+    }
 
     #[test]
     fn ids_are_128_bit_hex() {

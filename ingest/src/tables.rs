@@ -37,14 +37,24 @@ pub fn writer_properties(
         // A raw landing table: each record's place in its file.
         _ => &[crate::read::LOCATION],
     };
-    plain
+    // Random hex ids and microsecond times: Snappy spent CPU on them for no gain (it
+    // saved 0.1% on occurred_at, 10% on touchpoint_id).
+    let uncompressed: &[&str] = match (schema, table) {
+        ("unified", "touchpoints") => &["touchpoint_id", "occurred_at"],
+        ("unified", "identities") | ("unified", "persons") => &["first_seen", "last_seen"],
+        _ => &[],
+    };
+    let b = WriterProperties::builder()
+        .set_created_by(format!("touchlake {}", env!("CARGO_PKG_VERSION")))
+        .set_compression(Compression::SNAPPY);
+    let b = plain.iter().fold(b, |b, c| {
+        b.set_column_dictionary_enabled(ColumnPath::from(*c), false)
+    });
+    uncompressed
         .iter()
-        .fold(
-            WriterProperties::builder()
-                .set_created_by(format!("touchlake {}", env!("CARGO_PKG_VERSION")))
-                .set_compression(Compression::SNAPPY),
-            |b, c| b.set_column_dictionary_enabled(ColumnPath::from(*c), false),
-        )
+        .fold(b, |b, c| {
+            b.set_column_compression(ColumnPath::from(*c), Compression::UNCOMPRESSED)
+        })
         .build()
 }
 

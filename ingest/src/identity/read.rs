@@ -93,7 +93,8 @@ pub(super) struct Placed {
     /// Per touchpoint.
     pub rows: Vec<Activity>,
     /// A full run's touchpoints by (the low 64 bits of) their `touchpoint_id`: the row
-    /// each was placed at, [`SHARED_ID`] where two rows share the key. The rewrite of
+    /// each was placed at, [`SHARED_ID`] where two rows share the key. (The run replaces
+    /// each row by its person once it knows them.) The rewrite of
     /// `unified.touchpoints` finds a row's person here instead of looking up each of its
     /// identifiers again.
     pub by_id: FxHashMap<u64, u32>,
@@ -300,7 +301,8 @@ pub(super) async fn scan(
 }
 
 /// In [`Placed::by_id`]: the key of more than one touchpoint (placed by identifiers).
-pub(super) const SHARED_ID: u32 = u32::MAX;
+/// (`u32::MAX` is a touchpoint without a person, once the run maps rows to persons.)
+pub(super) const SHARED_ID: u32 = u32::MAX - 1;
 
 /// No node: a NULL or blocked identifier.
 const NO_NODE: u32 = u32::MAX;
@@ -363,7 +365,10 @@ pub(super) async fn read_all(
     let rows = scan_columns(ctx, "", true, |c| {
         let base = placed.rows.len();
         let Placed {
-            rows, by_id, channels, ..
+            rows,
+            by_id,
+            channels,
+            ..
         } = &mut placed;
         let mut units: Vec<(usize, Box<dyn FnOnce() + Send + '_>)> = vec![];
         for ((nodes, col), out) in types.iter_mut().zip(&c.ids).zip(local.iter_mut()) {
@@ -384,13 +389,13 @@ pub(super) async fn read_all(
                     for i in 0..ids.len() {
                         let Some(key) = ids
                             .is_valid(i)
-                            .then(|| crate::dedup::id_key(ids.value(i)))
+                            .then(|| crate::dedup::id_key_low(ids.value(i)))
                             .flatten()
                         else {
                             continue;
                         };
                         by_id
-                            .entry(key as u64)
+                            .entry(key)
                             .and_modify(|r| *r = SHARED_ID)
                             .or_insert((base + i) as u32);
                     }

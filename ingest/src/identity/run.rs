@@ -294,14 +294,7 @@ pub async fn run(lake: &Lake, config: &Config) -> Result<IdentitySummary> {
         splits,
         whole,
     } = loop {
-        let out = assign_ids(
-            &graph,
-            &res,
-            &prev,
-            &foreign,
-            &taken,
-            scope.is_some(),
-        );
+        let out = assign_ids(&graph, &res, &prev, &foreign, &taken, scope.is_some());
         if scope.is_none() {
             break out;
         }
@@ -371,7 +364,13 @@ pub async fn run(lake: &Lake, config: &Config) -> Result<IdentitySummary> {
     let mut placed = placed;
     if scope.is_none() {
         lookup.row_person = row_persons(&lookup, &placed);
-        lookup.by_id = std::mem::take(&mut placed.by_id);
+        let mut by_id = std::mem::take(&mut placed.by_id);
+        for v in by_id.values_mut() {
+            if *v != SHARED_ID {
+                *v = lookup.row_person[*v as usize];
+            }
+        }
+        lookup.by_id = by_id;
     }
     let lookup = Arc::new(lookup);
     let g = &lookup.graph;
@@ -411,8 +410,7 @@ pub async fn run(lake: &Lake, config: &Config) -> Result<IdentitySummary> {
         // writers), one on a second thread.
         let half = persons.len() / 2;
         let (identities, persons_batches, diagnostics) = std::thread::scope(|s| {
-            let second =
-                s.spawn(|| identities_batch(g, &persons[half..], &res, &cluster_ids));
+            let second = s.spawn(|| identities_batch(g, &persons[half..], &res, &cluster_ids));
             let first = identities_batch(g, &persons[..half], &res, &cluster_ids);
             // 2. unified.persons: activity of the rows this run places, plus anchors.
             let persons_batches = persons_batch(&lookup, &persons, &placed);
@@ -1027,8 +1025,8 @@ struct Lookup {
     ids: Vec<String>,
     /// Per node: taken out by the degree guard.
     guarded: Vec<bool>,
-    /// A full run's touchpoints by `touchpoint_id` ([`Placed::by_id`]; empty in an
-    /// increment).
+    /// A full run's touchpoints by `touchpoint_id` ([`Placed::by_id`]): each one's person
+    /// ([`NO_PERSON`]: none; [`SHARED_ID`]: a key of several rows). Empty in an increment.
     by_id: FxHashMap<u64, u32>,
     /// Per touchpoint placed by a full run: its person ([`NO_PERSON`]: none).
     row_person: Vec<u32>,
@@ -1082,12 +1080,11 @@ fn person_udf(lookup: Arc<Lookup>) -> ScalarUDF {
                 let placed = if lookup.by_id.is_empty() || !tp_ids.is_valid(i) {
                     None
                 } else {
-                    crate::dedup::id_key(tp_ids.value(i))
-                        .and_then(|k| lookup.by_id.get(&(k as u64)))
-                        .filter(|&&r| r != SHARED_ID)
+                    crate::dedup::id_key_low(tp_ids.value(i))
+                        .and_then(|k| lookup.by_id.get(&k))
+                        .filter(|&&p| p != SHARED_ID)
                 };
-                if let Some(&r) = placed {
-                    let p = lookup.row_person[r as usize];
+                if let Some(&p) = placed {
                     b.append_option((p != NO_PERSON).then(|| lookup.ids[p as usize].as_str()));
                     continue;
                 }
@@ -1222,8 +1219,7 @@ async fn write(
             crate::replace::replace_at(files, at, batches, props(), writer, &predicate).await?
         }
         (Some(t), Some(Replace::Keys(column, keys))) => {
-            crate::replace::replace_rows(ctx, t, column, &keys, batches, props(), writer)
-                .await?
+            crate::replace::replace_rows(ctx, t, column, &keys, batches, props(), writer).await?
         }
         (existing, _) => {
             let t = match existing {
@@ -1232,9 +1228,10 @@ async fn write(
             };
             // Older lakes get the new columns with the first full run.
             // Each batch is a partition of the input, written by a writer of its own.
-            let input_schema = batches.first().map(|b| b.schema()).ok_or_else(|| {
-                IngestError::Read(format!("no rows given for {schema}.{table}"))
-            })?;
+            let input_schema = batches
+                .first()
+                .map(|b| b.schema())
+                .ok_or_else(|| IngestError::Read(format!("no rows given for {schema}.{table}")))?;
             let input = datafusion::datasource::MemTable::try_new(
                 input_schema,
                 batches.into_iter().map(|b| vec![b]).collect(),
