@@ -43,6 +43,59 @@ pub struct Config {
     pub identity: touchlake_ingest::identity::Settings,
 }
 
+impl Config {
+    /// The configuration as sessions read it: `touchlake.<name>` settings, read-only
+    /// (`SHOW touchlake.memory_limit_mb`, `SHOW ALL`). The object-store
+    /// options are left out: they hold credentials.
+    pub fn visible(&self) -> Vec<(String, String)> {
+        let text = |o: &Option<String>| o.clone().unwrap_or_default();
+        let on = |b: bool| if b { "on" } else { "off" }.to_string();
+        let mut v = vec![
+            ("lake".to_string(), self.lake.clone()),
+            ("listen".into(), self.listen.clone()),
+            ("refresh_seconds".into(), self.refresh_seconds.to_string()),
+            ("memory_limit_mb".into(), self.memory_limit_mb.to_string()),
+            (
+                "memory_release_ms".into(),
+                self.memory_release_ms.to_string(),
+            ),
+            (
+                "statement_timeout_ms".into(),
+                self.statement_timeout_ms.to_string(),
+            ),
+            ("sources".into(), text(&self.sources)),
+            ("http_listen".into(), text(&self.http_listen)),
+            (
+                "compact_every_seconds".into(),
+                self.compact_every_seconds.to_string(),
+            ),
+            (
+                "compact_min_files".into(),
+                self.compact_min_files.to_string(),
+            ),
+            (
+                "identity.after_ingest".into(),
+                on(self.identity.after_ingest),
+            ),
+            (
+                "identity.every_seconds".into(),
+                self.identity.every_seconds.to_string(),
+            ),
+        ];
+        // The guards and limits in effect (0: none), per identifier type.
+        if let Ok(c) = self.identity.config() {
+            let n = |x: usize| if x == usize::MAX { 0 } else { x }.to_string();
+            for (t, ty) in touchlake_ingest::identity::graph::TYPES.iter().enumerate() {
+                v.push((format!("identity.max_degree.{ty}"), n(c.max_degree[t])));
+                v.push((format!("identity.limit.{ty}"), n(c.limit[t])));
+            }
+        }
+        v.into_iter()
+            .map(|(k, v)| (format!("{}{k}", crate::settings::SERVER_PREFIX), v))
+            .collect()
+    }
+}
+
 /// 80% of the memory available to the process in MiB: the smaller of the machine's
 /// (`/proc/meminfo`) and the container's (cgroup v2 `memory.max`, v1
 /// `memory.limit_in_bytes`); 0 (no limit) where neither can be read.

@@ -184,7 +184,12 @@ impl Session {
         startup: &BTreeMap<String, String>,
     ) -> Result<Session> {
         let ctx = engine.new_context(user)?;
-        let settings = Settings::new(user, startup, engine.config.statement_timeout_ms);
+        let settings = Settings::new(
+            user,
+            startup,
+            engine.config.statement_timeout_ms,
+            &engine.config.visible(),
+        );
         let s = Session {
             engine,
             user: user.to_string(),
@@ -1352,7 +1357,8 @@ fn show_name(variable: &[Ident]) -> String {
         "time zone" => "timezone".into(),
         "transaction isolation level" => "transaction_isolation".into(),
         "session authorization" => "session_authorization".into(),
-        _ => n,
+        // A qualified name (`touchlake.memory_limit_mb`, `myapp.tenant`) comes as parts.
+        _ => n.replace(' ', "."),
     }
 }
 

@@ -90,6 +90,10 @@ const READ_ONLY: &[&str] = &[
     "session_authorization",
 ];
 
+/// The prefix of the server's configuration as settings ([`crate::config::Config::visible`]):
+/// read-only, and reserved (no session variable of its own under it).
+pub const SERVER_PREFIX: &str = "touchlake.";
+
 /// Why a SET was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum SettingError {
@@ -99,6 +103,12 @@ pub enum SettingError {
     /// A setting that cannot be changed by a session.
     #[error("parameter \"{0}\" cannot be changed")]
     ReadOnly(String),
+    /// The server's configuration (`touchlake.*`).
+    #[error(
+        "parameter \"{0}\" cannot be changed without restarting the server (it is set in the \
+         configuration file or a TOUCHLAKE_* environment variable)"
+    )]
+    ServerOnly(String),
     /// A value of the wrong shape.
     #[error("invalid value for parameter \"{0}\": \"{1}\"")]
     Invalid(String, String),
@@ -109,6 +119,15 @@ pub enum SettingError {
 pub struct Settings {
     values: BTreeMap<String, String>,
     initial: BTreeMap<String, String>,
+}
+
+/// Refuse a change of `key` if it is the server's (`known`: a setting of this server).
+fn server_only(key: &str, known: bool) -> Result<(), SettingError> {
+    match key.strip_prefix(SERVER_PREFIX) {
+        Some(_) if known => Err(SettingError::ServerOnly(key.to_string())),
+        Some(_) => Err(SettingError::Unknown(key.to_string())),
+        None => Ok(()),
+    }
 }
 
 /// The canonical (reported) spelling of a setting name.
@@ -122,18 +141,22 @@ pub fn canonical(name: &str) -> String {
 }
 
 impl Settings {
-    /// Defaults for `user`, then the startup packet's options (`application_name`, …).
+    /// Defaults for `user`, then the startup packet's options (`application_name`, …),
+    /// and the server's configuration (`server`: read-only `touchlake.*` settings).
     pub fn new(
         user: &str,
         startup: &BTreeMap<String, String>,
         statement_timeout_ms: u64,
+        server: &[(String, String)],
     ) -> Settings {
         let mut values = defaults(user);
         values.insert("statement_timeout".into(), statement_timeout_ms.to_string());
+        values.extend(server.iter().cloned());
         for (k, v) in startup {
             let k = k.to_ascii_lowercase();
             if values.contains_key(&k)
                 && !READ_ONLY.contains(&k.as_str())
+                && !k.starts_with(SERVER_PREFIX)
                 && let Ok(v) = normalize(&k, v)
             {
                 values.insert(k, v);
@@ -159,6 +182,7 @@ impl Settings {
         value: &str,
     ) -> Result<Option<(String, String)>, SettingError> {
         let key = alias(&name.to_ascii_lowercase());
+        server_only(&key, self.values.contains_key(&key))?;
         if key.contains('.') {
             self.values.insert(key, value.to_string());
             return Ok(None);
@@ -177,6 +201,7 @@ impl Settings {
     /// RESET `name` to its value at connection start.
     pub fn reset(&mut self, name: &str) -> Result<Option<(String, String)>, SettingError> {
         let key = alias(&name.to_ascii_lowercase());
+        server_only(&key, self.initial.contains_key(&key))?;
         match self.initial.get(&key).cloned() {
             Some(v) => {
                 self.values.insert(key.clone(), v.clone());
@@ -350,7 +375,7 @@ mod tests {
 
     #[test]
     fn set_and_reset() {
-        let mut s = Settings::new("touchlake", &BTreeMap::new(), 0);
+        let mut s = Settings::new("touchlake", &BTreeMap::new(), 0, &[]);
         assert_eq!(
             s.set("TimeZone", "Asia/Tokyo").unwrap(),
             Some(("TimeZone".to_string(), "Asia/Tokyo".to_string()))

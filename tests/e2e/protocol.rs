@@ -246,6 +246,106 @@ async fn settings_are_per_connection_and_time_zone_renders() {
 }
 
 #[tokio::test]
+async fn the_server_configuration_reads_as_settings() {
+    let dir = lake();
+    let srv = Server::start_with(
+        dir.path(),
+        &[
+            ("TOUCHLAKE_MEMORY_RELEASE_MS", "1234"),
+            ("TOUCHLAKE_MEMORY_LIMIT_MB", "777"),
+        ],
+    );
+    let c = srv.connect().await;
+    let show = |m: Vec<SimpleQueryMessage>| {
+        m.into_iter()
+            .find_map(|m| match m {
+                SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                _ => None,
+            })
+            .unwrap()
+    };
+    assert_eq!(
+        show(
+            c.simple_query("SHOW touchlake.memory_release_ms")
+                .await
+                .unwrap()
+        ),
+        "1234"
+    );
+    assert_eq!(
+        show(
+            c.simple_query("SHOW touchlake.memory_limit_mb")
+                .await
+                .unwrap()
+        ),
+        "777"
+    );
+    assert_eq!(
+        show(
+            c.simple_query("SHOW touchlake.identity.max_degree.device_id")
+                .await
+                .unwrap()
+        ),
+        "5"
+    );
+    let all = c.simple_query("SHOW ALL").await.unwrap();
+    let names: Vec<String> = all
+        .iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .collect();
+    assert!(names.iter().any(|n| n == "touchlake.lake"), "{names:?}");
+    // No object-store option (credentials) is shown.
+    assert!(!names.iter().any(|n| n.contains("storage")), "{names:?}");
+    // Read-only: 55P02 for the server's settings, 42704 for unknown ones under its
+    // prefix; the connection stays up, and a session variable of another prefix works.
+    assert_eq!(
+        sqlstate(&c, "SET touchlake.memory_limit_mb = 1").await,
+        "55P02"
+    );
+    assert_eq!(
+        sqlstate(&c, "RESET touchlake.memory_limit_mb").await,
+        "55P02"
+    );
+    assert_eq!(sqlstate(&c, "SET touchlake.no_such = 1").await, "42704");
+    c.batch_execute("SET myapp.tenant = 'x'").await.unwrap();
+    assert_eq!(
+        show(c.simple_query("SHOW myapp.tenant").await.unwrap()),
+        "x"
+    );
+    assert_eq!(
+        show(
+            c.simple_query("SHOW touchlake.memory_limit_mb")
+                .await
+                .unwrap()
+        ),
+        "777"
+    );
+    // A startup option cannot set them either.
+    let (c2, conn) = tokio_postgres::connect(
+        &format!(
+            "host=127.0.0.1 port={} user=touchlake dbname=touchlake \
+             options='-c touchlake.memory_limit_mb=1'",
+            srv.port()
+        ),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    assert_eq!(
+        show(
+            c2.simple_query("SHOW touchlake.memory_limit_mb")
+                .await
+                .unwrap()
+        ),
+        "777"
+    );
+}
+
+#[tokio::test]
 async fn transaction_statements_are_accepted() {
     let dir = lake();
     let srv = Server::start(dir.path());

@@ -28,7 +28,7 @@ fn classify(e: &SessionError) -> (&'static str, String) {
         SessionError::Setting(s) => (
             match s {
                 SettingError::Unknown(_) => "42704",
-                SettingError::ReadOnly(_) => "55P02",
+                SettingError::ReadOnly(_) | SettingError::ServerOnly(_) => "55P02",
                 SettingError::Invalid(_, _) => "22023",
             },
             s.to_string(),
