@@ -185,13 +185,7 @@ async fn several_statements_in_one_string_run_in_order() {
         .simple_query("CREATE TABLE t (a int); SELECT count(*) FROM t; INSERT INTO t VALUES (1), (2); SELECT count(*) FROM t")
         .await
         .unwrap();
-    let counts: Vec<String> = msgs
-        .iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
-            _ => None,
-        })
-        .collect();
+    let counts = first_column(&msgs);
     assert_eq!(counts, vec!["0", "2"]);
     // An error stops the rest of the string.
     let _ = c
@@ -206,6 +200,26 @@ async fn several_statements_in_one_string_run_in_order() {
     assert_eq!(n, 3);
 }
 
+/// The first column of each row of a simple query's answer.
+fn first_column(m: &[SimpleQueryMessage]) -> Vec<String> {
+    m.iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `SHOW name` on `c`.
+async fn setting(c: &tokio_postgres::Client, name: &str) -> String {
+    first_value(c.simple_query(&format!("SHOW {name}")).await.unwrap())
+}
+
+/// The first column of the first row of a simple query's answer.
+fn first_value(m: Vec<SimpleQueryMessage>) -> String {
+    first_column(&m).into_iter().next().expect("no row")
+}
+
 #[tokio::test]
 async fn settings_are_per_connection_and_time_zone_renders() {
     let dir = lake();
@@ -213,14 +227,7 @@ async fn settings_are_per_connection_and_time_zone_renders() {
     let a = srv.connect().await;
     let b = srv.connect().await;
     a.batch_execute("SET TIME ZONE 'Asia/Shanghai'; SET search_path TO unified, public; SET application_name = 'a'").await.unwrap();
-    let show = |m: Vec<SimpleQueryMessage>| -> String {
-        m.into_iter()
-            .find_map(|m| match m {
-                SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
-                _ => None,
-            })
-            .unwrap()
-    };
+    let show = first_value;
     assert_eq!(
         show(a.simple_query("SHOW TimeZone").await.unwrap()),
         "Asia/Shanghai"
@@ -256,46 +263,14 @@ async fn the_server_configuration_reads_as_settings() {
         ],
     );
     let c = srv.connect().await;
-    let show = |m: Vec<SimpleQueryMessage>| {
-        m.into_iter()
-            .find_map(|m| match m {
-                SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
-                _ => None,
-            })
-            .unwrap()
-    };
+    assert_eq!(setting(&c, "touchlake.memory_release_ms").await, "1234");
+    assert_eq!(setting(&c, "touchlake.memory_limit_mb").await, "777");
     assert_eq!(
-        show(
-            c.simple_query("SHOW touchlake.memory_release_ms")
-                .await
-                .unwrap()
-        ),
-        "1234"
-    );
-    assert_eq!(
-        show(
-            c.simple_query("SHOW touchlake.memory_limit_mb")
-                .await
-                .unwrap()
-        ),
-        "777"
-    );
-    assert_eq!(
-        show(
-            c.simple_query("SHOW touchlake.identity.max_degree.device_id")
-                .await
-                .unwrap()
-        ),
+        setting(&c, "touchlake.identity.max_degree.device_id").await,
         "5"
     );
     let all = c.simple_query("SHOW ALL").await.unwrap();
-    let names: Vec<String> = all
-        .iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
-            _ => None,
-        })
-        .collect();
+    let names = first_column(&all);
     assert!(names.iter().any(|n| n == "touchlake.lake"), "{names:?}");
     // No object-store option (credentials) is shown.
     assert!(!names.iter().any(|n| n.contains("storage")), "{names:?}");
@@ -311,18 +286,8 @@ async fn the_server_configuration_reads_as_settings() {
     );
     assert_eq!(sqlstate(&c, "SET touchlake.no_such = 1").await, "42704");
     c.batch_execute("SET myapp.tenant = 'x'").await.unwrap();
-    assert_eq!(
-        show(c.simple_query("SHOW myapp.tenant").await.unwrap()),
-        "x"
-    );
-    assert_eq!(
-        show(
-            c.simple_query("SHOW touchlake.memory_limit_mb")
-                .await
-                .unwrap()
-        ),
-        "777"
-    );
+    assert_eq!(setting(&c, "myapp.tenant").await, "x");
+    assert_eq!(setting(&c, "touchlake.memory_limit_mb").await, "777");
     // A startup option cannot set them either.
     let (c2, conn) = tokio_postgres::connect(
         &format!(
@@ -335,14 +300,7 @@ async fn the_server_configuration_reads_as_settings() {
     .await
     .unwrap();
     tokio::spawn(conn);
-    assert_eq!(
-        show(
-            c2.simple_query("SHOW touchlake.memory_limit_mb")
-                .await
-                .unwrap()
-        ),
-        "777"
-    );
+    assert_eq!(setting(&c2, "touchlake.memory_limit_mb").await, "777");
 }
 
 #[tokio::test]
@@ -504,10 +462,7 @@ async fn concurrent_sessions_keep_their_own_settings() {
             .unwrap();
             for _ in 0..20 {
                 let rows = c.simple_query("SHOW TimeZone").await.unwrap();
-                let got = rows.iter().find_map(|m| match m {
-                    SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
-                    _ => None,
-                });
+                let got = first_column(&rows).into_iter().next();
                 let n: i64 = c
                     .query_one("SELECT count(*) FROM generate_series(1, 1000)", &[])
                     .await
