@@ -9,6 +9,7 @@ mod allocator;
 mod collector;
 mod compat;
 mod config;
+mod current_setting;
 mod engine;
 mod extension;
 mod join_exprs;

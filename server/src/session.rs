@@ -287,6 +287,8 @@ impl Session {
         // current_schema() answers from the search_path (pg_catalog's version says "public").
         self.ctx
             .register_udf(crate::engine::constant_udf("current_schema", schema));
+        self.ctx
+            .register_udf(crate::current_setting::udf(s.clone()));
         let state = self.ctx.state_ref();
         let mut state = state.write();
         let opts = state.config_mut().options_mut();

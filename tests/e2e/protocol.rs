@@ -288,6 +288,25 @@ async fn the_server_configuration_reads_as_settings() {
     c.batch_execute("SET myapp.tenant = 'x'").await.unwrap();
     assert_eq!(setting(&c, "myapp.tenant").await, "x");
     assert_eq!(setting(&c, "touchlake.memory_limit_mb").await, "777");
+    // current_setting() reads the same, and follows SET.
+    c.batch_execute("SET search_path TO unified, public")
+        .await
+        .unwrap();
+    let row = c
+        .query_one(
+            "SELECT current_setting('touchlake.memory_release_ms'), \
+             current_setting('search_path'), current_setting('no.such', true)",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "1234");
+    assert_eq!(row.get::<_, String>(1), "unified, public");
+    assert_eq!(row.get::<_, Option<String>>(2), None);
+    assert_eq!(
+        sqlstate(&c, "SELECT current_setting('no_such_setting')").await,
+        "42704"
+    );
     // A startup option cannot set them either.
     let (c2, conn) = tokio_postgres::connect(
         &format!(
