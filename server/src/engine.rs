@@ -46,6 +46,8 @@ pub struct Engine {
     pub lake: Arc<Lake>,
     /// The configuration the server started with.
     pub config: Config,
+    /// That configuration as read-only `touchlake.*` settings, for every session.
+    pub visible_settings: Vec<(String, String)>,
     views: Arc<EngineViewPlanner>,
 }
 
@@ -152,6 +154,7 @@ impl Engine {
         let _ = views.pg_catalog.set(overlay);
         Ok(Arc::new(Engine {
             lake,
+            visible_settings: config.visible(),
             config,
             views,
         }))

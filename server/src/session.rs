@@ -188,7 +188,7 @@ impl Session {
             user,
             startup,
             engine.config.statement_timeout_ms,
-            &engine.config.visible(),
+            &engine.visible_settings,
         );
         let s = Session {
             engine,

@@ -637,17 +637,16 @@ fn row_persons(lookup: &Lookup, placed: &Placed) -> Vec<u32> {
             .person(placed.nodes(r).iter().copied())
             .unwrap_or(NO_PERSON)
     };
-    let (mut first, second) = std::thread::scope(|s| {
+    std::thread::scope(|s| {
         let second = s.spawn(|| (n / 2..n).map(of).collect::<Vec<u32>>());
-        let first: Vec<u32> = (0..n / 2).map(of).collect();
-        (first, second.join())
-    });
-    match second {
-        Ok(second) => first.extend(second),
-        // Not reached (the lookup does not panic); computed here if it does.
-        Err(_) => first.extend((n / 2..n).map(of)),
-    }
-    first
+        let mut all: Vec<u32> = (0..n / 2).map(of).collect();
+        all.extend(
+            second
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p)),
+        );
+        all
+    })
 }
 
 /// The rows of `unified.identities` for `persons`, in person order: a person's
