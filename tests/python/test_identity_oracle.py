@@ -261,6 +261,45 @@ def test_increments_equal_all_at_once(server):
           f"{kept_ids} person ids carried across increments")
 
 
+def test_full_rerun_rewrites_touchpoints_only_on_change(server):
+    """A full run that gives every touchpoint the person it has already leaves
+    unified.touchpoints as it is (no new table version); one that changes a person (the
+    guards turned off, a new row) rewrites it, and every row is placed as the reference
+    says."""
+    rows = generate(21, 400, hex_ids=True)
+    want, guarded = components_guarded(rows)
+    unguarded = components_unguarded(rows)
+    assert unguarded != want  # the shared devices join persons without the guards
+
+    def version(conn):
+        return conn.execute(
+            "SELECT touchpoints_version FROM quality.identity_runs ORDER BY finished_at DESC LIMIT 1"
+        ).fetchone()[0]
+
+    with psycopg.connect(server.url, autocommit=True) as conn:
+        conn.execute("CALL identity_run()")
+        load(conn, rows)
+        conn.execute("CALL identity_run('mode=full')")
+        first = version(conn)
+        conn.execute("CALL identity_run('mode=full')")
+        assert version(conn) == first
+        assert ours(conn) == want
+        check_touchpoints(conn, rows, guarded)
+
+        conn.execute("CALL identity_run('mode=full', 'guards=off')")
+        second = version(conn)
+        assert second > first
+        assert ours(conn) == unguarded
+        check_touchpoints(conn, rows, set())
+
+        more = [(hashlib.md5(b"one more").hexdigest(), BASE, {"phone": "+8613900000000", "openid": "o-new"})]
+        append(conn, more)
+        conn.execute("CALL identity_run('mode=full', 'guards=off')")
+        assert version(conn) > second
+        assert ours(conn) == components_unguarded(rows + more)
+        check_touchpoints(conn, rows + more, set())
+
+
 def test_incremental_run_touching_many_persons(server):
     """An increment that touches 15,000 persons at once (the replace predicates once held
     them as IN lists, which overflowed the stack in delta-rs and killed the server)."""

@@ -285,6 +285,43 @@ impl ValueIndex {
     }
 }
 
+/// Texts numbered from 0 in the order first met, with their index: one buffer for all of
+/// them (a million person ids read from the touchpoints are one allocation, not a
+/// million).
+#[derive(Debug, Default)]
+pub struct Names {
+    index: ValueIndex,
+    values: Texts,
+}
+
+impl Names {
+    /// The number of `name`, given the next one if new.
+    pub fn number(&mut self, name: &str) -> u32 {
+        if let Some(i) = self.index.find(name, |i| self.values.get(i)) {
+            return i;
+        }
+        let i = self.values.ends.len() as u32;
+        self.values.push(name);
+        self.index.insert(name, i);
+        i
+    }
+
+    /// The name numbered `i`.
+    pub fn get(&self, i: u32) -> &str {
+        self.values.get(i)
+    }
+
+    /// How many names there are.
+    pub fn len(&self) -> usize {
+        self.values.ends.len()
+    }
+
+    /// No names yet.
+    pub fn is_empty(&self) -> bool {
+        self.values.ends.is_empty()
+    }
+}
+
 /// The identifiers of one type, numbered from 0: a graph is built one type per thread
 /// ([`Graph::from_types`]).
 #[derive(Debug, Default)]
@@ -942,5 +979,18 @@ mod tests {
         };
         let r = resolve(&g, &Config::default(), &[include]);
         assert!(same(&g, &r, ("email", "a@x.com"), ("member_id", "M1")));
+    }
+
+    #[test]
+    fn names_are_numbered_in_the_order_first_met() {
+        let mut n = Names::default();
+        assert!(n.is_empty());
+        let ids: Vec<u32> = ["p1", "p2", "p1", "", "p3", "p2"]
+            .iter()
+            .map(|s| n.number(s))
+            .collect();
+        assert_eq!(ids, [0, 1, 0, 2, 3, 1]);
+        assert_eq!(n.len(), 4);
+        assert_eq!((n.get(0), n.get(2), n.get(3)), ("p1", "", "p3"));
     }
 }

@@ -388,7 +388,7 @@ pub(super) async fn load(lake: &Lake, ctx: &SessionContext) -> Result<Work> {
         .map(|i| foreign[i] || degree.contains_key(&(i as u32)))
         .collect();
     phases.mark("graph");
-    tracing::debug!("identity increment read: {}", phases.report());
+    tracing::debug!("identity increment read: {}", phases.report(true));
     Ok(Work {
         graph: g,
         placed,

@@ -14,7 +14,7 @@ use datafusion::prelude::SessionContext;
 use futures::StreamExt;
 use touchlake_catalog::Lake;
 
-use super::graph::{self, Graph, Rule, TYPES, TypeNodes};
+use super::graph::{self, Graph, Names, Rule, TYPES, TypeNodes};
 use super::run::COLUMNS;
 use crate::error::{IngestError, Result};
 
@@ -98,6 +98,12 @@ pub(super) struct Placed {
     /// `unified.touchpoints` finds a row's person here instead of looking up each of its
     /// identifiers again.
     pub by_id: FxHashMap<u64, u32>,
+    /// A full run's touchpoints' `person_id` as the run found it: per row its number in
+    /// `stored_ids` ([`NO_STORED`]: NULL). A rerun that gives every row the person it
+    /// has leaves the table as it is.
+    pub stored: Vec<u32>,
+    /// The person ids in `stored`.
+    pub stored_ids: Names,
     nodes: Vec<u32>,
     ends: Vec<u32>,
     channels: Channels,
@@ -184,6 +190,8 @@ pub(super) struct Columns {
     pub ids: Vec<StringArray>,
     /// `touchpoint_id`, if asked for (a full run's read).
     pub touchpoint_id: Option<StringArray>,
+    /// `person_id`, with `touchpoint_id`.
+    pub person_id: Option<StringArray>,
 }
 
 impl Columns {
@@ -258,7 +266,7 @@ pub(super) async fn scan_columns(
          CAST(revenue AS DECIMAL(38, 2)), {}{} FROM tp{filter}",
         COLUMNS.join(", "),
         if with_id {
-            ", CAST(touchpoint_id AS VARCHAR)"
+            ", CAST(touchpoint_id AS VARCHAR), CAST(person_id AS VARCHAR)"
         } else {
             ""
         }
@@ -278,6 +286,11 @@ pub(super) async fn scan_columns(
                 .collect::<Result<_>>()?,
             touchpoint_id: if with_id {
                 Some(text_col(&batch, 4 + TYPES.len())?)
+            } else {
+                None
+            },
+            person_id: if with_id {
+                Some(text_col(&batch, 5 + TYPES.len())?)
             } else {
                 None
             },
@@ -303,6 +316,9 @@ pub(super) async fn scan(
 /// In [`Placed::by_id`]: the key of more than one touchpoint (placed by identifiers).
 /// (`u32::MAX` is a touchpoint without a person, once the run maps rows to persons.)
 pub(super) const SHARED_ID: u32 = u32::MAX - 1;
+
+/// In [`Placed::stored`]: a row without a person id.
+pub(super) const NO_STORED: u32 = u32::MAX;
 
 /// No node: a NULL or blocked identifier.
 const NO_NODE: u32 = u32::MAX;
@@ -368,6 +384,8 @@ pub(super) async fn read_all(
             rows,
             by_id,
             channels,
+            stored,
+            stored_ids,
             ..
         } = &mut placed;
         let mut units: Vec<(usize, Box<dyn FnOnce() + Send + '_>)> = vec![];
@@ -399,6 +417,20 @@ pub(super) async fn read_all(
                             .and_modify(|r| *r = SHARED_ID)
                             .or_insert((base + i) as u32);
                     }
+                }),
+            ));
+        }
+        if let Some(ids) = &c.person_id {
+            units.push((
+                ids.len() - ids.null_count(),
+                Box::new(move || {
+                    stored.extend((0..ids.len()).map(|i| {
+                        if ids.is_valid(i) {
+                            stored_ids.number(ids.value(i))
+                        } else {
+                            NO_STORED
+                        }
+                    }))
                 }),
             ));
         }

@@ -88,7 +88,8 @@ pub struct IdentitySummary {
 #[derive(Default)]
 pub(super) struct Phases {
     last: Option<std::time::Instant>,
-    done: Vec<(&'static str, f64)>,
+    /// Per phase: its name, seconds, and the process's peak memory (MiB) when it ended.
+    done: Vec<(&'static str, f64, Option<u64>)>,
 }
 
 impl Phases {
@@ -103,7 +104,7 @@ impl Phases {
     pub(super) fn mark(&mut self, name: &'static str) {
         let now = std::time::Instant::now();
         if let Some(t) = self.last {
-            self.done.push((name, (now - t).as_secs_f64()));
+            self.done.push((name, (now - t).as_secs_f64(), peak_mib()));
         }
         self.last = Some(now);
     }
@@ -113,13 +114,27 @@ impl Phases {
         self.last.map_or(0.0, |t| t.elapsed().as_secs_f64())
     }
 
-    pub(super) fn report(&self) -> String {
+    /// Each phase's time, and with `peaks` the process's peak memory at its end.
+    pub(super) fn report(&self, peaks: bool) -> String {
         self.done
             .iter()
-            .map(|(n, s)| format!("{n} {s:.2}s"))
+            .map(|(n, s, m)| match m {
+                Some(m) if peaks => format!("{n} {s:.2}s (peak {m} MiB)"),
+                _ => format!("{n} {s:.2}s"),
+            })
             .collect::<Vec<_>>()
             .join(", ")
     }
+}
+
+/// The process's peak resident memory in MiB (`VmHWM`; Linux only). Memory a process
+/// touches for the first time costs the kernel zeroing it, which is a large part of a
+/// short run: the phases' report shows where the peak grows.
+fn peak_mib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024)
 }
 
 /// The part of the graph a run resolves, and what the previous run knew of it.
@@ -159,7 +174,7 @@ pub(super) struct Scope {
 async fn load_full(ctx: &SessionContext) -> Result<Work> {
     let mut phases = Phases::start();
     let (g, placed, touchpoints) = super::read::read_all(ctx, &mut phases).await?;
-    tracing::debug!("identity full read: {}", phases.report());
+    tracing::debug!("identity full read: {}", phases.report(true));
     let n = g.nodes.len();
     Ok(Work {
         graph: g,
@@ -362,8 +377,10 @@ pub async fn run(lake: &Lake, config: &Config) -> Result<IdentitySummary> {
     // A full run's rewrite places each touchpoint by its id (its person found once here
     // from the nodes read), not by looking up its identifiers again.
     let mut placed = placed;
+    let mut touchpoints_current = false;
     if scope.is_none() {
         lookup.row_person = row_persons(&lookup, &placed);
+        touchpoints_current = persons_unchanged(&lookup, &placed);
         let mut by_id = std::mem::take(&mut placed.by_id);
         for v in by_id.values_mut() {
             if *v != SHARED_ID {
@@ -468,6 +485,12 @@ pub async fn run(lake: &Lake, config: &Config) -> Result<IdentitySummary> {
         let ctx = &ctx;
         let touchpoints = async move {
             let t = match rows_predicate {
+                // A full run that gives every touchpoint the person it has: the table
+                // stays as it is (no rewrite of every row for nothing).
+                None if touchpoints_current => {
+                    tracing::debug!("identity run: unified.touchpoints is current already");
+                    tp_table
+                }
                 None => {
                     let cols: Vec<String> = tables::touchpoints()
                         .fields()
@@ -617,9 +640,10 @@ pub async fn run(lake: &Lake, config: &Config) -> Result<IdentitySummary> {
     phases.mark("record");
     tracing::info!(
         "identity run {run_id} ({mode}): {} in all {:.2}s",
-        phases.report(),
+        phases.report(false),
         clock.elapsed().as_secs_f64()
     );
+    tracing::debug!("identity run {run_id} memory: {}", phases.report(true));
     // Millions of identifier strings take a second or two to free: not on the caller's
     // time.
     drop(ctx);
@@ -647,6 +671,35 @@ fn row_persons(lookup: &Lookup, placed: &Placed) -> Vec<u32> {
         );
         all
     })
+}
+
+/// Whether every touchpoint a full run placed has the person id this run gives it
+/// already ([`Lookup::row_person`] against [`Placed::stored`]). A stored id is compared
+/// as text once; its other rows compare person numbers.
+fn persons_unchanged(lookup: &Lookup, placed: &Placed) -> bool {
+    const UNSEEN: u32 = u32::MAX - 1;
+    if placed.stored.len() != lookup.row_person.len() {
+        return false;
+    }
+    // Per stored id: the person of this run it is (`UNSEEN`: not compared yet).
+    let mut same = vec![UNSEEN; placed.stored_ids.len()];
+    placed
+        .stored
+        .iter()
+        .zip(&lookup.row_person)
+        .all(|(&stored, &person)| {
+            if stored == super::read::NO_STORED || person == NO_PERSON {
+                return stored == super::read::NO_STORED && person == NO_PERSON;
+            }
+            let s = &mut same[stored as usize];
+            if *s == UNSEEN {
+                if placed.stored_ids.get(stored) != lookup.ids[person as usize] {
+                    return false;
+                }
+                *s = person;
+            }
+            *s == person
+        })
 }
 
 /// The rows of `unified.identities` for `persons`, in person order: a person's
