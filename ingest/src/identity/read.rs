@@ -329,9 +329,14 @@ const LOCAL_BITS: u32 = 28;
 /// The numbers of the identifiers of `col` (type `nodes.ty()`), created if new, into
 /// `out` ([`NO_NODE`] for NULL and blocked values).
 fn intern_column(nodes: &mut TypeNodes, col: &StringArray, ts: &Int64Array, out: &mut Vec<u32>) {
+    /// How many values ahead the loop asks for the index's slot of.
+    const AHEAD: usize = 8;
     out.clear();
     let ty = nodes.ty();
     for i in 0..col.len() {
+        if i + AHEAD < col.len() && col.is_valid(i + AHEAD) {
+            nodes.prefetch(col.value(i + AHEAD));
+        }
         if !col.is_valid(i) {
             out.push(NO_NODE);
             continue;
