@@ -260,6 +260,48 @@ struct ValueIndex {
 /// The number of an empty slot.
 const EMPTY: u32 = u32::MAX;
 
+/// Ask the processor for `v[i]` ahead of its use: a hint, which does nothing out of
+/// range or off x86-64. Lookups at random places in arrays of millions wait on memory;
+/// loops ask for the place of an item some items ahead.
+fn prefetch_at<T>(v: &[T], i: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if i < v.len() {
+        // SAFETY: `i` is in bounds; a prefetch reads nothing and cannot fault.
+        unsafe {
+            use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+            _mm_prefetch::<_MM_HINT_T0>(v.as_ptr().add(i).cast());
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (v, i);
+}
+
+/// `f(state, item)` on each of `items` in order, `ahead(state, item)` on each one
+/// [`AHEAD`] items before (to prefetch what `f` reads of it).
+fn each_ahead<S, T>(
+    state: &mut S,
+    items: impl Iterator<Item = T>,
+    ahead: impl Fn(&S, &T),
+    mut f: impl FnMut(&mut S, T),
+) {
+    let mut queue = std::collections::VecDeque::with_capacity(AHEAD + 1);
+    for item in items {
+        ahead(state, &item);
+        queue.push_back(item);
+        if queue.len() > AHEAD
+            && let Some(first) = queue.pop_front()
+        {
+            f(state, first);
+        }
+    }
+    for item in queue {
+        f(state, item);
+    }
+}
+
+/// How many items ahead loops prefetch.
+const AHEAD: usize = 8;
+
 /// The hash of a value, 32 bits wide (the index keeps it beside the number).
 fn text_hash(s: &str) -> u32 {
     use std::hash::BuildHasher;
@@ -299,13 +341,7 @@ impl ValueIndex {
         if self.slots.is_empty() {
             return;
         }
-        let _at = self.home(text_hash(value));
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `_at` is below `slots.len()`; a prefetch reads nothing and cannot fault.
-        unsafe {
-            use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-            _mm_prefetch::<_MM_HINT_T0>(self.slots.as_ptr().add(_at).cast());
-        }
+        prefetch_at(&self.slots, self.home(text_hash(value)));
     }
 
     /// Record that `value` is number `i` (not in the index yet).
@@ -550,6 +586,14 @@ impl Graph {
         self.nodes[i as usize].touch(ts);
     }
 
+    /// Ask the processor for what [`Graph::find`] of `(ty, value)` reads first (see
+    /// [`TypeNodes::prefetch`]).
+    pub fn prefetch(&self, ty: u8, value: &str) {
+        if let Some(index) = self.index.get(usize::from(ty)) {
+            index.prefetch(value);
+        }
+    }
+
     /// The node of `(ty, value)`, if any.
     pub fn find(&self, ty: u8, value: &str) -> Option<u32> {
         self.index
@@ -742,14 +786,25 @@ pub fn resolve_with(
 
     // Degree per node and type (distinct neighbours; edges are distinct pairs).
     let mut degree = vec![[0u32; TYPES.len()]; n];
-    for e in graph.all_edges() {
-        let (ta, tb) = (
-            graph.nodes[e.a as usize].ty as usize,
-            graph.nodes[e.b as usize].ty as usize,
-        );
-        degree[e.a as usize][tb] += 1;
-        degree[e.b as usize][ta] += 1;
-    }
+    let nodes = &graph.nodes;
+    each_ahead(
+        &mut degree,
+        graph.all_edges(),
+        |degree, e| {
+            for x in [e.a as usize, e.b as usize] {
+                prefetch_at(nodes, x);
+                prefetch_at(degree, x);
+            }
+        },
+        |degree, e| {
+            let (ta, tb) = (
+                nodes[e.a as usize].ty as usize,
+                nodes[e.b as usize].ty as usize,
+            );
+            degree[e.a as usize][tb] += 1;
+            degree[e.b as usize][ta] += 1;
+        },
+    );
     let guarded_flag: Vec<bool> = (0..n)
         .map(|i| {
             let max = config.max_degree[graph.nodes[i].ty as usize];
@@ -782,9 +837,15 @@ pub fn resolve_with(
     for &(a, b) in &forced {
         clusters.union(a, b);
     }
-    for e in graph.all_edges().filter(unguarded) {
-        clusters.union(e.a, e.b);
-    }
+    each_ahead(
+        &mut clusters,
+        graph.all_edges().filter(unguarded),
+        |clusters, e| {
+            prefetch_at(&clusters.0, e.a as usize);
+            prefetch_at(&clusters.0, e.b as usize);
+        },
+        |clusters, e| clusters.union(e.a, e.b),
+    );
     let cluster: Vec<u32> = (0..n as u32).map(|i| clusters.find(i)).collect();
 
     // A cluster within every limit and without an excluded identifier is one person,

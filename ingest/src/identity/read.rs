@@ -584,6 +584,13 @@ pub(super) async fn load_previous(
             // up once per run of rows, not once per row.
             let mut last: Option<(usize, u32)> = None;
             for i in 0..b.num_rows() {
+                // The index slot of the value some rows ahead (see TypeNodes::prefetch).
+                let ahead = i + 8;
+                if ahead < b.num_rows()
+                    && let Some(ty) = graph::type_index(t.value(ahead))
+                {
+                    g.prefetch(ty, v.value(ahead));
+                }
                 if let Some(node) =
                     graph::type_index(t.value(i)).and_then(|ty| g.find(ty, v.value(i)))
                 {
