@@ -428,9 +428,9 @@ pub async fn run(lake: &Lake, config: &Config) -> Result<IdentitySummary> {
         let half = persons.len() / 2;
         let (identities, persons_batches, diagnostics) = std::thread::scope(|s| {
             let second = s.spawn(|| identities_batch(g, &persons[half..], &res, &cluster_ids));
-            let first = identities_batch(g, &persons[..half], &res, &cluster_ids);
             // 2. unified.persons: activity of the rows this run places, plus anchors.
-            let persons_batches = persons_batch(&lookup, &persons, &placed);
+            let persons_batches = s.spawn(|| persons_batch(&lookup, &persons, &placed));
+            let first = identities_batch(g, &persons[..half], &res, &cluster_ids);
             // 3. Diagnostics of the part resolved.
             let size_of: Vec<usize> = persons.iter().map(|p| p.members.len()).collect();
             let diagnostics = diagnostics_batch(
@@ -448,7 +448,10 @@ pub async fn run(lake: &Lake, config: &Config) -> Result<IdentitySummary> {
                     IngestError::Read("building the rows of unified.identities failed".into())
                 })
                 .and_then(|second| Ok(vec![first?, second?]));
-            (identities, persons_batches, diagnostics)
+            let persons_batches = persons_batches.join().map_err(|_| {
+                IngestError::Read("building the rows of unified.persons failed".into())
+            });
+            (identities, persons_batches.and_then(|b| b), diagnostics)
         });
         let (identities, persons_batches, diagnostics) =
             (identities?, vec![persons_batches?], diagnostics?);
@@ -753,6 +756,42 @@ async fn timed<T>(table: &str, fut: impl std::future::Future<Output = T>) -> T {
     out
 }
 
+/// The distinct channels of each of `n` persons: a bit each for the first 64 channel
+/// numbers, sorted pairs for the rest (sorting a pair per touchpoint was most of the
+/// time of building `unified.persons`).
+struct DistinctChannels {
+    bits: Vec<u64>,
+    more: Vec<(u32, u32)>,
+}
+
+impl DistinctChannels {
+    fn new(n: usize) -> Self {
+        DistinctChannels {
+            bits: vec![0; n],
+            more: vec![],
+        }
+    }
+
+    /// Person `p` was seen on channel number `c`.
+    fn add(&mut self, p: usize, c: u32) {
+        match 1u64.checked_shl(c) {
+            Some(bit) => self.bits[p] |= bit,
+            None => self.more.push((p as u32, c)),
+        }
+    }
+
+    /// Per person, how many distinct channels.
+    fn counts(mut self) -> Vec<i64> {
+        self.more.sort_unstable();
+        self.more.dedup();
+        let mut n: Vec<i64> = self.bits.iter().map(|b| i64::from(b.count_ones())).collect();
+        for (p, _) in self.more {
+            n[p as usize] += 1;
+        }
+        n
+    }
+}
+
 /// Rows of `unified.persons` for this run's persons: the activity of the touchpoints
 /// this run placed, and each person's anchor and identifiers.
 fn persons_batch(lookup: &Lookup, persons: &[Person], placed: &Placed) -> Result<RecordBatch> {
@@ -763,7 +802,7 @@ fn persons_batch(lookup: &Lookup, persons: &[Person], placed: &Placed) -> Result
     let mut touchpoints = vec![0i64; n];
     let mut orders = vec![0i64; n];
     let mut revenue = vec![0i128; n];
-    let mut channels: Vec<(u32, u32)> = Vec::with_capacity(placed.rows.len());
+    let mut channels = DistinctChannels::new(n);
     for (r, act) in placed.rows.iter().enumerate() {
         let person = match lookup.row_person.get(r) {
             Some(&p) => (p != NO_PERSON).then_some(p),
@@ -778,14 +817,9 @@ fn persons_batch(lookup: &Lookup, persons: &[Person], placed: &Placed) -> Result
         touchpoints[p] += 1;
         orders[p] += i64::from(act.purchase);
         revenue[p] += act.revenue.unwrap_or(0);
-        channels.push((p as u32, act.channel));
+        channels.add(p, act.channel);
     }
-    channels.sort_unstable();
-    channels.dedup();
-    let mut distinct = vec![0i64; n];
-    for (p, _) in channels {
-        distinct[p as usize] += 1;
-    }
+    let distinct = channels.counts();
     fn members<'a>(
         g: &'a Graph,
         p: &'a Person,
@@ -1350,4 +1384,18 @@ async fn record_run(
     )
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn distinct_channels_count_past_64_channel_numbers() {
+        let mut c = DistinctChannels::new(3);
+        for (p, ch) in [(0, 1), (0, 1), (0, 63), (0, 64), (0, 64), (0, 200), (2, 0), (2, 70)] {
+            c.add(p, ch);
+        }
+        assert_eq!(c.counts(), [4, 0, 2]);
+    }
 }
