@@ -482,7 +482,104 @@ pub struct Graph {
     index: [ValueIndex; TYPES.len()],
     /// Edge → (first seen, last seen), in [`SHARDS`] maps by a hash of the edge, so that
     /// [`Graph::link_groups`] fills them in parallel.
-    edges: [FxHashMap<(u32, u32), (i64, i64)>; SHARDS],
+    edges: [EdgeMap; SHARDS],
+}
+
+/// Edge `(a, b)` (`a < b`) → (first seen, last seen): open addressing with linear
+/// probing over (key, first seen, last seen) slots, at most 3/4 full. An edge is one
+/// slot read (a SwissTable reads its control bytes and its bucket apart), and a loop
+/// over millions of edges can ask for the slot of an edge ahead
+/// ([`EdgeMap::prefetch`]). Key 0 (the self-edge `(0, 0)`) marks an empty slot, so
+/// that a new table is zeroed memory.
+#[derive(Debug, Default, Clone)]
+struct EdgeMap {
+    slots: Vec<(u64, i64, i64)>,
+    len: usize,
+}
+
+/// The key of an empty slot of an [`EdgeMap`].
+const NO_EDGE: u64 = 0;
+
+impl EdgeMap {
+    fn key(a: u32, b: u32) -> u64 {
+        u64::from(a) << 32 | u64::from(b)
+    }
+
+    /// The slot a key starts probing at (mixed apart from [`shard`]'s hash).
+    fn home(&self, key: u64) -> usize {
+        let bits = self.slots.len().trailing_zeros();
+        let h = (key ^ key >> 29).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        ((h ^ h >> 32) >> (64 - bits)) as usize
+    }
+
+    /// Record edge `(a, b)` (`a < b`) seen at `ts`; returns whether it is new.
+    fn record(&mut self, a: u32, b: u32, ts: i64) -> bool {
+        if (self.len + 1) * 4 > self.slots.len() * 3 {
+            self.grow(self.slots.len() * 2);
+        }
+        let key = Self::key(a, b);
+        let mask = self.slots.len() - 1;
+        let mut at = self.home(key);
+        loop {
+            let slot = &mut self.slots[at];
+            if slot.0 == key {
+                slot.1 = slot.1.min(ts);
+                slot.2 = slot.2.max(ts);
+                return false;
+            }
+            if slot.0 == NO_EDGE {
+                *slot = (key, ts, ts);
+                self.len += 1;
+                return true;
+            }
+            at = (at + 1) & mask;
+        }
+    }
+
+    /// Ask the processor for the slot of edge `(a, b)` (see [`prefetch_at`]).
+    fn prefetch(&self, a: u32, b: u32) {
+        if !self.slots.is_empty() {
+            prefetch_at(&self.slots, self.home(Self::key(a, b)));
+        }
+    }
+
+    /// Room for `n` edges in all.
+    fn reserve(&mut self, n: usize) {
+        let size = (n * 4 / 3 + 1).next_power_of_two();
+        if size > self.slots.len() {
+            self.grow(size);
+        }
+    }
+
+    /// `size` slots (a power of two, at least 1024), the edges placed again.
+    fn grow(&mut self, size: usize) {
+        let old = std::mem::replace(&mut self.slots, vec![(NO_EDGE, 0, 0); size.max(1024)]);
+        let mask = self.slots.len() - 1;
+        for slot in old.into_iter().filter(|s| s.0 != NO_EDGE) {
+            let mut at = self.home(slot.0);
+            while self.slots[at].0 != NO_EDGE {
+                at = (at + 1) & mask;
+            }
+            self.slots[at] = slot;
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The edges, in slot order.
+    fn iter(&self) -> impl Iterator<Item = Edge> + '_ {
+        self.slots
+            .iter()
+            .filter(|s| s.0 != NO_EDGE)
+            .map(|&(key, first_seen, last_seen)| Edge {
+                a: (key >> 32) as u32,
+                b: key as u32,
+                first_seen,
+                last_seen,
+            })
+    }
 }
 
 /// Edge maps built in parallel (one per core of the machines this runs on).
@@ -516,18 +613,11 @@ fn touch_in(
 
 /// Record edge `(x, y)` seen at `ts` in `edges` (self-edges are ignored); returns
 /// whether it is new.
-fn record(edges: &mut FxHashMap<(u32, u32), (i64, i64)>, x: u32, y: u32, ts: i64) -> bool {
+fn record(edges: &mut EdgeMap, x: u32, y: u32, ts: i64) -> bool {
     if x == y {
         return false;
     }
-    let mut new = false;
-    let e = edges.entry((x.min(y), x.max(y))).or_insert_with(|| {
-        new = true;
-        (ts, ts)
-    });
-    e.0 = e.0.min(ts);
-    e.1 = e.1.max(ts);
-    new
+    edges.record(x.min(y), x.max(y), ts)
 }
 
 /// The shard of edge `(a, b)`.
@@ -639,18 +729,27 @@ impl Graph {
             for (s, edges) in self.edges.iter_mut().enumerate() {
                 let group = &group;
                 scope.spawn(move || {
-                    edges.reserve((pairs / SHARDS).min(1 << 24));
-                    for i in 0..n {
+                    // At most 2^24 slots ahead (400 MB); a table grows past that when it
+                    // holds 3/4 of them.
+                    edges.reserve((pairs / SHARDS).min(3 << 22));
+                    // This shard's pairs of each group, as (smaller, larger node, time).
+                    let pairs = (0..n).flat_map(|i| {
                         let (ts, nodes) = group(i);
-                        for x in 0..nodes.len() {
-                            for y in x + 1..nodes.len() {
-                                let (a, b) = (nodes[x], nodes[y]);
-                                if shard(a.min(b), a.max(b)) == s {
-                                    record(edges, a, b, ts);
-                                }
-                            }
-                        }
-                    }
+                        (0..nodes.len()).flat_map(move |x| {
+                            (x + 1..nodes.len()).filter_map(move |y| {
+                                let (a, b) = (nodes[x].min(nodes[y]), nodes[x].max(nodes[y]));
+                                (a != b && shard(a, b) == s).then_some((a, b, ts))
+                            })
+                        })
+                    });
+                    each_ahead(
+                        edges,
+                        pairs,
+                        |edges, &(a, b, _)| edges.prefetch(a, b),
+                        |edges, (a, b, ts)| {
+                            edges.record(a, b, ts);
+                        },
+                    );
                 });
             }
         });
@@ -663,15 +762,7 @@ impl Graph {
 
     /// Every edge, in no particular order.
     pub fn all_edges(&self) -> impl Iterator<Item = Edge> + '_ {
-        self.edges
-            .iter()
-            .flatten()
-            .map(|(&(a, b), &(first_seen, last_seen))| Edge {
-                a,
-                b,
-                first_seen,
-                last_seen,
-            })
+        self.edges.iter().flat_map(EdgeMap::iter)
     }
 
     /// The edges `keep` accepts, in application order: by time, then by their endpoints'
@@ -1119,5 +1210,30 @@ mod tests {
         assert_eq!(ids, [0, 1, 0, 2, 3, 1]);
         assert_eq!(n.len(), 4);
         assert_eq!((n.get(0), n.get(2), n.get(3)), ("p1", "", "p3"));
+    }
+
+    #[test]
+    fn edge_map_keeps_each_edge_once_with_its_first_and_last_time() {
+        let mut m = EdgeMap::default();
+        // Enough edges to grow the table several times.
+        for i in 0..5000u32 {
+            assert!(m.record(i, i + 1, 100 + i64::from(i)));
+        }
+        assert!(!m.record(7, 8, 5));
+        assert!(!m.record(7, 8, 10_000));
+        assert!(m.record(0, 4999, 1));
+        assert_eq!(m.len(), 5001);
+        let edges: HashMap<(u32, u32), (i64, i64)> = m
+            .iter()
+            .map(|e| ((e.a, e.b), (e.first_seen, e.last_seen)))
+            .collect();
+        assert_eq!(edges.len(), 5001);
+        assert_eq!(edges[&(7, 8)], (5, 10_000));
+        assert_eq!(edges[&(4000, 4001)], (4100, 4100));
+        assert_eq!(edges[&(0, 4999)], (1, 1));
+        m.prefetch(1, 2);
+        let mut r = EdgeMap::default();
+        r.reserve(3000);
+        assert_eq!(r.slots.len(), 4096);
     }
 }

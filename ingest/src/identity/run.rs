@@ -784,7 +784,11 @@ impl DistinctChannels {
     fn counts(mut self) -> Vec<i64> {
         self.more.sort_unstable();
         self.more.dedup();
-        let mut n: Vec<i64> = self.bits.iter().map(|b| i64::from(b.count_ones())).collect();
+        let mut n: Vec<i64> = self
+            .bits
+            .iter()
+            .map(|b| i64::from(b.count_ones()))
+            .collect();
         for (p, _) in self.more {
             n[p as usize] += 1;
         }
@@ -1393,7 +1397,16 @@ mod tests {
     #[test]
     fn distinct_channels_count_past_64_channel_numbers() {
         let mut c = DistinctChannels::new(3);
-        for (p, ch) in [(0, 1), (0, 1), (0, 63), (0, 64), (0, 64), (0, 200), (2, 0), (2, 70)] {
+        for (p, ch) in [
+            (0, 1),
+            (0, 1),
+            (0, 63),
+            (0, 64),
+            (0, 64),
+            (0, 200),
+            (2, 0),
+            (2, 70),
+        ] {
             c.add(p, ch);
         }
         assert_eq!(c.counts(), [4, 0, 2]);
