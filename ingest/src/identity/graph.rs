@@ -299,8 +299,8 @@ fn each_ahead<S, T>(
     }
 }
 
-/// How many items ahead loops prefetch.
-const AHEAD: usize = 8;
+/// How many items ahead loops prefetch (the read loop too, [`TypeNodes::prefetch`]).
+pub const AHEAD: usize = 8;
 
 /// The hash of a value, 32 bits wide (the index keeps it beside the number).
 fn text_hash(s: &str) -> u32 {

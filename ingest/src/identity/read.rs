@@ -329,8 +329,7 @@ const LOCAL_BITS: u32 = 28;
 /// The numbers of the identifiers of `col` (type `nodes.ty()`), created if new, into
 /// `out` ([`NO_NODE`] for NULL and blocked values).
 fn intern_column(nodes: &mut TypeNodes, col: &StringArray, ts: &Int64Array, out: &mut Vec<u32>) {
-    /// How many values ahead the loop asks for the index's slot of.
-    const AHEAD: usize = 8;
+    use graph::AHEAD;
     out.clear();
     let ty = nodes.ty();
     for i in 0..col.len() {
@@ -585,7 +584,7 @@ pub(super) async fn load_previous(
             let mut last: Option<(usize, u32)> = None;
             for i in 0..b.num_rows() {
                 // The index slot of the value some rows ahead (see TypeNodes::prefetch).
-                let ahead = i + 8;
+                let ahead = i + graph::AHEAD;
                 if ahead < b.num_rows()
                     && let Some(ty) = graph::type_index(t.value(ahead))
                 {
