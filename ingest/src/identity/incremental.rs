@@ -201,31 +201,39 @@ pub(super) async fn load(lake: &Lake, ctx: &SessionContext) -> Result<Work> {
     let table = crate::replace::enable_deletion_vectors(table).await?;
     let files = DataFiles::of(ctx, &table).await?;
 
-    // The touched clusters: those of the stored identifiers that new rows carry.
+    // The touched clusters: those of the stored identifiers that new rows carry. The scan
+    // tests only the values (of any type); the few rows it picks are checked for their
+    // type after.
     let mut clusters = BTreeSet::new();
-    let by_type = Arc::new(by_type);
+    let any_type: Arc<FxHashSet<String>> =
+        Arc::new(by_type.iter().flat_map(|s| s.iter().cloned()).collect());
     for c in files
         .choose(
-            &["identifier_type", "identifier_value"],
+            &["identifier_value"],
             move |b| {
-                let (t, v) = (
-                    text_col(b, at(b, "identifier_type")?)?,
-                    text_col(b, at(b, "identifier_value")?)?,
-                );
+                let v = text_col(b, at(b, "identifier_value")?)?;
                 Ok((0..b.num_rows())
-                    .filter(|&i| {
-                        graph::type_index(t.value(i))
-                            .is_some_and(|ty| by_type[ty as usize].contains(v.value(i)))
-                    })
+                    .filter(|&i| v.is_valid(i) && any_type.contains(v.value(i)))
                     .map(|i| i as u32)
                     .collect())
             },
-            &["cluster_id"],
+            &["identifier_type", "identifier_value", "cluster_id"],
         )
         .await?
     {
-        let c = text_col(&c.batch, at(&c.batch, "cluster_id")?)?;
-        clusters.extend(c.iter().flatten().map(str::to_string));
+        let b = &c.batch;
+        let (t, v, c) = (
+            text_col(b, at(b, "identifier_type")?)?,
+            text_col(b, at(b, "identifier_value")?)?,
+            text_col(b, at(b, "cluster_id")?)?,
+        );
+        for i in 0..b.num_rows() {
+            let carried = graph::type_index(t.value(i))
+                .is_some_and(|ty| by_type[ty as usize].contains(v.value(i)));
+            if carried && c.is_valid(i) {
+                clusters.insert(c.value(i).to_string());
+            }
+        }
     }
     phases.mark("clusters");
 

@@ -197,7 +197,8 @@ pub(super) fn member_of(
     column: &str,
     values: impl IntoIterator<Item = String>,
 ) -> Expr {
-    let set: Arc<HashSet<String>> = Arc::new(values.into_iter().collect());
+    // Fx rather than SipHash: the scan tests every row of the table (millions).
+    let set: Arc<FxHashSet<String>> = Arc::new(values.into_iter().collect());
     if set.is_empty() {
         return lit(false);
     }
