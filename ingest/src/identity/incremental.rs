@@ -200,6 +200,7 @@ pub(super) async fn load(lake: &Lake, ctx: &SessionContext) -> Result<Work> {
     // at the version it found them in.
     let table = crate::replace::enable_deletion_vectors(table).await?;
     let files = DataFiles::of(ctx, &table).await?;
+    phases.mark("identities files");
 
     // The touched clusters: those of the stored identifiers that new rows carry. The scan
     // tests only the values (of any type); the few rows it picks are checked for their
