@@ -393,13 +393,18 @@ pub struct Names {
 impl Names {
     /// The number of `name`, given the next one if new.
     pub fn number(&mut self, name: &str) -> u32 {
-        if let Some(i) = self.index.find(name, |i| self.values.get(i)) {
+        if let Some(i) = self.find(name) {
             return i;
         }
         let i = self.values.ends.len() as u32;
         self.values.push(name);
         self.index.insert(name, i);
         i
+    }
+
+    /// The number of `name`, if it has one.
+    pub fn find(&self, name: &str) -> Option<u32> {
+        self.index.find(name, |i| self.values.get(i))
     }
 
     /// The name numbered `i`.

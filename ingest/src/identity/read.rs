@@ -551,9 +551,8 @@ pub(super) async fn load_rules(
 /// identifiers need no text of their own.
 #[derive(Default)]
 pub(super) struct Previous {
-    /// Person ids, by number.
-    pub ids: Vec<String>,
-    number: FxHashMap<String, u32>,
+    /// Person ids, numbered.
+    pub ids: Names,
     /// Per node: its previous person's number (`u32::MAX`: none).
     person_of: Vec<u32>,
     /// Person number → anchor.
@@ -623,13 +622,7 @@ pub(super) async fn load_previous(
 impl Previous {
     /// The number of person `id`.
     fn number(&mut self, id: &str) -> u32 {
-        if let Some(&n) = self.number.get(id) {
-            return n;
-        }
-        let n = self.ids.len() as u32;
-        self.ids.push(id.to_string());
-        self.number.insert(id.to_string(), n);
-        n
+        self.ids.number(id)
     }
 
     /// Record that the identifier of `node` belonged to person `id`.
@@ -657,13 +650,12 @@ impl Previous {
 
     /// The previous person of a node.
     pub(super) fn person(&self, node: u32) -> Option<&str> {
-        self.person_number(node)
-            .map(|n| self.ids[n as usize].as_str())
+        self.person_number(node).map(|n| self.ids.get(n))
     }
 
     /// Whether `id` is the id of a person of the previous run.
     pub(super) fn knows(&self, id: &str) -> bool {
-        self.number.contains_key(id)
+        self.ids.find(id).is_some()
     }
 
     /// When person number `n` was first seen, if it has a row in `unified.persons`.
@@ -673,7 +665,7 @@ impl Previous {
 
     /// When person `id` was first seen, if it has a row in `unified.persons`.
     pub(super) fn first_seen_of(&self, id: &str) -> Option<i64> {
-        self.first_seen_of_number(*self.number.get(id)?)
+        self.first_seen_of_number(self.ids.find(id)?)
     }
 
     /// Record persons from a batch of (person_id, first_seen µs, anchor_type,

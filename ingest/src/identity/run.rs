@@ -1034,22 +1034,22 @@ fn assign_ids(
         eligible.sort_by_key(|&(pid, _)| {
             (
                 prev.first_seen_of_number(pid).unwrap_or(i64::MAX),
-                prev.ids[pid as usize].as_str(),
+                prev.ids.get(pid),
             )
         });
         let id = match eligible.first() {
             Some(&(survivor, _)) => {
                 kept += 1;
-                let into = &prev.ids[survivor as usize];
+                let into = prev.ids.get(survivor);
                 for &(other, via) in &eligible[1..] {
                     merges.push(Merge {
-                        from: prev.ids[other as usize].clone(),
-                        into: into.clone(),
+                        from: prev.ids.get(other).to_string(),
+                        into: into.to_string(),
                         via: Some(via),
                     });
                 }
                 survivors.push((persons.len(), survivor));
-                into.clone()
+                into.to_string()
             }
             None => {
                 let value = g.value(anchor);
