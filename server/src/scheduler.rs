@@ -57,6 +57,7 @@ async fn compact_hot_tables(engine: &Engine) -> Result<(), touchlake_catalog::Ca
         }
         let (_, metrics) = t
             .optimize()
+            .with_writer_properties(touchlake_ingest::tables::writer_properties(&schema, &name))
             .await
             .map_err(touchlake_catalog::CatalogError::from)?;
         lake.invalidate(&schema, &name).await;

@@ -258,7 +258,10 @@ impl Session {
                 let (t, _) = lake.table(&schema, &name).await?.ok_or_else(|| {
                     touchlake_catalog::CatalogError::NoSuchTable(format!("{schema}.{name}"))
                 })?;
-                let mut op = t.optimize();
+                // Compaction writes the table's own Parquet settings (row groups, encodings).
+                let mut op = t.optimize().with_writer_properties(
+                    touchlake_ingest::tables::writer_properties(&schema, &name),
+                );
                 if !zorder.is_empty() {
                     op = op.with_type(deltalake::operations::optimize::OptimizeType::ZOrder(
                         zorder,

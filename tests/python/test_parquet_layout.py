@@ -1,0 +1,59 @@
+"""The Parquet layout of `unified.touchpoints`, the table every analytics query scans: row
+groups of at most 128Ki rows (a row group is the unit one core scans, so a million
+touchpoints are spread over both cores), no dictionary for the unique touchpoint ids, and
+OPTIMIZE (compaction) writes the same layout as ingest."""
+import os
+import tempfile
+
+import pyarrow.parquet as pq
+import psycopg
+from deltalake import DeltaTable
+
+from conftest import Server
+
+ROW_GROUP = 128 * 1024
+
+
+def layout(lake):
+    """Per live file of unified.touchpoints: (rows per row group, created_by, touchpoint_id's encodings)."""
+    path = os.path.join(lake, "unified", "touchpoints")
+    out = []
+    for f in DeltaTable(path).file_uris():
+        md = pq.ParquetFile(f.removeprefix("file://")).metadata
+        col = md.schema.names.index("touchpoint_id")
+        out.append(([md.row_group(i).num_rows for i in range(md.num_row_groups)], md.created_by,
+                    {e for i in range(md.num_row_groups) for e in md.row_group(i).column(col).encodings}))
+    return out
+
+
+def test_touchpoints_row_groups_and_compaction_layout():
+    n = ROW_GROUP + 9_000
+    with tempfile.TemporaryDirectory() as lake:
+        s = Server(lake)
+        try:
+            with psycopg.connect(s.url, autocommit=True) as conn:
+                conn.execute(
+                    "CREATE SOURCE pings WITH (kind = 'copy', channel = 'app', channel_type = 'online', "
+                    "natural_key = ARRAY['id'], mapping.occurred_at = 'at', mapping.event_type = '''ping''', "
+                    "mapping.anonymous_id = 'id')")
+                for lo, hi in [(0, n), (n, n + 10)]:
+                    with conn.cursor() as cur:
+                        with cur.copy("COPY sources.pings (id, at) FROM STDIN (FORMAT csv)") as copy:
+                            copy.write("".join(f"a{i},2026-01-01T00:00:{i % 60:02d}Z\n" for i in range(lo, hi)))
+                ingested = layout(lake)
+                assert len(ingested) >= 2, ingested
+                conn.execute("OPTIMIZE unified.touchpoints")
+                compacted = layout(lake)
+                assert conn.execute("SELECT count(*), count(DISTINCT anonymous_id) FROM unified.touchpoints"
+                                    ).fetchone() == (n + 10, n + 10)
+        finally:
+            s.stop()
+    for files, name in [(ingested, "ingest"), (compacted, "OPTIMIZE")]:
+        groups = [g for f in files for g in f[0]]
+        assert sum(groups) == n + 10, (name, files)
+        assert max(groups) <= ROW_GROUP, (name, groups)
+        for _, created_by, encodings in files:
+            assert created_by.startswith("touchlake "), (name, created_by)
+            assert not encodings & {"PLAIN_DICTIONARY", "RLE_DICTIONARY"}, (name, encodings)
+    # Compaction made one file of the ingest's two, in more than one row group.
+    assert len(compacted) == 1 and len(compacted[0][0]) >= 2, compacted
