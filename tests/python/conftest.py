@@ -45,3 +45,20 @@ def server():
         s = Server(lake)
         yield s
         s.stop()
+
+
+# A `COPY` source of pings (`id`, `at`): each id an anonymous person's touchpoint.
+PINGS_SOURCE = (
+    "CREATE SOURCE pings WITH (kind = 'copy', channel = 'app', channel_type = 'online', "
+    "natural_key = ARRAY['id'], mapping.occurred_at = 'at', mapping.event_type = '''ping''', "
+    "mapping.anonymous_id = 'id')")
+
+
+def copy_pings(conn, ids):
+    """COPY one ping per id into the pings source; its ingest run's (read, accepted, duplicate)."""
+    with conn.cursor() as cur:
+        with cur.copy("COPY sources.pings (id, at) FROM STDIN (FORMAT csv)") as copy:
+            copy.write("".join(f"{i},2026-01-01T00:00:{n % 60:02d}Z\n" for n, i in enumerate(ids)))
+    return conn.execute(
+        "SELECT rows_read, rows_accepted, rows_duplicate FROM quality.ingest_runs "
+        "WHERE source = 'pings' ORDER BY started_at DESC LIMIT 1").fetchone()

@@ -8,16 +8,7 @@ import tempfile
 
 import psycopg
 
-from conftest import Server
-
-
-def copy_rows(conn, ids):
-    with conn.cursor() as cur:
-        with cur.copy("COPY sources.pings (id, at) FROM STDIN (FORMAT csv)") as copy:
-            copy.write("".join(f"{i},2026-01-01T00:00:{n % 60:02d}Z\n" for n, i in enumerate(ids)))
-    return conn.execute(
-        "SELECT rows_read, rows_accepted, rows_duplicate FROM quality.ingest_runs "
-        "WHERE source = 'pings' ORDER BY started_at DESC LIMIT 1").fetchone()
+from conftest import PINGS_SOURCE, Server, copy_pings
 
 
 def id_set_lines(path):
@@ -34,12 +25,9 @@ def test_id_set_follows_identity_runs_and_optimize_and_rebuilds_after_delete():
             s = Server(lake, env={"TOUCHLAKE_LOG": "touchlake_ingest::dedup=debug,warn"}, log=out)
         try:
             with psycopg.connect(s.url, autocommit=True) as conn:
-                conn.execute(
-                    "CREATE SOURCE pings WITH (kind = 'copy', channel = 'app', channel_type = 'online', "
-                    "natural_key = ARRAY['id'], mapping.occurred_at = 'at', mapping.event_type = '''ping''', "
-                    "mapping.anonymous_id = 'id')")
+                conn.execute(PINGS_SOURCE)
                 first = [f"a{i}" for i in range(1000)]
-                assert copy_rows(conn, first) == (1000, 1000, 0)
+                assert copy_pings(conn, first) == (1000, 1000, 0)
                 steps = [
                     ("CALL identity_run()", 0, [f"b{i}" for i in range(100)]),  # full: rewrites every file
                     ("CALL identity_run()", 100, [f"c{i}" for i in range(50)]),  # incremental: an UPDATE
@@ -50,7 +38,7 @@ def test_id_set_follows_identity_runs_and_optimize_and_rebuilds_after_delete():
                     before = len(id_set_lines(log))
                     # Everything ingested so far comes again, with some new records.
                     again = first + [f"b{i}" for i in range(earlier and 100)] + [f"c{i}" for i in range(max(0, earlier - 100))]
-                    assert copy_rows(conn, again + new) == (len(again) + len(new), len(new), len(again)), sql
+                    assert copy_pings(conn, again + new) == (len(again) + len(new), len(new), len(again)), sql
                     lines = id_set_lines(log)[before:]
                     assert lines, sql
                     # The rewritten files were followed in the log, not read again.
@@ -62,7 +50,7 @@ def test_id_set_follows_identity_runs_and_optimize_and_rebuilds_after_delete():
                 # is accepted when it comes again.
                 conn.execute("DELETE FROM unified.touchpoints WHERE anonymous_id = 'a7'")
                 before = len(id_set_lines(log))
-                assert copy_rows(conn, first) == (1000, 1, 999)
+                assert copy_pings(conn, first) == (1000, 1, 999)
                 assert any(rebuilt for _, rebuilt in id_set_lines(log)[before:])
         finally:
             s.stop()

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import psycopg
 from deltalake import DeltaTable
 
-from conftest import Server
+from conftest import PINGS_SOURCE, Server, copy_pings
 
 ROW_GROUP = 128 * 1024
 
@@ -32,14 +32,9 @@ def test_touchpoints_row_groups_and_compaction_layout():
         s = Server(lake)
         try:
             with psycopg.connect(s.url, autocommit=True) as conn:
-                conn.execute(
-                    "CREATE SOURCE pings WITH (kind = 'copy', channel = 'app', channel_type = 'online', "
-                    "natural_key = ARRAY['id'], mapping.occurred_at = 'at', mapping.event_type = '''ping''', "
-                    "mapping.anonymous_id = 'id')")
+                conn.execute(PINGS_SOURCE)
                 for lo, hi in [(0, n), (n, n + 10)]:
-                    with conn.cursor() as cur:
-                        with cur.copy("COPY sources.pings (id, at) FROM STDIN (FORMAT csv)") as copy:
-                            copy.write("".join(f"a{i},2026-01-01T00:00:{i % 60:02d}Z\n" for i in range(lo, hi)))
+                    assert copy_pings(conn, [f"a{i}" for i in range(lo, hi)]) == (hi - lo, hi - lo, 0)
                 ingested = layout(lake)
                 assert len(ingested) >= 2, ingested
                 conn.execute("OPTIMIZE unified.touchpoints")
