@@ -616,13 +616,9 @@ fn touch_in(
     i
 }
 
-/// Record edge `(x, y)` seen at `ts` in `edges` (self-edges are ignored); returns
-/// whether it is new.
-fn record(edges: &mut EdgeMap, x: u32, y: u32, ts: i64) -> bool {
-    if x == y {
-        return false;
-    }
-    edges.record(x.min(y), x.max(y), ts)
+/// The edge between nodes `x` and `y` as `(smaller, larger)`; `None` for a self-edge.
+fn edge(x: u32, y: u32) -> Option<(u32, u32)> {
+    (x != y).then(|| (x.min(y), x.max(y)))
 }
 
 /// The shard of edge `(a, b)`.
@@ -699,7 +695,7 @@ impl Graph {
     /// Record that `x` and `y` were seen together at `ts` (self-edges are ignored).
     /// Returns whether the edge is new.
     pub fn link(&mut self, x: u32, y: u32, ts: i64) -> bool {
-        record(&mut self.edges[shard(x.min(y), x.max(y))], x, y, ts)
+        edge(x, y).is_some_and(|(a, b)| self.edges[shard(a, b)].record(a, b, ts))
     }
 
     /// The node of `(ty, value)` with the given activity, replacing what was recorded.
@@ -742,8 +738,9 @@ impl Graph {
                         let (ts, nodes) = group(i);
                         (0..nodes.len()).flat_map(move |x| {
                             (x + 1..nodes.len()).filter_map(move |y| {
-                                let (a, b) = (nodes[x].min(nodes[y]), nodes[x].max(nodes[y]));
-                                (a != b && shard(a, b) == s).then_some((a, b, ts))
+                                edge(nodes[x], nodes[y])
+                                    .filter(|&(a, b)| shard(a, b) == s)
+                                    .map(|(a, b)| (a, b, ts))
                             })
                         })
                     });
