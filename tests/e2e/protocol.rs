@@ -576,3 +576,75 @@ async fn a_filter_folded_to_null_keeps_no_rows() {
         .get(0);
     assert_eq!(n, 1);
 }
+
+/// The physical plan of `sql`, as one text.
+async fn physical_plan(c: &tokio_postgres::Client, sql: &str) -> String {
+    let rows = c.query(&format!("EXPLAIN {sql}"), &[]).await.unwrap();
+    rows.iter()
+        .filter(|r| r.get::<_, String>(0) == "physical_plan")
+        .map(|r| r.get::<_, String>(1))
+        .collect()
+}
+
+#[tokio::test]
+async fn scans_filter_while_decoding_only_for_identity_lookups() {
+    let dir = lake();
+    let srv = Server::start(dir.path());
+    let c = srv.connect().await;
+    c.batch_execute(
+        "CREATE TABLE tp (person_id text, event_type text, n int);
+         INSERT INTO tp VALUES ('p1', 'purchase', 1), ('p2', 'page_view', 2), ('p1', 'page_view', 3), (NULL, 'purchase', 4)",
+    )
+    .await
+    .unwrap();
+    let broad = "SELECT n FROM tp WHERE event_type = 'purchase' ORDER BY n";
+    let lookup = "SELECT n FROM tp WHERE person_id = 'p1' ORDER BY n";
+    let ns = |rows: Vec<tokio_postgres::Row>| rows.iter().map(|r| r.get(0)).collect::<Vec<i32>>();
+    // A filter most rows may pass: decoded whole, filtered above the scan.
+    assert!(physical_plan(&c, broad).await.contains("FilterExec"));
+    // A lookup by an identity column: evaluated while decoding, in the Parquet scan.
+    let plan = physical_plan(&c, lookup).await;
+    assert!(!plan.contains("FilterExec"), "{plan}");
+    assert!(plan.contains("predicate=person_id"), "{plan}");
+    let before = (
+        ns(c.query(broad, &[]).await.unwrap()),
+        ns(c.query(lookup, &[]).await.unwrap()),
+    );
+    assert_eq!(before, (vec![1, 4], vec![1, 3]));
+    // The session's own setting turns it on for every filter (`true` arrives as `on`).
+    c.batch_execute("SET datafusion.execution.parquet.pushdown_filters = true")
+        .await
+        .unwrap();
+    assert_eq!(
+        setting(&c, "datafusion.execution.parquet.pushdown_filters").await,
+        "true"
+    );
+    assert!(!physical_plan(&c, broad).await.contains("FilterExec"));
+    let after = (
+        ns(c.query(broad, &[]).await.unwrap()),
+        ns(c.query(lookup, &[]).await.unwrap()),
+    );
+    assert_eq!(after, before);
+}
+
+#[tokio::test]
+async fn a_bad_engine_setting_fails_alone() {
+    let dir = lake();
+    let srv = Server::start(dir.path());
+    let c = srv.connect().await;
+    c.batch_execute("SET datafusion.execution.batch_size = 4096")
+        .await
+        .unwrap();
+    assert_eq!(
+        sqlstate(&c, "SET datafusion.execution.batch_size = 'many'").await,
+        "22023"
+    );
+    assert_eq!(
+        sqlstate(&c, "SET datafusion.no_such.option = 1").await,
+        "42704"
+    );
+    // The session goes on with the last good value.
+    assert_eq!(setting(&c, "datafusion.execution.batch_size").await, "4096");
+    let one: i32 = c.query_one("SELECT 1::int", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+}
