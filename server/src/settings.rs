@@ -121,6 +121,31 @@ pub struct Settings {
     initial: BTreeMap<String, String>,
 }
 
+/// `value` for the DataFusion option `key`, checked by DataFusion itself, with Postgres'
+/// boolean spellings (`on`, `off`, `yes`, `no`, what `SET x = true` arrives as) turned into
+/// the `true`/`false` it parses. Refused: an unknown option or a value it does not take, so
+/// a bad `SET` fails alone instead of every statement after it.
+fn datafusion_value(key: &str, value: &str) -> Result<String, SettingError> {
+    let boolean = match value.to_ascii_lowercase().as_str() {
+        "on" | "yes" => Some("true"),
+        "off" | "no" => Some("false"),
+        _ => None,
+    };
+    let mut options = datafusion::config::ConfigOptions::new();
+    if options.set(key, value).is_ok() {
+        return Ok(value.to_string());
+    }
+    if let Some(b) = boolean
+        && options.set(key, b).is_ok()
+    {
+        return Ok(b.to_string());
+    }
+    if options.entries().iter().all(|e| e.key != key) {
+        return Err(SettingError::Unknown(key.to_string()));
+    }
+    Err(SettingError::Invalid(key.to_string(), value.to_string()))
+}
+
 /// Refuse a change of `key` if it is the server's (`known`: a setting of this server).
 fn server_only(key: &str, known: bool) -> Result<(), SettingError> {
     match key.strip_prefix(SERVER_PREFIX) {
@@ -183,6 +208,11 @@ impl Settings {
     ) -> Result<Option<(String, String)>, SettingError> {
         let key = alias(&name.to_ascii_lowercase());
         server_only(&key, self.values.contains_key(&key))?;
+        if key.starts_with("datafusion.") {
+            let v = datafusion_value(&key, value)?;
+            self.values.insert(key, v);
+            return Ok(None);
+        }
         if key.contains('.') {
             self.values.insert(key, value.to_string());
             return Ok(None);
@@ -371,6 +401,29 @@ mod tests {
         assert_eq!(normalize_time_zone("+8").as_deref(), Some("+08:00"));
         assert_eq!(normalize_time_zone("-05:30").as_deref(), Some("-05:30"));
         assert_eq!(normalize_time_zone("Mars/Base"), None);
+    }
+
+    #[test]
+    fn datafusion_options_are_checked() {
+        let mut s = Settings::new("touchlake", &BTreeMap::new(), 0, &[]);
+        // `SET x = true` arrives as `on`: DataFusion takes `true`.
+        s.set("datafusion.execution.parquet.pushdown_filters", "on")
+            .unwrap();
+        assert_eq!(
+            s.get("datafusion.execution.parquet.pushdown_filters"),
+            Some("true")
+        );
+        s.set("datafusion.execution.batch_size", "4096").unwrap();
+        assert_eq!(s.get("datafusion.execution.batch_size"), Some("4096"));
+        assert!(matches!(
+            s.set("datafusion.execution.batch_size", "many"),
+            Err(SettingError::Invalid(..))
+        ));
+        assert!(matches!(
+            s.set("datafusion.no_such.option", "1"),
+            Err(SettingError::Unknown(_))
+        ));
+        assert_eq!(s.get("datafusion.execution.batch_size"), Some("4096"));
     }
 
     #[test]
