@@ -36,6 +36,7 @@ pub mod calendar;
 pub mod cohorts;
 pub mod date_trunc;
 pub mod error;
+pub mod event_filter;
 pub mod events;
 pub mod funnel;
 pub mod funnel_detail;

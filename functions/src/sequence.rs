@@ -174,6 +174,12 @@ fn parse(name: &'static str, pattern: &str, conditions: usize, per_second: i64) 
     })
 }
 
+/// Whether `pattern` (valid for `conditions` conditions) names a condition: then a group
+/// without events cannot match it.
+pub(crate) fn names_a_condition(pattern: &str, conditions: usize) -> bool {
+    parse("sequence_match", pattern, conditions, 1).is_ok_and(|p| p.needed != 0)
+}
+
 /// The argument layout: (conditions, has options).
 fn shape(name: &'static str, types: &[DataType]) -> Result<(usize, bool)> {
     events::condition_layout(name, "(pattern, ts, cond1 [, …, condN] [, options])", types)

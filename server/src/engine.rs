@@ -227,6 +227,7 @@ fn build_context(
         .with_default_features()
         .with_optimizer_rule(Arc::new(crate::join_exprs::JoinSideExpressions))
         .with_analyzer_rule(Arc::new(crate::timestamp_text::TimestampText))
+        .with_analyzer_rule(Arc::new(touchlake_functions::event_filter::EventFilter))
         .build();
     let ctx = SessionContext::new_with_state(state);
     let views: Arc<dyn ViewPlanner> = views;

@@ -259,7 +259,30 @@ def test_sequences_match_clickhouse(journeys):
                           for k, v in norm.items()}
                 assert {k: None if v is None else str(int(v)) for k, v in default.items()} == expect, (p, fn)
             compared += len(ch)
+            # Keeping only the groups that matched: the server then reads only the rows
+            # meeting a condition (the event filter); the groups must be ClickHouse's.
+            keep = "m" if fn == "sequence_match" else "m > 0"
+            matched = {k for k, v in ch.items() if int(v) > 0}
+            for sql in [f"SELECT pid, m FROM (SELECT pid, {fn}('{p}', ts, {conds}, 'compat=clickhouse') AS m "
+                        f"FROM public.j_seq GROUP BY pid) s WHERE {keep}",
+                        f"SELECT pid, {fn}('{p}', ts, {conds}, 'compat=clickhouse') FROM public.j_seq "
+                        f"GROUP BY pid HAVING {fn}('{p}', ts, {conds}, 'compat=clickhouse'){'' if keep == 'm' else ' > 0'}"]:
+                got = ours(conn, sql)
+                assert set(got) == matched, (p, fn, sql)
+                assert all(str(int(got[k])) == ch[k] for k in got), (p, fn, sql)
+                compared += len(got)
     with conn.cursor() as cur:
+        # The event filter is under the aggregate: it reads the rows meeting a condition.
+        cur.execute(f"EXPLAIN SELECT count(*) FROM (SELECT pid, sequence_match('(?1).*(?2)', ts, {conds}) AS m "
+                    "FROM public.j_seq GROUP BY pid) s WHERE m")
+        plan = "\n".join(r[1] for r in cur.fetchall() if r[0] == "logical_plan")
+        below = plan[plan.index("Aggregate: groupBy=[[public.j_seq.pid]]"):]
+        assert "Filter: public.j_seq.ev" in below, plan
+        # …and nowhere else: a count of all rows per group needs every row.
+        cur.execute(f"EXPLAIN SELECT count(*) FROM (SELECT pid, sequence_match('(?1).*(?2)', ts, {conds}) AS m, "
+                    "count(*) AS n FROM public.j_seq GROUP BY pid) s WHERE m")
+        plan = "\n".join(r[1] for r in cur.fetchall() if r[0] == "logical_plan")
+        assert "Filter: public.j_seq.ev" not in plan, plan
         cur.execute("SELECT sequence_match('(?1)', t, c) FROM (VALUES (1, false)) AS v(t, c)")
         assert cur.fetchone()[0] is None
         with pytest.raises(psycopg.errors.InvalidParameterValue):
