@@ -10,6 +10,7 @@ mod collector;
 mod compat;
 mod config;
 mod current_setting;
+mod distinct_counts;
 mod engine;
 mod extension;
 mod join_exprs;

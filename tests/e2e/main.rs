@@ -6,6 +6,7 @@ mod databases;
 mod demo;
 mod formatting;
 mod ingest;
+mod plans;
 mod protocol;
 mod psql;
 mod readme;
