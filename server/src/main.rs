@@ -20,6 +20,7 @@ mod npath;
 mod scheduler;
 mod session;
 mod settings;
+mod single_phase;
 mod timestamp_text;
 mod wire;
 

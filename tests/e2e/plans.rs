@@ -1,4 +1,4 @@
-//! Plan rewrites of ours: each must keep PostgreSQL's answers.
+//! Plan rewrites of ours (logical and physical): each must keep the answers.
 
 use touchlake_tests::Server;
 
@@ -63,4 +63,46 @@ async fn counts_beside_a_distinct_count_keep_their_answers() {
         (r.get::<_, i64>(0), r.get::<_, i64>(1), r.get::<_, i64>(2)),
         (0, 0, 0)
     );
+}
+
+#[tokio::test]
+async fn aggregates_keeping_every_row_run_in_one_phase() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let srv = Server::start(dir.path());
+    let c = srv.connect().await;
+    // Enough partitions for DataFusion to aggregate in two phases on any machine.
+    c.batch_execute(
+        "SET datafusion.execution.target_partitions = 4;
+         CREATE TABLE ev (person text, t bigint, kind text);
+         INSERT INTO ev VALUES ('a', 3, 'buy'), ('b', 1, 'view'), ('a', 1, 'view'),
+           ('c', 5, 'view'), ('a', 2, 'cart'), ('b', 2, 'buy'), (NULL, 1, 'view')",
+    )
+    .await
+    .unwrap();
+    let lists = "SELECT person, array_to_string(array_agg(kind ORDER BY t), '>') AS path, \
+                 window_funnel(10, t, kind = 'view', kind = 'cart', kind = 'buy') AS level, \
+                 count(*) AS n FROM ev GROUP BY person ORDER BY person";
+    let got: Vec<(Option<String>, String, i16, i64)> = c
+        .query(lists, &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (Some("a".into()), "view>cart>buy".into(), 3, 3),
+            (Some("b".into()), "view>buy".into(), 1, 2),
+            (Some("c".into()), "view".into(), 1, 1),
+            (None, "view".into(), 1, 1),
+        ]
+    );
+    // The lists are built once, from rows partitioned by person; a plain sum keeps
+    // DataFusion's two phases.
+    let p = plan(&c, lists).await;
+    assert!(p.contains("mode=SinglePartitioned"), "{p}");
+    assert!(!p.contains("mode=Partial"), "{p}");
+    let p = plan(&c, "SELECT person, sum(t) FROM ev GROUP BY person").await;
+    assert!(p.contains("mode=Partial"), "{p}");
 }
