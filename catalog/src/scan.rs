@@ -24,12 +24,8 @@ use datafusion::logical_expr::{
 };
 use datafusion::physical_plan::ExecutionPlan;
 
-/// Columns whose values identify one person or one touchpoint (the data contract's ids
-/// and identifiers, in any table that has them): a filter pinning one of them to a few
-/// values keeps a few rows of millions.
-const IDENTITY_COLUMNS: &[&str] = &[
-    "touchpoint_id",
-    "person_id",
+/// The identifier columns of `unified.touchpoints` (the data contract's normalized ids).
+pub const IDENTIFIERS: [&str; 7] = [
     "user_id",
     "anonymous_id",
     "phone",
@@ -37,6 +33,14 @@ const IDENTITY_COLUMNS: &[&str] = &[
     "device_id",
     "member_id",
     "openid",
+];
+
+/// Columns whose values identify one person or one touchpoint, beside the [`IDENTIFIERS`]
+/// (in any table that has them): a filter pinning one of them to a few values keeps a few
+/// rows of millions.
+const KEYS: &[&str] = &[
+    "touchpoint_id",
+    "person_id",
     "identifier_value",
     "anchor_value",
     "from_person_id",
@@ -48,8 +52,10 @@ const IDENTITY_COLUMNS: &[&str] = &[
 /// literals. Such a filter is worth evaluating while decoding (a row filter): the other
 /// columns are then decoded for the few rows that pass.
 fn is_lookup(filter: &Expr) -> bool {
-    let identity =
-        |e: &Expr| matches!(e, Expr::Column(c) if IDENTITY_COLUMNS.contains(&c.name.as_str()));
+    let identity = |e: &Expr| {
+        matches!(e, Expr::Column(c)
+            if IDENTIFIERS.contains(&c.name.as_str()) || KEYS.contains(&c.name.as_str()))
+    };
     let literal = |e: &Expr| matches!(e, Expr::Literal(..));
     match filter {
         Expr::BinaryExpr(b) if b.op == Operator::And => is_lookup(&b.left) || is_lookup(&b.right),

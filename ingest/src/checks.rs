@@ -26,15 +26,7 @@ use crate::run::{RunSummary, append};
 use crate::tables;
 
 /// The identifier columns of `unified.touchpoints` whose null rate is checked.
-pub const IDENTIFIERS: [&str; 7] = [
-    "user_id",
-    "anonymous_id",
-    "phone",
-    "email",
-    "device_id",
-    "member_id",
-    "openid",
-];
+pub use touchlake_catalog::scan::IDENTIFIERS;
 
 /// Freshness above this many seconds is a warning.
 pub const FRESHNESS_WARN_SECONDS: f64 = 2.0 * 86400.0;
