@@ -10,8 +10,8 @@
 //! rows themselves and aggregating once (`SinglePartitioned`) skips that.
 //!
 //! The rule applies to `Final(Partitioned) ← Repartition(hash of the keys) ← Partial` when
-//! an aggregate's state has a list field, no aggregate is `DISTINCT`, and the grouping is
-//! plain (no grouping sets).
+//! an aggregate's state has a list field, no aggregate is `DISTINCT`, none needs its input
+//! sorted, and the grouping is plain (no grouping sets).
 
 use std::sync::Arc;
 
@@ -105,7 +105,10 @@ fn one_phase(node: &Arc<dyn ExecutionPlan>) -> Result<Option<Arc<dyn ExecutionPl
         rows,
         first.input_schema(),
     )?;
-    if once.schema() != last.schema() {
+    // An aggregate that needs its rows in order (DataFusion sorted the input for it) is
+    // left alone: the new partitioning does not keep an order.
+    if once.schema() != last.schema() || once.required_input_ordering().iter().any(Option::is_some)
+    {
         return Ok(None);
     }
     Ok(Some(Arc::new(once)))

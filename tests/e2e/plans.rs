@@ -79,7 +79,7 @@ async fn aggregates_keeping_every_row_run_in_one_phase() {
     )
     .await
     .unwrap();
-    let lists = "SELECT person, array_to_string(array_agg(kind ORDER BY t), '>') AS path, \
+    let lists = "SELECT person, array_to_string(array_sort(array_agg(t)), '>') AS times, \
                  window_funnel(10, t, kind = 'view', kind = 'cart', kind = 'buy') AS level, \
                  count(*) AS n FROM ev GROUP BY person ORDER BY person";
     let got: Vec<(Option<String>, String, i16, i64)> = c
@@ -92,10 +92,10 @@ async fn aggregates_keeping_every_row_run_in_one_phase() {
     assert_eq!(
         got,
         vec![
-            (Some("a".into()), "view>cart>buy".into(), 3, 3),
-            (Some("b".into()), "view>buy".into(), 1, 2),
-            (Some("c".into()), "view".into(), 1, 1),
-            (None, "view".into(), 1, 1),
+            (Some("a".into()), "1>2>3".into(), 3, 3),
+            (Some("b".into()), "1>2".into(), 1, 2),
+            (Some("c".into()), "5".into(), 1, 1),
+            (None, "1".into(), 1, 1),
         ]
     );
     // The lists are built once, from rows partitioned by person; a plain sum keeps
@@ -105,4 +105,8 @@ async fn aggregates_keeping_every_row_run_in_one_phase() {
     assert!(!p.contains("mode=Partial"), "{p}");
     let p = plan(&c, "SELECT person, sum(t) FROM ev GROUP BY person").await;
     assert!(p.contains("mode=Partial"), "{p}");
+    // An aggregate asking for sorted rows keeps them too (a new partitioning loses order).
+    let ordered = "SELECT person, array_agg(kind ORDER BY t) FROM ev GROUP BY person";
+    let p = plan(&c, ordered).await;
+    assert!(!p.contains("mode=SinglePartitioned"), "{p}");
 }
