@@ -23,13 +23,17 @@ pub fn clean(ty: usize, value: &str) -> Option<String> {
     touchlake_functions::normalize::id_clean(Some(TYPES[ty]), Some(value), None)
 }
 
-/// A session with delta-rs's planner (its writes need it) and plain string types.
+/// A session with delta-rs's planner (its writes need it) and plain string types. Its
+/// filtered reads (an increment's new touchpoints, `person_id IS NULL`, and its touched
+/// persons) keep few rows of many columns: they are evaluated while decoding (row filters,
+/// off by default in the lake's scans).
 pub(super) fn identity_context() -> Result<SessionContext> {
     let overrides: HashMap<String, String> = [
         (
             "datafusion.execution.parquet.schema_force_view_types",
             "false",
         ),
+        ("datafusion.execution.parquet.pushdown_filters", "true"),
         (
             "datafusion.sql_parser.map_string_types_to_utf8view",
             "false",
