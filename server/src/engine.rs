@@ -241,6 +241,13 @@ fn build_context(
     if let (Some(pg), Some(catalog)) = (pg_catalog, ctx.catalog(DATABASE)) {
         catalog.register_schema("pg_catalog", pg)?;
     }
+    // This connection's own pg_settings in front of the shared pg_catalog.
+    if let Some(catalog) = ctx.catalog(DATABASE)
+        && let Some(pg) = catalog.schema("pg_catalog")
+    {
+        let own = crate::pg_settings::SessionPgCatalog::new(pg)?;
+        catalog.register_schema("pg_catalog", Arc::new(own))?;
+    }
     touchlake_functions::register_all(&mut *ctx.state_ref().write())?;
     for udf in touchlake_catalog::pg_functions::all()
         .into_iter()

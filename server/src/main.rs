@@ -17,6 +17,7 @@ mod join_exprs;
 mod match_recognize;
 mod naming;
 mod npath;
+mod pg_settings;
 mod scheduler;
 mod session;
 mod settings;

@@ -289,6 +289,15 @@ impl Session {
             .register_udf(crate::engine::constant_udf("current_schema", schema));
         self.ctx
             .register_udf(crate::current_setting::udf(s.clone()));
+        if let Some(pg) = self
+            .ctx
+            .catalog(DATABASE)
+            .and_then(|c| c.schema("pg_catalog"))
+            && let Some(pg) = (pg.as_ref() as &dyn std::any::Any)
+                .downcast_ref::<crate::pg_settings::SessionPgCatalog>()
+        {
+            pg.update(&s)?;
+        }
         let state = self.ctx.state_ref();
         let mut state = state.write();
         let opts = state.config_mut().options_mut();

@@ -262,6 +262,11 @@ impl Settings {
         REPORTED.contains(&c.as_str()).then_some((c, v))
     }
 
+    /// The value of `key` (as stored, lower case) at connection start, if it had one.
+    pub fn initial(&self, key: &str) -> Option<&str> {
+        self.initial.get(key).map(String::as_str)
+    }
+
     /// All settings, for `SHOW ALL` and `pg_settings`.
     pub fn all(&self) -> impl Iterator<Item = (&String, &String)> {
         self.values.iter()

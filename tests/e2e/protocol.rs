@@ -648,3 +648,52 @@ async fn a_bad_engine_setting_fails_alone() {
     let one: i32 = c.query_one("SELECT 1::int", &[]).await.unwrap().get(0);
     assert_eq!(one, 1);
 }
+
+#[tokio::test]
+async fn pg_settings_shows_each_connections_settings() {
+    let dir = lake();
+    let srv = Server::start(dir.path());
+    let a = srv.connect().await;
+    let b = srv.connect().await;
+    a.batch_execute("SET TimeZone = 'Asia/Shanghai'; SET application_name = 'dash'")
+        .await
+        .unwrap();
+    let q = "SELECT setting, source, reset_val, context FROM pg_settings WHERE name = $1";
+    let row = |r: tokio_postgres::Row| -> (String, String, Option<String>, String) {
+        (r.get(0), r.get(1), r.get(2), r.get(3))
+    };
+    assert_eq!(
+        row(a.query_one(q, &[&"TimeZone"]).await.unwrap()),
+        (
+            "Asia/Shanghai".into(),
+            "session".into(),
+            Some("UTC".into()),
+            "user".into()
+        )
+    );
+    assert_eq!(
+        row(b.query_one(q, &[&"TimeZone"]).await.unwrap()),
+        (
+            "UTC".into(),
+            "default".into(),
+            Some("UTC".into()),
+            "user".into()
+        )
+    );
+    // Every SHOW ALL setting is there, PostgreSQL's columns included.
+    let show_all = a.simple_query("SHOW ALL").await.unwrap();
+    let n: i64 = a
+        .query_one(
+            "SELECT count(*) FROM pg_catalog.pg_settings WHERE unit IS NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n as usize, first_column(&show_all).len());
+    a.batch_execute("RESET ALL").await.unwrap();
+    assert_eq!(
+        row(a.query_one(q, &[&"TimeZone"]).await.unwrap()).1,
+        "default"
+    );
+}
