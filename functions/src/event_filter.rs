@@ -26,9 +26,7 @@ use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::Transformed;
 use datafusion::common::{Column, Result, ScalarValue};
 use datafusion::logical_expr::utils::{disjunction, split_conjunction};
-use datafusion::logical_expr::{
-    Aggregate, Expr, ExprSchemable, Filter, LogicalPlan, Operator, Projection, SubqueryAlias,
-};
+use datafusion::logical_expr::{Aggregate, Expr, ExprSchemable, Filter, LogicalPlan, Operator};
 use datafusion::optimizer::AnalyzerRule;
 
 use crate::sequence::names_a_condition;
@@ -134,7 +132,9 @@ fn add_filter(plan: LogicalPlan) -> Result<Transformed<LogicalPlan>> {
 /// filtered, following renames (projections of a column, subquery aliases) and other
 /// filters down to it; `None` where the rule does not apply.
 fn filtered(plan: &LogicalPlan, index: usize, want: Demand) -> Result<Option<LogicalPlan>> {
-    Ok(match plan {
+    // The input and the column there that `index` comes from.
+    let (input, i) = match plan {
+        LogicalPlan::Aggregate(a) => return events_only(a, index, want),
         LogicalPlan::Projection(p) => {
             let Some(Expr::Column(c)) = p.expr.get(index).map(|e| e.clone().unalias()) else {
                 return Ok(None);
@@ -142,32 +142,16 @@ fn filtered(plan: &LogicalPlan, index: usize, want: Demand) -> Result<Option<Log
             let Ok(i) = p.input.schema().index_of_column(&c) else {
                 return Ok(None);
             };
-            match filtered(&p.input, i, want)? {
-                Some(input) => Some(LogicalPlan::Projection(Projection::try_new_with_schema(
-                    p.expr.clone(),
-                    Arc::new(input),
-                    p.schema.clone(),
-                )?)),
-                None => None,
-            }
+            (&p.input, i)
         }
-        LogicalPlan::SubqueryAlias(s) => match filtered(&s.input, index, want)? {
-            Some(input) => Some(LogicalPlan::SubqueryAlias(SubqueryAlias::try_new(
-                Arc::new(input),
-                s.alias.clone(),
-            )?)),
-            None => None,
-        },
-        LogicalPlan::Filter(f) => match filtered(&f.input, index, want)? {
-            Some(input) => Some(LogicalPlan::Filter(Filter::try_new(
-                f.predicate.clone(),
-                Arc::new(input),
-            )?)),
-            None => None,
-        },
-        LogicalPlan::Aggregate(a) => events_only(a, index, want)?,
-        _ => None,
-    })
+        LogicalPlan::SubqueryAlias(s) => (&s.input, index),
+        LogicalPlan::Filter(f) => (&f.input, index),
+        _ => return Ok(None),
+    };
+    match filtered(input, i, want)? {
+        Some(new) => Ok(Some(plan.with_new_exprs(plan.expressions(), vec![new])?)),
+        None => Ok(None),
+    }
 }
 
 /// `a` reading only the rows meeting a condition of one of its aggregates, if its output

@@ -49,6 +49,12 @@ impl OptimizerRule for CountsBesideDistinct {
     }
 }
 
+/// A `count` without DISTINCT (the aggregates this rule turns into sums).
+fn plain_count(e: &Expr) -> bool {
+    matches!(e, Expr::AggregateFunction(f)
+        if !f.params.distinct && f.func.name() == "count" && f.params.args.len() <= 1)
+}
+
 /// A plain aggregate DataFusion's distinct rule keeps beside a distinct one.
 fn kept_beside_distinct(name: &str) -> bool {
     matches!(name, "sum" | "min" | "max")
@@ -76,7 +82,7 @@ fn as_sums(a: &Aggregate) -> Result<Option<LogicalPlan>> {
                 return Ok(None);
             }
             distinct_args = Some(&p.args);
-        } else if f.func.name() == "count" && p.args.len() <= 1 {
+        } else if plain_count(e) {
             counts += 1;
         } else if !kept_beside_distinct(f.func.name()) {
             return Ok(None);
@@ -89,7 +95,7 @@ fn as_sums(a: &Aggregate) -> Result<Option<LogicalPlan>> {
         .aggr_expr
         .iter()
         .map(|e| match e {
-            Expr::AggregateFunction(f) if !f.params.distinct && f.func.name() == "count" => {
+            Expr::AggregateFunction(f) if plain_count(e) => {
                 let one = match f.params.args.first() {
                     None | Some(Expr::Literal(..)) => lit(1i64),
                     Some(arg) => when(arg.clone().is_null(), lit(0i64)).otherwise(lit(1i64))?,
@@ -116,9 +122,7 @@ fn as_sums(a: &Aggregate) -> Result<Option<LogicalPlan>> {
         .zip(a.schema.iter())
         .enumerate()
         .map(|(i, (c, (qualifier, field)))| {
-            let counted = i >= groups
-                && matches!(&a.aggr_expr[i - groups], Expr::AggregateFunction(f)
-                    if !f.params.distinct && f.func.name() == "count");
+            let counted = i >= groups && plain_count(&a.aggr_expr[i - groups]);
             let e = if counted {
                 datafusion::functions::expr_fn::coalesce(vec![
                     Expr::Column(c),

@@ -245,7 +245,7 @@ fn build_context(
     if let Some(catalog) = ctx.catalog(DATABASE)
         && let Some(pg) = catalog.schema("pg_catalog")
     {
-        let own = crate::pg_settings::SessionPgCatalog::new(pg)?;
+        let own = crate::pg_settings::SessionPgCatalog::new(pg);
         catalog.register_schema("pg_catalog", Arc::new(own))?;
     }
     touchlake_functions::register_all(&mut *ctx.state_ref().write())?;

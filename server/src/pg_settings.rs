@@ -109,30 +109,30 @@ fn table(settings: &Settings) -> Result<MemTable> {
     MemTable::try_new(schema, vec![vec![batch]])
 }
 
-/// A connection's `pg_catalog`: the shared one, with its own `pg_settings`.
+/// A connection's `pg_catalog`: the shared one, with its own `pg_settings`, built from
+/// its settings when a query reads it (not at every `SET` or connection start).
 #[derive(Debug)]
 pub struct SessionPgCatalog {
     inner: Arc<dyn SchemaProvider>,
-    settings: RwLock<Arc<dyn TableProvider>>,
+    settings: RwLock<Option<Settings>>,
 }
 
 impl SessionPgCatalog {
     /// `inner` with an empty `pg_settings` until [`SessionPgCatalog::update`].
-    pub fn new(inner: Arc<dyn SchemaProvider>) -> Result<Self> {
-        let empty: Arc<dyn TableProvider> = Arc::new(MemTable::try_new(schema(), vec![vec![]])?);
-        Ok(SessionPgCatalog {
+    pub fn new(inner: Arc<dyn SchemaProvider>) -> Self {
+        SessionPgCatalog {
             inner,
-            settings: RwLock::new(empty),
-        })
+            settings: RwLock::new(None),
+        }
     }
 
     /// Show `settings` from now on.
     pub fn update(&self, settings: &Settings) -> Result<()> {
-        let t: Arc<dyn TableProvider> = Arc::new(table(settings)?);
         *self
             .settings
             .write()
-            .map_err(|_| DataFusionError::Internal("pg_settings lock poisoned".into()))? = t;
+            .map_err(|_| DataFusionError::Internal("pg_settings lock poisoned".into()))? =
+            Some(settings.clone());
         Ok(())
     }
 }
@@ -149,11 +149,15 @@ impl SchemaProvider for SessionPgCatalog {
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
         if name.eq_ignore_ascii_case(TABLE) {
-            let t = self
+            let settings = self
                 .settings
                 .read()
                 .map_err(|_| DataFusionError::Internal("pg_settings lock poisoned".into()))?;
-            return Ok(Some(t.clone()));
+            let t = match settings.as_ref() {
+                Some(s) => table(s)?,
+                None => MemTable::try_new(schema(), vec![vec![]])?,
+            };
+            return Ok(Some(Arc::new(t)));
         }
         self.inner.table(name).await
     }
