@@ -13,6 +13,13 @@
 //! or an identity run after an ingest reuses the memory of the one before, and an idle
 //! server still shrinks. (10 s was tried: a 20-second identity run then gave back memory
 //! it freed early and faulted it in again later.)
+//!
+//! Transparent huge pages are off for the process unless `transparent_huge_pages` is set.
+//! mimalloc asks for them (`madvise(MADV_HUGEPAGE)` on its arenas), and on a kernel whose
+//! THP mode is `madvise` every fault in those arenas then zeroes a 2 MiB page. With the
+//! churn of Arrow and Parquet buffers that was measured at 3,470 faults (about 7 GiB
+//! zeroed) for an ingest whose peak was 540 MB: 5–6 s of kernel time, against 0.6 s with
+//! 4 KiB pages, and a 1M-row CSV ingest took 7.6–9.0 s instead of 5.1 s.
 
 /// `memory_release_ms` when the configuration does not say.
 pub const DEFAULT_RELEASE_MS: i64 = 60_000;
@@ -38,4 +45,25 @@ pub fn set_release_delay(ms: i64) {
     // store); the option index is mimalloc v3's `mi_option_purge_delay`, which the
     // allocator reads each time it schedules a purge.
     unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, ms) };
+}
+
+/// Let the kernel back this process's memory with transparent huge pages, or not
+/// (`prctl(PR_SET_THP_DISABLE)`; Linux only, a no-op elsewhere). Applies to memory
+/// faulted in from now on.
+pub fn allow_transparent_huge_pages(allow: bool) {
+    #[cfg(target_os = "linux")]
+    {
+        let disable: libc::c_ulong = if allow { 0 } else { 1 };
+        // SAFETY: PR_SET_THP_DISABLE only sets a flag on this process's memory map; the
+        // unused arguments are zero as prctl(2) requires.
+        let rc = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, disable, 0, 0, 0) };
+        if rc != 0 {
+            tracing::debug!(
+                "prctl(PR_SET_THP_DISABLE) failed: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = allow;
 }

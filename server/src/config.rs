@@ -24,6 +24,9 @@ pub struct Config {
     /// Milliseconds freed memory is kept before it goes back to the operating system
     /// (-1: never, 0: at once). See [`crate::allocator`].
     pub memory_release_ms: i64,
+    /// Whether the process's memory may be backed by transparent huge pages (Linux).
+    /// Default off. See [`crate::allocator`].
+    pub transparent_huge_pages: bool,
     /// Default `statement_timeout` in milliseconds (0 = none).
     pub statement_timeout_ms: u64,
     /// Extra object-store options (e.g. `aws_endpoint`, `aws_allow_http`).
@@ -58,6 +61,10 @@ impl Config {
             (
                 "memory_release_ms".into(),
                 self.memory_release_ms.to_string(),
+            ),
+            (
+                "transparent_huge_pages".into(),
+                on(self.transparent_huge_pages),
             ),
             (
                 "statement_timeout_ms".into(),
@@ -131,6 +138,7 @@ impl Default for Config {
             refresh_seconds: 1.0,
             memory_limit_mb: default_memory_limit_mb(),
             memory_release_ms: crate::allocator::DEFAULT_RELEASE_MS,
+            transparent_huge_pages: false,
             statement_timeout_ms: 0,
             storage_options: HashMap::new(),
             sources: None,
@@ -206,6 +214,7 @@ impl Config {
                 "TOUCHLAKE_REFRESH_SECONDS" => self.refresh_seconds = num(&k, &v)?,
                 "TOUCHLAKE_MEMORY_LIMIT_MB" => self.memory_limit_mb = num(&k, &v)?,
                 "TOUCHLAKE_MEMORY_RELEASE_MS" => self.memory_release_ms = num(&k, &v)?,
+                "TOUCHLAKE_TRANSPARENT_HUGE_PAGES" => self.transparent_huge_pages = num(&k, &v)?,
                 "TOUCHLAKE_STATEMENT_TIMEOUT_MS" => self.statement_timeout_ms = num(&k, &v)?,
                 "TOUCHLAKE_SOURCES" => self.sources = Some(v),
                 "TOUCHLAKE_HTTP_LISTEN" => self.http_listen = Some(v),
@@ -278,5 +287,21 @@ mod tests {
         cfg.apply_env([("TOUCHLAKE_MEMORY_RELEASE_MS".to_string(), "0".to_string())].into_iter())
             .unwrap();
         assert_eq!(cfg.memory_release_ms, 0);
+    }
+
+    #[test]
+    fn huge_pages_are_off_unless_set() {
+        assert!(!Config::default().transparent_huge_pages);
+        let mut cfg: Config = toml::from_str("transparent_huge_pages = true").unwrap();
+        assert!(cfg.transparent_huge_pages);
+        cfg.apply_env(
+            [(
+                "TOUCHLAKE_TRANSPARENT_HUGE_PAGES".to_string(),
+                "false".to_string(),
+            )]
+            .into_iter(),
+        )
+        .unwrap();
+        assert!(!cfg.transparent_huge_pages);
     }
 }

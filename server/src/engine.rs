@@ -119,6 +119,7 @@ impl Engine {
         config: Config,
     ) -> Result<Arc<Engine>, Box<dyn std::error::Error + Send + Sync>> {
         crate::allocator::set_release_delay(config.memory_release_ms);
+        crate::allocator::allow_transparent_huge_pages(config.transparent_huge_pages);
         let refresh = Duration::from_secs_f64(config.refresh_seconds.max(0.0));
         let lake = Lake::open(&config.lake, &config.storage_options, refresh).await?;
         let mut rt = RuntimeEnvBuilder::new();

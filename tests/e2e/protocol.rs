@@ -252,6 +252,34 @@ async fn settings_are_per_connection_and_time_zone_renders() {
     assert_eq!(show(a.simple_query("SHOW timezone").await.unwrap()), "UTC");
 }
 
+/// The `THP_enabled` line of a process's `/proc/<pid>/status` (Linux ≥ 6.x).
+fn thp_enabled(pid: u32) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("THP_enabled:"))
+        .map(|v| v.trim().to_string())
+}
+
+#[tokio::test]
+async fn transparent_huge_pages_are_off_unless_configured() {
+    let dir = lake();
+    let srv = Server::start(dir.path());
+    let c = srv.connect().await;
+    assert_eq!(setting(&c, "touchlake.transparent_huge_pages").await, "off");
+    // The kernel reports the process flag where it can; this machine's kernel does.
+    if let Some(v) = thp_enabled(srv.pid()) {
+        assert_eq!(v, "0", "huge pages still enabled for the server process");
+    }
+    let dir2 = lake();
+    let on = Server::start_with(dir2.path(), &[("TOUCHLAKE_TRANSPARENT_HUGE_PAGES", "true")]);
+    let c2 = on.connect().await;
+    assert_eq!(setting(&c2, "touchlake.transparent_huge_pages").await, "on");
+    if let Some(v) = thp_enabled(on.pid()) {
+        assert_eq!(v, "1");
+    }
+}
+
 #[tokio::test]
 async fn the_server_configuration_reads_as_settings() {
     let dir = lake();
