@@ -19,6 +19,9 @@ fn text(name: &str, nullable: bool) -> Field {
 /// 0.15–0.17 s, Q6 0.14 → 0.09 s).
 pub const TOUCHPOINTS_ROW_GROUP_ROWS: usize = 128 * 1024;
 
+/// Dictionary page limit of the raw landing tables' columns (see [`writer_properties`]).
+const RAW_DICTIONARY_LIMIT: usize = 64 * 1024;
+
 /// Parquet settings of the writes to `schema.table` (ingest, identity runs, compaction):
 /// delta-rs's own (Snappy), without dictionary encoding for the columns whose values are
 /// (nearly) unique per row. Their dictionaries only grew until they passed the page limit
@@ -55,6 +58,13 @@ pub fn writer_properties(
     let mut b = WriterProperties::builder()
         .set_created_by(format!("touchlake {}", env!("CARGO_PKG_VERSION")))
         .set_compression(Compression::SNAPPY);
+    if schema == "raw" {
+        // A source's columns as landed, of unknown cardinality: a column whose dictionary
+        // passes 64 KiB falls back to plain early instead of hashing every value of the
+        // row group into a dictionary first (order ids, phones, amounts); low-cardinality
+        // columns (status, store) keep theirs.
+        b = b.set_dictionary_page_size_limit(RAW_DICTIONARY_LIMIT);
+    }
     if (schema, table) == ("unified", "touchpoints") {
         b = b.set_max_row_group_row_count(Some(TOUCHPOINTS_ROW_GROUP_ROWS));
     }
