@@ -451,6 +451,8 @@ fn options(args: &AccumulatorArgs) -> Result<Options> {
 /// latest given in the group).
 #[derive(Debug)]
 struct WeightsGroups {
+    /// `size()` counted every few batches (see [`crate::state_size`]).
+    size_cache: crate::state_size::SizeCache,
     options: Options,
     names: Interner,
     touches: Vec<Vec<(i64, u32, bool)>>,
@@ -463,6 +465,7 @@ type Rows = Vec<(Option<i64>, Option<(i64, u32, bool)>)>;
 impl WeightsGroups {
     fn new(options: Options) -> Self {
         WeightsGroups {
+            size_cache: Default::default(),
             options,
             names: Interner::default(),
             touches: vec![],
@@ -559,6 +562,7 @@ impl GroupsAccumulator for WeightsGroups {
     }
 
     fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
+        self.size_cache.invalidate();
         let groups = emit_to.take_needed(&mut self.touches);
         let conv = emit_to.take_needed(&mut self.conversion);
         let (mut channel, mut ts, mut weight) = (vec![], vec![], vec![]);
@@ -601,6 +605,7 @@ impl GroupsAccumulator for WeightsGroups {
     }
 
     fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
+        self.size_cache.invalidate();
         let groups = emit_to.take_needed(&mut self.touches);
         let conv = emit_to.take_needed(&mut self.conversion);
         Ok(self.state_arrays(&groups, &conv))
@@ -663,13 +668,15 @@ impl GroupsAccumulator for WeightsGroups {
     }
 
     fn size(&self) -> usize {
-        self.touches
-            .iter()
-            .map(|t| t.capacity() * 16)
-            .sum::<usize>()
-            + self.touches.capacity() * 24
-            + self.conversion.capacity() * 16
-            + self.names.size()
+        self.size_cache.get(|| {
+            self.touches
+                .iter()
+                .map(|t| t.capacity() * 16)
+                .sum::<usize>()
+                + self.touches.capacity() * 24
+                + self.conversion.capacity() * 16
+                + self.names.size()
+        })
     }
 }
 

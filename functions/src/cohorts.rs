@@ -260,6 +260,7 @@ impl Cohorts {
             false => None,
         };
         Ok(CohortGroups {
+            size_cache: Default::default(),
             kind: self.kind,
             options: options(name, period, periods, text)?,
             entries: vec![],
@@ -342,6 +343,8 @@ const RETURN: u8 = 2;
 /// Per group: (period, kinds) of its events, in arrival order.
 #[derive(Debug)]
 struct CohortGroups {
+    /// `size()` counted every few batches (see [`crate::state_size`]).
+    size_cache: crate::state_size::SizeCache,
     kind: Kind,
     options: Options,
     entries: Vec<Vec<(i64, u8)>>,
@@ -536,11 +539,13 @@ impl GroupsAccumulator for CohortGroups {
     }
 
     fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
+        self.size_cache.invalidate();
         let mut groups = emit_to.take_needed(&mut self.entries);
         self.finish(&mut groups)
     }
 
     fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
+        self.size_cache.invalidate();
         let groups = emit_to.take_needed(&mut self.entries);
         Ok(state_lists(&groups))
     }
@@ -582,11 +587,13 @@ impl GroupsAccumulator for CohortGroups {
     }
 
     fn size(&self) -> usize {
-        self.entries
-            .iter()
-            .map(|e| e.capacity() * 16)
-            .sum::<usize>()
-            + self.entries.capacity() * 24
+        self.size_cache.get(|| {
+            self.entries
+                .iter()
+                .map(|e| e.capacity() * 16)
+                .sum::<usize>()
+                + self.entries.capacity() * 24
+        })
     }
 }
 

@@ -217,6 +217,8 @@ pub type Finish =
 
 /// A [`GroupsAccumulator`] over event buffers.
 pub struct EventGroups {
+    /// `size()` counted every few batches (see [`crate::state_size`]).
+    size_cache: crate::state_size::SizeCache,
     name: &'static str,
     keep: Keep,
     finish: Finish,
@@ -250,6 +252,7 @@ impl EventGroups {
     /// Buffers that also keep, per event, the text of the arguments at `tag_columns`.
     pub fn tagged(name: &'static str, keep: Keep, tag_columns: Vec<usize>, finish: Finish) -> Self {
         EventGroups {
+            size_cache: Default::default(),
             name,
             keep,
             finish,
@@ -299,6 +302,7 @@ impl GroupsAccumulator for EventGroups {
     }
 
     fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
+        self.size_cache.invalidate();
         let mut buffers = emit_to.take_needed(&mut self.buffers);
         let _ = emit_to.take_needed(&mut self.next);
         let tags = if self.tag_columns.is_empty() {
@@ -315,6 +319,7 @@ impl GroupsAccumulator for EventGroups {
     }
 
     fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
+        self.size_cache.invalidate();
         let buffers = emit_to.take_needed(&mut self.buffers);
         let _ = emit_to.take_needed(&mut self.next);
         let k = self.tag_columns.len();
@@ -378,17 +383,19 @@ impl GroupsAccumulator for EventGroups {
     }
 
     fn size(&self) -> usize {
-        self.buffers
-            .iter()
-            .map(|b| b.capacity() * 24)
-            .sum::<usize>()
-            + self
-                .tags
+        self.size_cache.get(|| {
+            self.buffers
                 .iter()
-                .map(|t| t.capacity() * 16 + t.iter().flatten().map(|v| v.len()).sum::<usize>())
+                .map(|b| b.capacity() * 24)
                 .sum::<usize>()
-            + self.buffers.capacity() * 32
-            + self.next.capacity() * 8
+                + self
+                    .tags
+                    .iter()
+                    .map(|t| t.capacity() * 16 + t.iter().flatten().map(|v| v.len()).sum::<usize>())
+                    .sum::<usize>()
+                + self.buffers.capacity() * 32
+                + self.next.capacity() * 8
+        })
     }
 }
 

@@ -10,6 +10,8 @@ pub struct Interner {
     index: HashMap<Box<str>, u32>,
     /// The number given last: runs of one value skip the hash.
     last: Option<u32>,
+    /// Bytes held, roughly, kept as names are added.
+    bytes: usize,
 }
 
 impl Interner {
@@ -26,6 +28,7 @@ impl Interner {
                 let i = self.names.len() as u32;
                 self.names.push(s.to_string());
                 self.index.insert(s.into(), i);
+                self.bytes += 2 * s.len() + 64;
                 i
             }
         };
@@ -40,6 +43,6 @@ impl Interner {
 
     /// Bytes held, roughly.
     pub fn size(&self) -> usize {
-        self.names.iter().map(|n| 2 * n.len() + 64).sum()
+        self.bytes
     }
 }

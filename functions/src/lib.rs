@@ -59,6 +59,7 @@ pub mod sessions;
 pub mod shapley;
 pub mod size_limit;
 pub mod special;
+pub mod state_size;
 pub mod time;
 pub mod to_char;
 pub mod to_timestamp;

@@ -317,6 +317,8 @@ impl AggregateUDFImpl for Paths {
 /// Per group: (time, item) of rows with both.
 #[derive(Debug)]
 struct PathGroups {
+    /// `size()` counted every few batches (see [`crate::state_size`]).
+    size_cache: crate::state_size::SizeCache,
     output: Output,
     options: Options,
     rows: Vec<Vec<(i64, String)>>,
@@ -325,6 +327,7 @@ struct PathGroups {
 impl PathGroups {
     fn new(output: Output, options: Options) -> Self {
         PathGroups {
+            size_cache: Default::default(),
             output,
             options,
             rows: vec![],
@@ -507,11 +510,13 @@ impl GroupsAccumulator for PathGroups {
     }
 
     fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
+        self.size_cache.invalidate();
         let mut groups = emit_to.take_needed(&mut self.rows);
         self.finish(&mut groups)
     }
 
     fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
+        self.size_cache.invalidate();
         let groups = emit_to.take_needed(&mut self.rows);
         Ok(Self::state_of(&groups))
     }
@@ -545,10 +550,12 @@ impl GroupsAccumulator for PathGroups {
     }
 
     fn size(&self) -> usize {
-        self.rows
-            .iter()
-            .map(|g| g.capacity() * 32 + g.iter().map(|r| r.1.capacity()).sum::<usize>())
-            .sum::<usize>()
+        self.size_cache.get(|| {
+            self.rows
+                .iter()
+                .map(|g| g.capacity() * 32 + g.iter().map(|r| r.1.capacity()).sum::<usize>())
+                .sum::<usize>()
+        })
     }
 }
 
@@ -691,6 +698,7 @@ impl Around {
         let n =
             events::literal(&args.exprs[3]).ok_or_else(|| invalid(name, "n must be a constant"))?;
         Ok(AroundGroups {
+            size_cache: Default::default(),
             name,
             before: self.before,
             n: positive(name, "n", n)?,
@@ -702,6 +710,8 @@ impl Around {
 
 #[derive(Debug)]
 struct AroundGroups {
+    /// `size()` counted every few batches (see [`crate::state_size`]).
+    size_cache: crate::state_size::SizeCache,
     name: &'static str,
     before: bool,
     n: usize,
@@ -862,10 +872,12 @@ impl GroupsAccumulator for AroundGroups {
         })
     }
     fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
+        self.size_cache.invalidate();
         let mut groups = emit_to.take_needed(&mut self.rows);
         Ok(self.finish(&mut groups))
     }
     fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
+        self.size_cache.invalidate();
         let groups = emit_to.take_needed(&mut self.rows);
         Ok(self.state_of(&groups))
     }
@@ -887,6 +899,7 @@ impl GroupsAccumulator for AroundGroups {
         opt_filter: Option<&BooleanArray>,
     ) -> Result<Vec<ArrayRef>> {
         let mut one = AroundGroups {
+            size_cache: Default::default(),
             name: self.name,
             before: self.before,
             n: self.n,
@@ -901,10 +914,12 @@ impl GroupsAccumulator for AroundGroups {
         Ok(one.state_of(&one.rows))
     }
     fn size(&self) -> usize {
-        self.rows
-            .iter()
-            .map(|g| g.rows.capacity() * 32 + g.ties.capacity() + 48)
-            .sum()
+        self.size_cache.get(|| {
+            self.rows
+                .iter()
+                .map(|g| g.rows.capacity() * 32 + g.ties.capacity() + 48)
+                .sum()
+        })
     }
 }
 

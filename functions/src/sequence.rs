@@ -692,6 +692,8 @@ type NodeRow = (i64, Option<u32>, u32, bool);
 /// Per group: its rows, with values interned.
 #[derive(Debug)]
 struct NextNodeGroups {
+    /// `size()` counted every few batches (see [`crate::state_size`]).
+    size_cache: crate::state_size::SizeCache,
     config: NextNodeConfig,
     names: Interner,
     rows: Vec<Vec<NodeRow>>,
@@ -700,6 +702,7 @@ struct NextNodeGroups {
 impl NextNodeGroups {
     fn new(config: NextNodeConfig) -> Self {
         NextNodeGroups {
+            size_cache: Default::default(),
             config,
             names: Interner::default(),
             rows: vec![],
@@ -814,6 +817,7 @@ impl GroupsAccumulator for NextNodeGroups {
     }
 
     fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
+        self.size_cache.invalidate();
         let mut groups = emit_to.take_needed(&mut self.rows);
         let out: StringArray = groups
             .iter_mut()
@@ -823,6 +827,7 @@ impl GroupsAccumulator for NextNodeGroups {
     }
 
     fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
+        self.size_cache.invalidate();
         let groups = emit_to.take_needed(&mut self.rows);
         Ok(self.state_arrays(&groups))
     }
@@ -878,9 +883,11 @@ impl GroupsAccumulator for NextNodeGroups {
     }
 
     fn size(&self) -> usize {
-        self.rows.iter().map(|r| r.capacity() * 24).sum::<usize>()
-            + self.rows.capacity() * 24
-            + self.names.size()
+        self.size_cache.get(|| {
+            self.rows.iter().map(|r| r.capacity() * 24).sum::<usize>()
+                + self.rows.capacity() * 24
+                + self.names.size()
+        })
     }
 }
 

@@ -139,6 +139,8 @@ impl Rule {
 /// Per group, its times.
 #[derive(Debug)]
 struct SessionGroups {
+    /// `size()` counted every few batches (see [`crate::state_size`]).
+    size_cache: crate::state_size::SizeCache,
     rule: Rule,
     times: Vec<Vec<i64>>,
 }
@@ -243,11 +245,13 @@ impl GroupsAccumulator for SessionGroups {
     }
 
     fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
+        self.size_cache.invalidate();
         let mut groups = emit_to.take_needed(&mut self.times);
         self.lists(&mut groups)
     }
 
     fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
+        self.size_cache.invalidate();
         let groups = emit_to.take_needed(&mut self.times);
         Ok(vec![state_list(&groups)])
     }
@@ -296,7 +300,9 @@ impl GroupsAccumulator for SessionGroups {
     }
 
     fn size(&self) -> usize {
-        self.times.iter().map(|g| g.capacity() * 8).sum::<usize>() + self.times.capacity() * 24
+        self.size_cache.get(|| {
+            self.times.iter().map(|g| g.capacity() * 8).sum::<usize>() + self.times.capacity() * 24
+        })
     }
 }
 
@@ -323,6 +329,7 @@ impl AggregateUDFImpl for Sessions {
     }
     fn accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
         Ok(Box::new(OneGroup(SessionGroups {
+            size_cache: Default::default(),
             rule: Rule::from_args(&args)?,
             times: vec![],
         })))
@@ -335,6 +342,7 @@ impl AggregateUDFImpl for Sessions {
         args: AccumulatorArgs,
     ) -> Result<Box<dyn GroupsAccumulator>> {
         Ok(Box::new(SessionGroups {
+            size_cache: Default::default(),
             rule: Rule::from_args(&args)?,
             times: vec![],
         }))
