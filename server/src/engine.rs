@@ -239,12 +239,10 @@ fn build_context(
         Arc::new(LakeCatalogProvider::new(lake.clone(), views)),
     );
     datafusion_pg_catalog::setup_pg_catalog(&ctx, DATABASE, RoleCatalog).map_err(|e| *e)?;
-    if let (Some(pg), Some(catalog)) = (pg_catalog, ctx.catalog(DATABASE)) {
-        catalog.register_schema("pg_catalog", pg)?;
-    }
-    // This connection's own pg_settings in front of the shared pg_catalog.
+    // The shared pg_catalog (this context's own until the shared one exists), with this
+    // connection's pg_settings in front of it.
     if let Some(catalog) = ctx.catalog(DATABASE)
-        && let Some(pg) = catalog.schema("pg_catalog")
+        && let Some(pg) = pg_catalog.or_else(|| catalog.schema("pg_catalog"))
     {
         let own = crate::pg_settings::SessionPgCatalog::new(pg);
         catalog.register_schema("pg_catalog", Arc::new(own))?;

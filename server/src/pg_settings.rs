@@ -14,7 +14,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{MemTable, SchemaProvider, TableProvider};
 use datafusion::error::{DataFusionError, Result};
 
-use crate::settings::{Settings, canonical};
+use crate::settings::{SERVER_PREFIX, Settings, canonical};
 
 const TABLE: &str = "pg_settings";
 
@@ -66,7 +66,7 @@ fn table(settings: &Settings) -> Result<MemTable> {
                 name: canonical(key),
                 setting: value,
                 initial,
-                context: if key.starts_with("touchlake.") {
+                context: if key.starts_with(SERVER_PREFIX) {
                     "postmaster"
                 } else {
                     "user"
