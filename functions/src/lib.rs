@@ -38,6 +38,7 @@ pub mod date_trunc;
 pub mod error;
 pub mod event_filter;
 pub mod events;
+pub mod first_last;
 pub mod funnel;
 pub mod funnel_detail;
 pub mod groups;
@@ -114,5 +115,6 @@ pub fn register_all(registry: &mut dyn FunctionRegistry) -> datafusion::error::R
         registry.register_udwf(std::sync::Arc::new(udwf))?;
     }
     size_limit::register(registry)?;
+    first_last::register(registry)?;
     Ok(())
 }
