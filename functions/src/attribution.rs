@@ -263,8 +263,12 @@ impl Options {
 pub type Touch<'a> = (i64, &'a str, bool);
 
 /// The credited touches of one conversion at `conversion` (µs), with their weights.
-pub fn weights(o: &Options, conversion: i64, touches: &[Touch]) -> Vec<(i64, String, f64)> {
-    let mut eligible: Vec<&Touch> = touches
+pub fn weights<'a>(
+    o: &'a Options,
+    conversion: i64,
+    touches: &[Touch<'a>],
+) -> Vec<(i64, &'a str, f64)> {
+    let mut eligible: Vec<&Touch<'a>> = touches
         .iter()
         .filter(|(t, _, _)| {
             (if o.same_ts_included {
@@ -285,7 +289,7 @@ pub fn weights(o: &Options, conversion: i64, touches: &[Touch]) -> Vec<(i64, Str
     let n = eligible.len();
     if n == 0 {
         return match &o.none_channel {
-            Some(c) => vec![(conversion, c.clone(), 1.0)],
+            Some(c) => vec![(conversion, c.as_str(), 1.0)],
             None => vec![],
         };
     }
@@ -342,7 +346,7 @@ pub fn weights(o: &Options, conversion: i64, touches: &[Touch]) -> Vec<(i64, Str
         .iter()
         .zip(w)
         .filter(|(_, x)| *x > 0.0)
-        .map(|(t, x)| (t.0, t.1.to_string(), x / total))
+        .map(|(t, x)| (t.0, t.1, x / total))
         .collect()
 }
 
