@@ -616,6 +616,23 @@ async fn append(lake: &Lake, schema: &str, table: &str, batch: RecordBatch) -> R
     Ok(())
 }
 
+/// Lay `unified.touchpoints` out by person (`OPTIMIZE unified.touchpoints ZORDER BY
+/// (person_id)`): a person's touchpoints then sit in one row group, so a journey query
+/// reads one, and grouping by person meets each person's rows together. Returns the files
+/// (added, removed).
+pub async fn cluster_by_person(lake: &Lake) -> Result<(u64, u64)> {
+    let t = lake.table_builder("unified", "touchpoints")?.load().await?;
+    let (_, metrics) = t
+        .optimize()
+        .with_type(deltalake::operations::optimize::OptimizeType::ZOrder(vec![
+            "person_id".into(),
+        ]))
+        .with_writer_properties(tables::writer_properties("unified", "touchpoints"))
+        .await?;
+    lake.invalidate("unified", "touchpoints").await;
+    Ok((metrics.num_files_added, metrics.num_files_removed))
+}
+
 /// Does the lake already hold the demo (so `touchlake demo` does not write it twice)?
 pub async fn exists(lake: &Lake) -> Result<bool> {
     Ok(lake.table("unified", "touchpoints").await?.is_some())

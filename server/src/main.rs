@@ -267,6 +267,10 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
                     "identity run: {} identifiers → {} persons ({} kept their id), {} guarded",
                     id.identifiers, id.persons, id.persons_kept, id.guarded
                 );
+                // The layout journey queries read fastest (one person's rows together).
+                let (added, removed) =
+                    touchlake_ingest::demo::cluster_by_person(&engine.lake).await?;
+                eprintln!("unified.touchpoints laid out by person: {removed} files → {added}");
                 eprintln!(
                     "demo lake written to {} in {:.1}s: {} touchpoints of {} generated persons",
                     engine.lake.url(),

@@ -52,3 +52,29 @@ def test_touchpoints_row_groups_and_compaction_layout():
             assert not encodings & {"PLAIN_DICTIONARY", "RLE_DICTIONARY"}, (name, encodings)
     # Compaction made one file of the ingest's two, in more than one row group.
     assert len(compacted) == 1 and len(compacted[0][0]) >= 2, compacted
+
+
+def test_demo_lake_is_laid_out_by_person():
+    """`touchlake demo` clusters unified.touchpoints by person (OPTIMIZE … ZORDER BY
+    (person_id)): each person's rows are one run in file order, and a journey query then
+    reads one row group of the table's several."""
+    with tempfile.TemporaryDirectory() as lake:
+        s = Server(lake, args=("demo", "--persons", "4000"))
+        try:
+            path = os.path.join(lake, "unified", "touchpoints")
+            persons = [p for f in DeltaTable(path).file_uris()
+                       for p in pq.read_table(f.removeprefix("file://"), columns=["person_id"])["person_id"].to_pylist()]
+            known = [p for p in persons if p is not None]
+            runs = sum(1 for i, p in enumerate(known) if i == 0 or p != known[i - 1])
+            assert len(known) > 100_000 and runs == len(set(known)), (len(known), runs, len(set(known)))
+            groups = sum(pq.ParquetFile(f.removeprefix("file://")).metadata.num_row_groups
+                         for f in DeltaTable(path).file_uris())
+            assert groups >= 2, groups
+            with psycopg.connect(s.url, autocommit=True) as conn:
+                person = known[len(known) // 2]
+                plan = "\n".join(r[-1] for r in conn.execute(
+                    f"EXPLAIN ANALYZE SELECT occurred_at, channel FROM unified.touchpoints WHERE person_id = '{person}'"
+                ).fetchall())
+            assert f"row_groups_pruned_statistics={groups} total → 1 matched" in plan, plan
+        finally:
+            s.stop()
