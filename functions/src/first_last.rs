@@ -449,9 +449,7 @@ impl FirstLastGroups {
 
         // Each touched group's best row in this batch (the earlier row among equals).
         for (row, &g) in group_indices.iter().enumerate() {
-            if keep.is_some_and(|f| !f.is_valid(row) || !f.value(row))
-                || (self.ignore_nulls && value.is_null(row))
-            {
+            if crate::groups::skipped(keep, row) || (self.ignore_nulls && value.is_null(row)) {
                 continue;
             }
             let b = self.best[g];
@@ -574,16 +572,10 @@ fn compact(a: ArrayRef) -> ArrayRef {
     }
 }
 
-/// Rows a state's `is_set` column (and the aggregate's FILTER) allow.
-fn set_and_filter(is_set: &BooleanArray, filter: Option<&BooleanArray>) -> BooleanArray {
-    (0..is_set.len())
-        .map(|i| {
-            Some(
-                is_set.is_valid(i)
-                    && is_set.value(i)
-                    && filter.is_none_or(|f| f.is_valid(i) && f.value(i)),
-            )
-        })
+/// Rows that a state's `is_set` column and a FILTER both allow (an absent one allows all).
+fn allowed(n: usize, is_set: Option<&BooleanArray>, filter: Option<&BooleanArray>) -> BooleanArray {
+    (0..n)
+        .map(|i| Some(!crate::groups::skipped(is_set, i) && !crate::groups::skipped(filter, i)))
         .collect()
 }
 
@@ -624,7 +616,7 @@ impl GroupsAccumulator for FirstLastGroups {
         let Some((is_set, rest)) = values.split_last() else {
             return Ok(());
         };
-        let keep = set_and_filter(is_set.as_boolean(), None);
+        let keep = allowed(is_set.len(), Some(is_set.as_boolean()), None);
         self.add(rest, group_indices, Some(&keep), total_num_groups)
     }
 
@@ -635,8 +627,7 @@ impl GroupsAccumulator for FirstLastGroups {
     ) -> Result<Vec<ArrayRef>> {
         let mut out = values.to_vec();
         let n = values.first().map_or(0, |v| v.len());
-        let all = BooleanArray::from(vec![true; n]);
-        out.push(Arc::new(set_and_filter(&all, opt_filter)));
+        out.push(Arc::new(allowed(n, None, opt_filter)));
         Ok(out)
     }
 

@@ -622,14 +622,8 @@ async fn append(lake: &Lake, schema: &str, table: &str, batch: RecordBatch) -> R
 /// (added, removed).
 pub async fn cluster_by_person(lake: &Lake) -> Result<(u64, u64)> {
     let t = lake.table_builder("unified", "touchpoints")?.load().await?;
-    let (_, metrics) = t
-        .optimize()
-        .with_type(deltalake::operations::optimize::OptimizeType::ZOrder(vec![
-            "person_id".into(),
-        ]))
-        .with_writer_properties(tables::writer_properties("unified", "touchpoints"))
-        .await?;
-    lake.invalidate("unified", "touchpoints").await;
+    let metrics =
+        tables::optimize(lake, t, "unified", "touchpoints", vec!["person_id".into()]).await?;
     Ok((metrics.num_files_added, metrics.num_files_removed))
 }
 

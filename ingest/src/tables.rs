@@ -22,6 +22,29 @@ pub const TOUCHPOINTS_ROW_GROUP_ROWS: usize = 128 * 1024;
 /// Dictionary page limit of the raw landing tables' columns (see [`writer_properties`]).
 const RAW_DICTIONARY_LIMIT: usize = 64 * 1024;
 
+/// Compact `schema.name` (`t`, as loaded) in one commit with the table's own Parquet
+/// settings, ordered by `zorder` when it names columns; the lake's cached copy is then
+/// refreshed. `OPTIMIZE` over SQL, the scheduled compaction and the demo's layout use it.
+pub async fn optimize(
+    lake: &touchlake_catalog::Lake,
+    t: deltalake::DeltaTable,
+    schema: &str,
+    name: &str,
+    zorder: Vec<String>,
+) -> touchlake_catalog::Result<deltalake::operations::optimize::Metrics> {
+    let mut op = t
+        .optimize()
+        .with_writer_properties(writer_properties(schema, name));
+    if !zorder.is_empty() {
+        op = op.with_type(deltalake::operations::optimize::OptimizeType::ZOrder(
+            zorder,
+        ));
+    }
+    let (_, metrics) = op.await.map_err(touchlake_catalog::CatalogError::from)?;
+    lake.invalidate(schema, name).await;
+    Ok(metrics)
+}
+
 /// Parquet settings of the writes to `schema.table` (ingest, identity runs, compaction):
 /// delta-rs's own (Snappy), without dictionary encoding for the columns whose values are
 /// (nearly) unique per row. Their dictionaries only grew until they passed the page limit

@@ -55,12 +55,7 @@ async fn compact_hot_tables(engine: &Engine) -> Result<(), touchlake_catalog::Ca
         if files < engine.config.compact_min_files {
             continue;
         }
-        let (_, metrics) = t
-            .optimize()
-            .with_writer_properties(touchlake_ingest::tables::writer_properties(&schema, &name))
-            .await
-            .map_err(touchlake_catalog::CatalogError::from)?;
-        lake.invalidate(&schema, &name).await;
+        let metrics = touchlake_ingest::tables::optimize(lake, t, &schema, &name, vec![]).await?;
         tracing::info!(
             table = %format!("{schema}.{name}"),
             removed = metrics.num_files_removed,

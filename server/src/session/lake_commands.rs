@@ -259,16 +259,8 @@ impl Session {
                     touchlake_catalog::CatalogError::NoSuchTable(format!("{schema}.{name}"))
                 })?;
                 // Compaction writes the table's own Parquet settings (row groups, encodings).
-                let mut op = t.optimize().with_writer_properties(
-                    touchlake_ingest::tables::writer_properties(&schema, &name),
-                );
-                if !zorder.is_empty() {
-                    op = op.with_type(deltalake::operations::optimize::OptimizeType::ZOrder(
-                        zorder,
-                    ));
-                }
-                let (_, metrics) = op.await.map_err(touchlake_catalog::CatalogError::from)?;
-                lake.invalidate(&schema, &name).await;
+                let metrics =
+                    touchlake_ingest::tables::optimize(lake, t, &schema, &name, zorder).await?;
                 Ok(rows(batch(
                     optimize_schema(),
                     vec![
