@@ -9,7 +9,8 @@ use datafusion::logical_expr::ColumnarValue;
 use datafusion::scalar::ScalarValue;
 
 /// Apply `f` row by row to text arguments (any string type, cast to UTF-8), producing
-/// text. All-scalar arguments give a scalar.
+/// text. All-scalar arguments give a scalar; a scalar beside arrays (a region, a mode) is
+/// read once, not expanded to a column.
 pub fn map_text(
     args: &[ColumnarValue],
     rows: usize,
@@ -17,18 +18,26 @@ pub fn map_text(
 ) -> Result<ColumnarValue> {
     let scalar = args.iter().all(|a| matches!(a, ColumnarValue::Scalar(_)));
     let n = if scalar { 1 } else { rows };
-    let arrays: Vec<ArrayRef> = args
+    // Each argument as a UTF-8 array: a column of `n` rows, or one row for a scalar.
+    let arrays: Vec<(ArrayRef, bool)> = args
         .iter()
         .map(|a| {
-            a.to_array(n)
-                .and_then(|a| Ok(datafusion::arrow::compute::cast(&a, &DataType::Utf8)?))
+            let (array, one) = match a {
+                ColumnarValue::Scalar(s) => (s.to_array_of_size(1)?, true),
+                ColumnarValue::Array(a) => (a.clone(), false),
+            };
+            Ok((
+                datafusion::arrow::compute::cast(&array, &DataType::Utf8)?,
+                one,
+            ))
         })
         .collect::<Result<_>>()?;
-    let strings: Vec<&StringArray> = arrays
+    let strings: Vec<(&StringArray, bool)> = arrays
         .iter()
-        .map(|a| {
+        .map(|(a, one)| {
             a.as_any()
                 .downcast_ref::<StringArray>()
+                .map(|s| (s, *one))
                 .ok_or_else(|| DataFusionError::Internal("expected text".into()))
         })
         .collect::<Result<_>>()?;
@@ -36,11 +45,10 @@ pub fn map_text(
     let mut row: Vec<Option<&str>> = Vec::with_capacity(strings.len());
     for i in 0..n {
         row.clear();
-        row.extend(
-            strings
-                .iter()
-                .map(|s| if s.is_null(i) { None } else { Some(s.value(i)) }),
-        );
+        row.extend(strings.iter().map(|(s, one)| {
+            let i = if *one { 0 } else { i };
+            if s.is_null(i) { None } else { Some(s.value(i)) }
+        }));
         out.append_option(f(&row)?);
     }
     let out: ArrayRef = Arc::new(out.finish());

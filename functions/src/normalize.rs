@@ -97,36 +97,61 @@ pub fn phone_e164(
     region: Option<&str>,
     policy: Option<&str>,
 ) -> Result<Option<String>> {
-    let policy = match policy.map(|p| p.trim().to_ascii_lowercase()) {
-        Some(p) if p == "valid" || p == "possible" || p == "lenient" => p,
+    // Checked without allocating: this runs once per row of an ingest mapping.
+    #[derive(PartialEq)]
+    enum Policy {
+        Valid,
+        Possible,
+        Lenient,
+    }
+    let policy = match policy.map(str::trim) {
+        Some(p) if p.eq_ignore_ascii_case("valid") => Policy::Valid,
+        Some(p) if p.eq_ignore_ascii_case("possible") => Policy::Possible,
+        Some(p) if p.eq_ignore_ascii_case("lenient") => Policy::Lenient,
         Some(p) => {
             return Err(invalid(
                 "phone_e164",
-                format!("unknown policy '{p}' (valid, possible, lenient)"),
+                format!(
+                    "unknown policy '{}' (valid, possible, lenient)",
+                    p.to_ascii_lowercase()
+                ),
             ));
         }
         None => return Err(invalid("phone_e164", "policy must not be NULL")),
     };
     let Some(raw) = raw else { return Ok(None) };
     let country = match region.map(str::trim).filter(|r| !r.is_empty()) {
-        Some(r) => match r.to_ascii_uppercase().parse::<Region>() {
-            Ok(id) => Some(id),
-            Err(_) => {
-                return Err(invalid(
-                    "phone_e164",
-                    format!("unknown region '{r}' (an ISO 3166 code such as CN, US, GB)"),
-                ));
+        Some(r) => {
+            let mut upper = [0u8; 8];
+            let parsed = (r.len() <= upper.len())
+                .then(|| {
+                    upper[..r.len()].copy_from_slice(r.as_bytes());
+                    upper[..r.len()].make_ascii_uppercase();
+                    std::str::from_utf8(&upper[..r.len()])
+                        .ok()?
+                        .parse::<Region>()
+                        .ok()
+                })
+                .flatten();
+            match parsed {
+                Some(id) => Some(id),
+                None => {
+                    return Err(invalid(
+                        "phone_e164",
+                        format!("unknown region '{r}' (an ISO 3166 code such as CN, US, GB)"),
+                    ));
+                }
             }
-        },
+        }
         None => None,
     };
     let Ok(number) = PhoneNumber::parse(raw, country) else {
         return Ok(None);
     };
-    let keep = match policy.as_str() {
-        "valid" => number.is_valid(),
-        "possible" => number.is_possible_with_reason().is_ok(),
-        _ => true,
+    let keep = match policy {
+        Policy::Valid => number.is_valid(),
+        Policy::Possible => number.is_possible_with_reason().is_ok(),
+        Policy::Lenient => true,
     };
     if !keep {
         return Ok(None);
