@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Int32Builder, Int64Array, IntervalMonthDayNanoBuilder,
-    ListArray, ListBuilder, StringBuilder, StructArray,
+    ListArray, ListBuilder, StringArray, StringBuilder, StringViewArray, StructArray,
 };
 use datafusion::arrow::buffer::OffsetBuffer;
 use datafusion::arrow::compute::cast;
@@ -591,53 +591,63 @@ impl Around {
     }
 }
 
-/// A row: (time, tiebreak's place in its group's text, target met, item interned).
-type AroundRow = (i64, (u32, u32), bool, Option<u32>);
+/// No item (a NULL item, skipped in the answer).
+const NO_ITEM: u32 = u32::MAX;
+/// No tiebreak array (the empty text).
+const NO_TIE: u32 = u32::MAX;
 
-/// One group: its rows, and the text of their tiebreaks back to back (one buffer per
-/// group instead of a String per row).
-#[derive(Debug, Default)]
-struct AroundGroup {
-    rows: Vec<AroundRow>,
-    ties: String,
+/// One row of some group, kept in arrival order in one log for all groups (a vector per
+/// group was an allocation per group and faulted in a page per few groups).
+#[derive(Debug, Clone, Copy)]
+struct AroundRow {
+    t: i64,
+    /// The tiebreak: (an array in [`AroundGroups::ties`], a row of it).
+    tie: (u32, u32),
+    /// The item interned, or [`NO_ITEM`].
+    item: u32,
+    group: u32,
+    target: bool,
 }
 
-impl AroundGroup {
-    fn push(&mut self, t: i64, tie: &str, target: bool, item: Option<u32>) {
-        let at = self.ties.len() as u32;
-        self.ties.push_str(tie);
-        self.rows.push((t, (at, tie.len() as u32), target, item));
+/// A tiebreak column's values as text that sorts like the values, kept as the arrays
+/// arrived (no copy per row): text as it is, integers offset and zero-padded.
+#[derive(Debug)]
+enum TieArray {
+    Text(StringArray),
+    View(StringViewArray),
+}
+
+impl TieArray {
+    /// A batch's tiebreak column.
+    fn of(a: &ArrayRef) -> Result<Self> {
+        Ok(match a.data_type() {
+            DataType::Utf8View => TieArray::View(a.as_string_view().clone()),
+            DataType::Utf8 => TieArray::Text(a.as_string::<i32>().clone()),
+            t if t.is_integer() => {
+                let i = cast(a, &DataType::Int64)?;
+                let mut b = StringBuilder::with_capacity(a.len(), a.len() * 20);
+                for v in i.as_primitive::<Int64Type>() {
+                    b.append_option(v.map(|v| format!("{:020}", i128::from(v) + (1i128 << 63))));
+                }
+                TieArray::Text(b.finish())
+            }
+            _ => TieArray::Text(cast(a, &DataType::Utf8)?.as_string::<i32>().clone()),
+        })
     }
 
-    fn tie(&self, r: &AroundRow) -> &str {
-        &self.ties[r.1.0 as usize..(r.1.0 + r.1.1) as usize]
-    }
-}
-
-/// A tiebreak column's values as text that sorts like the values (integers offset and
-/// zero-padded; NULL is empty).
-enum Tiebreak<'a> {
-    None,
-    Integers(Vec<Option<i64>>),
-    Text(&'a datafusion::arrow::array::StringArray),
-}
-
-impl Tiebreak<'_> {
-    fn write(&self, row: usize, buf: &mut String) {
-        buf.clear();
+    /// Row `i`'s text; NULL is empty.
+    fn value(&self, i: usize) -> &str {
         match self {
-            Tiebreak::None => {}
-            Tiebreak::Integers(v) => {
-                if let Some(v) = v[row] {
-                    use std::fmt::Write;
-                    let _ = write!(buf, "{:020}", i128::from(v) + (1i128 << 63));
-                }
-            }
-            Tiebreak::Text(a) => {
-                if a.is_valid(row) {
-                    buf.push_str(a.value(row));
-                }
-            }
+            TieArray::Text(a) if a.is_valid(i) => a.value(i),
+            TieArray::View(a) if a.is_valid(i) => a.value(i),
+            _ => "",
+        }
+    }
+
+    fn size(&self) -> usize {
+        match self {
+            TieArray::Text(a) => a.get_array_memory_size(),
+            TieArray::View(a) => a.get_array_memory_size(),
         }
     }
 }
@@ -697,14 +707,11 @@ impl Around {
         let name = Around::name(self);
         let n =
             events::literal(&args.exprs[3]).ok_or_else(|| invalid(name, "n must be a constant"))?;
-        Ok(AroundGroups {
-            size_cache: Default::default(),
+        Ok(AroundGroups::new(
             name,
-            before: self.before,
-            n: positive(name, "n", n)?,
-            rows: vec![],
-            names: Interner::default(),
-        })
+            self.before,
+            positive(name, "n", n)?,
+        ))
     }
 }
 
@@ -715,16 +722,37 @@ struct AroundGroups {
     name: &'static str,
     before: bool,
     n: usize,
-    rows: Vec<AroundGroup>,
+    /// Every group's rows, in arrival order; grouped and sorted when emitted.
+    rows: Vec<AroundRow>,
+    /// The groups so far.
+    groups: usize,
+    /// The tiebreak arrays the rows point into.
+    ties: Vec<TieArray>,
+    tie_bytes: usize,
     /// Items interned: most journeys repeat a few channels.
     names: Interner,
 }
 
 impl AroundGroups {
-    fn grow(&mut self, n: usize) {
-        if self.rows.len() < n {
-            self.rows.resize_with(n, AroundGroup::default);
+    fn new(name: &'static str, before: bool, n: usize) -> Self {
+        AroundGroups {
+            size_cache: Default::default(),
+            name,
+            before,
+            n,
+            rows: vec![],
+            groups: 0,
+            ties: vec![],
+            tie_bytes: 0,
+            names: Interner::default(),
         }
+    }
+
+    /// Keep a tiebreak array; returns its number.
+    fn keep_ties(&mut self, t: TieArray) -> u32 {
+        self.tie_bytes += t.size();
+        self.ties.push(t);
+        (self.ties.len() - 1) as u32
     }
 
     fn add(&mut self, values: &[ArrayRef], group: impl Fn(usize) -> Option<usize>) -> Result<()> {
@@ -732,63 +760,110 @@ impl AroundGroups {
         let items = items.as_string::<i32>();
         let ts = events::times(self.name, &values[1])?;
         let target = events::conditions(self.name, &values[2..3])?.remove(0);
-        let text;
-        let tiebreak = match values.get(4) {
-            Some(a) if a.data_type().is_integer() => {
-                let i = cast(a, &DataType::Int64)?;
-                Tiebreak::Integers(i.as_primitive::<Int64Type>().iter().collect())
-            }
-            Some(a) => {
-                text = cast(a, &DataType::Utf8)?;
-                Tiebreak::Text(text.as_string::<i32>())
-            }
-            None => Tiebreak::None,
+        let tie = match values.get(4) {
+            Some(a) => self.keep_ties(TieArray::of(a)?),
+            None => NO_TIE,
         };
-        let mut buf = String::new();
+        self.rows.reserve(ts.len());
         for (row, t) in ts.into_iter().enumerate() {
             let (Some(t), Some(g)) = (t, group(row)) else {
                 continue;
             };
-            let item = items.is_valid(row).then(|| self.names.id(items.value(row)));
-            tiebreak.write(row, &mut buf);
-            self.rows[g].push(t, &buf, target[row] == Some(true), item);
+            let item = if items.is_valid(row) {
+                self.names.id(items.value(row))
+            } else {
+                NO_ITEM
+            };
+            self.rows.push(AroundRow {
+                t,
+                tie: (tie, row as u32),
+                item,
+                group: g as u32,
+                target: target[row] == Some(true),
+            });
         }
         Ok(())
     }
 
-    fn item(&self, i: Option<u32>) -> Option<&str> {
-        i.map(|i| self.names.name(i))
+    fn item(&self, i: u32) -> Option<&str> {
+        (i != NO_ITEM).then(|| self.names.name(i))
     }
 
-    /// One group's answer.
-    fn around(&self, group: &mut AroundGroup) -> Option<Vec<String>> {
-        let mut rows = std::mem::take(&mut group.rows);
-        rows.sort_unstable_by(|a, b| {
-            (a.0, group.tie(a), self.item(a.3)).cmp(&(b.0, group.tie(b), self.item(b.3)))
-        });
-        group.rows = rows;
-        let rows = &group.rows;
-        let at = rows.iter().position(|r| r.2)?;
-        let items = |r: &[AroundRow]| -> Vec<String> {
-            r.iter()
-                .filter_map(|x| self.item(x.3).map(str::to_string))
-                .collect()
+    fn tie(&self, r: &AroundRow) -> &str {
+        match self.ties.get(r.tie.0 as usize) {
+            Some(a) => a.value(r.tie.1 as usize),
+            None => "",
+        }
+    }
+
+    /// The rows of the groups `emit_to` names, ordered by group (counting sort), with
+    /// the offsets of each group's rows; the rest stay, renumbered from 0.
+    fn take(&mut self, emit_to: EmitTo) -> (Vec<AroundRow>, Vec<usize>) {
+        let n = match emit_to {
+            EmitTo::All => self.groups,
+            EmitTo::First(k) => k.min(self.groups),
         };
+        let rows = match emit_to {
+            EmitTo::All => std::mem::take(&mut self.rows),
+            EmitTo::First(_) => {
+                let (out, keep): (Vec<AroundRow>, Vec<AroundRow>) =
+                    self.rows.iter().partition(|r| (r.group as usize) < n);
+                self.rows = keep;
+                for r in &mut self.rows {
+                    r.group -= n as u32;
+                }
+                out
+            }
+        };
+        self.groups -= n;
+        let mut offsets = vec![0usize; n + 1];
+        for r in &rows {
+            offsets[r.group as usize + 1] += 1;
+        }
+        for g in 0..n {
+            offsets[g + 1] += offsets[g];
+        }
+        let mut next = offsets.clone();
+        let mut sorted = rows.clone();
+        for r in rows {
+            let at = &mut next[r.group as usize];
+            sorted[*at] = r;
+            *at += 1;
+        }
+        (sorted, offsets)
+    }
+
+    /// One group's answer (its rows are sorted here by time, tiebreak, item).
+    fn around(&self, rows: &mut [AroundRow]) -> Option<(usize, usize)> {
+        rows.sort_unstable_by(|a, b| {
+            a.t.cmp(&b.t)
+                .then_with(|| self.tie(a).cmp(self.tie(b)))
+                .then_with(|| self.item(a.item).cmp(&self.item(b.item)))
+        });
+        let at = rows.iter().position(|r| r.target)?;
         Some(if self.before {
-            let all = items(&rows[..at]);
-            all[all.len().saturating_sub(self.n)..].to_vec()
+            (0, at)
         } else {
-            items(&rows[at + 1..]).into_iter().take(self.n).collect()
+            (at + 1, rows.len())
         })
     }
 
-    fn finish(&self, groups: &mut [AroundGroup]) -> ArrayRef {
+    fn finish(&self, rows: &mut [AroundRow], offsets: &[usize]) -> ArrayRef {
         let mut b = ListBuilder::new(StringBuilder::new());
-        for g in groups.iter_mut() {
-            match self.around(g) {
-                Some(items) => {
-                    for i in items {
-                        b.values().append_value(i);
+        for w in offsets.windows(2) {
+            let group = &mut rows[w[0]..w[1]];
+            match self.around(group) {
+                Some((from, to)) => {
+                    let items = group[from..to].iter().filter_map(|r| self.item(r.item));
+                    if self.before {
+                        let all: Vec<&str> = items.collect();
+                        for i in &all[all.len().saturating_sub(self.n)..] {
+                            b.values().append_value(i);
+                        }
+                    } else {
+                        for i in items.take(self.n) {
+                            b.values().append_value(i);
+                        }
                     }
                     b.append(true);
                 }
@@ -798,61 +873,74 @@ impl AroundGroups {
         Arc::new(b.finish())
     }
 
-    fn state_of(&self, groups: &[AroundGroup]) -> Vec<ArrayRef> {
-        let ts = ListArray::new(
-            Arc::new(Field::new_list_field(DataType::Int64, true)),
-            OffsetBuffer::from_lengths(groups.iter().map(|g| g.rows.len())),
-            Arc::new(Int64Array::from_iter_values(
-                groups.iter().flat_map(|g| g.rows.iter().map(|r| r.0)),
-            )),
-            None,
-        );
-        let mut tie = ListBuilder::new(StringBuilder::new());
-        let mut target = ListBuilder::new(datafusion::arrow::array::BooleanBuilder::new());
-        let mut item = ListBuilder::new(StringBuilder::new());
-        for g in groups {
-            for r in &g.rows {
-                tie.values().append_value(g.tie(r));
-                target.values().append_value(r.2);
-                item.values().append_option(self.item(r.3));
-            }
-            tie.append(true);
-            target.append(true);
-            item.append(true);
+    fn state_of(&self, rows: &[AroundRow], offsets: &[usize]) -> Vec<ArrayRef> {
+        let lengths = || offsets.windows(2).map(|w| w[1] - w[0]);
+        let list = |t: DataType, values: ArrayRef| -> ArrayRef {
+            Arc::new(ListArray::new(
+                Arc::new(Field::new_list_field(t, true)),
+                OffsetBuffer::from_lengths(lengths()),
+                values,
+                None,
+            ))
+        };
+        let mut tie = StringBuilder::with_capacity(rows.len(), rows.len() * 16);
+        let mut item = StringBuilder::with_capacity(rows.len(), rows.len() * 8);
+        for r in rows {
+            tie.append_value(self.tie(r));
+            item.append_option(self.item(r.item));
         }
         vec![
-            Arc::new(ts),
-            Arc::new(tie.finish()),
-            Arc::new(target.finish()),
-            Arc::new(item.finish()),
+            list(
+                DataType::Int64,
+                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.t))),
+            ),
+            list(DataType::Utf8, Arc::new(tie.finish())),
+            list(
+                DataType::Boolean,
+                Arc::new(BooleanArray::from_iter(rows.iter().map(|r| Some(r.target)))),
+            ),
+            list(DataType::Utf8, Arc::new(item.finish())),
         ]
     }
 
-    fn merge_row(&mut self, states: &[ArrayRef], row: usize, g: usize) {
+    fn merge(&mut self, states: &[ArrayRef], group: impl Fn(usize) -> usize) -> Result<()> {
         let l = |k: usize| states[k].as_list::<i32>();
-        if l(0).is_null(row) {
-            return;
-        }
         // Straight from the lists' flat values (the four lists share their lengths).
-        let at = |k: usize| l(k).value_offsets()[row] as usize;
-        let (t, tie, target, item) = (
+        let (t, target, item) = (
             l(0).values().as_primitive::<Int64Type>(),
-            l(1).values().as_string::<i32>(),
             l(2).values().as_boolean(),
             l(3).values().as_string::<i32>(),
         );
-        let n = l(0).value_length(row) as usize;
-        let (t0, tie0, target0, item0) = (at(0), at(1), at(2), at(3));
-        for k in 0..n {
-            let it = item
-                .is_valid(item0 + k)
-                .then(|| self.names.id(item.value(item0 + k)));
-            self.rows[g].push(
-                t.value(t0 + k),
-                tie.value(tie0 + k),
-                target.value(target0 + k),
-                it,
-            );
+        let ties = self.keep_ties(TieArray::of(l(1).values())?);
+        for row in 0..states[0].len() {
+            if l(0).is_null(row) {
+                continue;
+            }
+            let at = |k: usize| l(k).value_offsets()[row] as usize;
+            let (t0, tie0, target0, item0) = (at(0), at(1), at(2), at(3));
+            for k in 0..l(0).value_length(row) as usize {
+                let it = if item.is_valid(item0 + k) {
+                    self.names.id(item.value(item0 + k))
+                } else {
+                    NO_ITEM
+                };
+                self.rows.push(AroundRow {
+                    t: t.value(t0 + k),
+                    tie: (ties, (tie0 + k) as u32),
+                    item: it,
+                    group: group(row) as u32,
+                    target: target.value(target0 + k),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Drop the tiebreak arrays once no row points into them.
+    fn release(&mut self) {
+        if self.rows.is_empty() {
+            self.ties.clear();
+            self.tie_bytes = 0;
         }
     }
 }
@@ -865,7 +953,7 @@ impl GroupsAccumulator for AroundGroups {
         opt_filter: Option<&BooleanArray>,
         total_num_groups: usize,
     ) -> Result<()> {
-        self.grow(total_num_groups);
+        self.groups = self.groups.max(total_num_groups);
         self.add(values, |row| {
             let filtered = skipped(opt_filter, row);
             (!filtered).then(|| group_indices[row])
@@ -873,13 +961,17 @@ impl GroupsAccumulator for AroundGroups {
     }
     fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
         self.size_cache.invalidate();
-        let mut groups = emit_to.take_needed(&mut self.rows);
-        Ok(self.finish(&mut groups))
+        let (mut rows, offsets) = self.take(emit_to);
+        let out = self.finish(&mut rows, &offsets);
+        self.release();
+        Ok(out)
     }
     fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
         self.size_cache.invalidate();
-        let groups = emit_to.take_needed(&mut self.rows);
-        Ok(self.state_of(&groups))
+        let (rows, offsets) = self.take(emit_to);
+        let out = self.state_of(&rows, &offsets);
+        self.release();
+        Ok(out)
     }
     fn merge_batch(
         &mut self,
@@ -887,38 +979,28 @@ impl GroupsAccumulator for AroundGroups {
         group_indices: &[usize],
         total_num_groups: usize,
     ) -> Result<()> {
-        self.grow(total_num_groups);
-        for (row, &g) in group_indices.iter().enumerate() {
-            self.merge_row(values, row, g);
-        }
-        Ok(())
+        self.groups = self.groups.max(total_num_groups);
+        self.merge(values, |row| group_indices[row])
     }
     fn convert_to_state(
         &self,
         values: &[ArrayRef],
         opt_filter: Option<&BooleanArray>,
     ) -> Result<Vec<ArrayRef>> {
-        let mut one = AroundGroups {
-            size_cache: Default::default(),
-            name: self.name,
-            before: self.before,
-            n: self.n,
-            rows: vec![],
-            names: Interner::default(),
-        };
-        one.grow(values[0].len());
+        let mut one = AroundGroups::new(self.name, self.before, self.n);
+        one.groups = values[0].len();
         one.add(values, |row| {
             let filtered = skipped(opt_filter, row);
             (!filtered).then_some(row)
         })?;
-        Ok(one.state_of(&one.rows))
+        let (rows, offsets) = one.take(EmitTo::All);
+        Ok(one.state_of(&rows, &offsets))
     }
     fn size(&self) -> usize {
         self.size_cache.get(|| {
-            self.rows
-                .iter()
-                .map(|g| g.rows.capacity() * 32 + g.ties.capacity() + 48)
-                .sum()
+            self.rows.capacity() * std::mem::size_of::<AroundRow>()
+                + self.tie_bytes
+                + self.names.size()
         })
     }
 }

@@ -531,12 +531,14 @@ def test_paths_to_and_from_match_a_reference(journeys):
     for p, i, t, e in rows:
         by_pid.setdefault(p, []).append((t, i, e))
     compared = 0
-    for fn, n in [("paths_to", 3), ("paths_from", 2), ("paths_to", 1)]:
+    # An integer tiebreak orders as numbers, a text one as text.
+    for fn, n, tie in [("paths_to", 3, "id"), ("paths_from", 2, "id"), ("paths_to", 1, "id"),
+                       ("paths_to", 3, "CAST(id AS text)"), ("paths_from", 2, "CAST(id AS text)")]:
         with conn.cursor() as cur:
-            cur.execute(f"SELECT pid, {fn}(ev, ts, ev = 'C', {n}, id) FROM public.around GROUP BY pid")
+            cur.execute(f"SELECT pid, {fn}(ev, ts, ev = 'C', {n}, {tie}) FROM public.around GROUP BY pid")
             got = dict(cur.fetchall())
         for p, evs in by_pid.items():
-            evs.sort()
+            evs.sort(key=lambda x: (x[0], x[1] if tie == "id" else str(x[1]), x[2] or ""))
             at = next((k for k, (_, _, e) in enumerate(evs) if e == "C"), None)
             if at is None:
                 ref = None
