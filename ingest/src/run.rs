@@ -549,6 +549,7 @@ struct Parsed {
 /// Read `f`, hash it, and (unless the ledger has that content) parse it into chunks on a
 /// blocking thread.
 async fn read_file(def: &SourceDef, ledger: &Ledger, f: FileRef) -> Result<Parsed> {
+    let clock = std::time::Instant::now();
     let bytes = f.store.get(&f.location).await?.bytes().await?;
     let hash = hex::encode(sha2::Sha256::digest(&bytes));
     if ledger
@@ -574,6 +575,11 @@ async fn read_file(def: &SourceDef, ledger: &Ledger, f: FileRef) -> Result<Parse
     })
     .await
     .map_err(|e| IngestError::Read(format!("parser failed: {e}")))??;
+    tracing::debug!(
+        file = f.display,
+        read_ms = clock.elapsed().as_millis(),
+        "file read and parsed"
+    );
     Ok(Parsed {
         file: f,
         hash,
@@ -685,6 +691,7 @@ pub async fn ingest_chunk(
     run_id: &str,
 ) -> Result<ChunkCounts> {
     let app_id = format!("touchlake-ingest:{batch_id}");
+    let clock = std::time::Instant::now();
     let read_count = chunk.records() as u64;
     let mut landed = chunk.batch;
     if def.format.kind == "ndjson" {
@@ -735,6 +742,7 @@ pub async fn ingest_chunk(
         Some(concat_batches(&schema, &out)?)
     };
 
+    let map_ms = clock.elapsed().as_millis();
     // 2. Split rejected / valid.
     let mut rejected: Vec<(String, String, String)> = chunk
         .rejects
@@ -779,12 +787,13 @@ pub async fn ingest_chunk(
         None
     };
     let raw_commit = async {
-        match raw_batch {
+        let r = match raw_batch {
             Some(b) => append(lake, "raw", def.raw_table(), vec![b], &app_id, true)
                 .await
                 .map(|_| ()),
             None => Ok(()),
-        }
+        };
+        (r, clock.elapsed().as_millis())
     };
     if !rejected.is_empty() {
         let n = rejected.len();
@@ -833,11 +842,19 @@ pub async fn ingest_chunk(
                 }
             }
         }
-        Ok::<_, IngestError>((accepted_count, stats))
+        Ok::<_, IngestError>((accepted_count, stats, clock.elapsed().as_millis()))
     };
-    let (raw, touchpoints) = tokio::join!(raw_commit, touchpoints_commit);
+    let ((raw, raw_ms), touchpoints) = tokio::join!(raw_commit, touchpoints_commit);
     raw?;
-    let (accepted_count, stats) = touchpoints?;
+    let (accepted_count, stats, touchpoints_ms) = touchpoints?;
+    tracing::debug!(
+        batch_id,
+        rows,
+        map_ms,
+        raw_ms,
+        touchpoints_ms,
+        "chunk ingested (milliseconds since the chunk started)"
+    );
     let (identifiers_present, latest_occurred_us) = stats;
     Ok(ChunkCounts {
         identifiers_present,
