@@ -29,6 +29,7 @@ use datafusion::logical_expr::{
 
 use crate::error::invalid;
 use crate::events;
+use crate::group_log::{GroupLog, Grouped};
 use crate::groups::{OneGroup, skipped};
 use crate::intern::Interner;
 
@@ -459,7 +460,8 @@ struct WeightsGroups {
     size_cache: crate::state_size::SizeCache,
     options: Options,
     names: Interner,
-    touches: Vec<Vec<(i64, u32, bool)>>,
+    /// Every group's touches, in one log.
+    touches: GroupLog<(i64, u32, bool)>,
     conversion: Vec<Option<i64>>,
 }
 
@@ -472,14 +474,14 @@ impl WeightsGroups {
             size_cache: Default::default(),
             options,
             names: Interner::default(),
-            touches: vec![],
+            touches: GroupLog::default(),
             conversion: vec![],
         }
     }
 
     fn grow(&mut self, n: usize) {
-        if self.touches.len() < n {
-            self.touches.resize_with(n, Vec::new);
+        self.touches.resize(n);
+        if self.conversion.len() < n {
             self.conversion.resize(n, None);
         }
     }
@@ -516,10 +518,10 @@ impl WeightsGroups {
 
     fn state_arrays(
         &self,
-        groups: &[Vec<(i64, u32, bool)>],
+        groups: &Grouped<(i64, u32, bool)>,
         conv: &[Option<i64>],
     ) -> Vec<ArrayRef> {
-        let offsets = OffsetBuffer::from_lengths(groups.iter().map(|g| g.len()));
+        let offsets = OffsetBuffer::from_lengths(groups.lengths());
         let list = |a: ArrayRef| -> ArrayRef {
             Arc::new(ListArray::new(
                 Arc::new(Field::new_list_field(a.data_type().clone(), true)),
@@ -528,7 +530,7 @@ impl WeightsGroups {
                 None,
             ))
         };
-        let flat: Vec<&(i64, u32, bool)> = groups.iter().flatten().collect();
+        let flat = &groups.rows;
         let names: Vec<&str> = flat.iter().map(|t| self.names.name(t.1)).collect();
         vec![
             list(Arc::new(datafusion::arrow::array::Int64Array::from(
@@ -559,7 +561,7 @@ impl GroupsAccumulator for WeightsGroups {
             }
             self.see(g, conv);
             if let Some(t) = touch {
-                self.touches[g].push(t);
+                self.touches.push(g, t);
             }
         }
         Ok(())
@@ -567,12 +569,13 @@ impl GroupsAccumulator for WeightsGroups {
 
     fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
         self.size_cache.invalidate();
-        let groups = emit_to.take_needed(&mut self.touches);
+        let groups = self.touches.take(emit_to);
         let conv = emit_to.take_needed(&mut self.conversion);
         let (mut channel, mut ts, mut weight) = (vec![], vec![], vec![]);
         let mut offsets = vec![0i32];
         let mut buffer: Vec<Touch> = vec![];
-        for (touches, c) in groups.iter().zip(conv) {
+        for (g, c) in conv.into_iter().enumerate() {
+            let touches = groups.group(g);
             let credited = match c {
                 Some(c) => {
                     buffer.clear();
@@ -610,7 +613,7 @@ impl GroupsAccumulator for WeightsGroups {
 
     fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
         self.size_cache.invalidate();
-        let groups = emit_to.take_needed(&mut self.touches);
+        let groups = self.touches.take(emit_to);
         let conv = emit_to.take_needed(&mut self.conversion);
         Ok(self.state_arrays(&groups, &conv))
     }
@@ -628,6 +631,12 @@ impl GroupsAccumulator for WeightsGroups {
             values[2].as_list::<i32>(),
         );
         let conv = values[3].as_primitive::<Int64Type>();
+        // Straight from the lists' flat values (the three lists share their lengths).
+        let (t, c, m) = (
+            ts.values().as_primitive::<Int64Type>(),
+            ch.values().as_string::<i32>(),
+            ms.values().as_primitive::<UInt8Type>(),
+        );
         for (row, &g) in group_indices.iter().enumerate() {
             if conv.is_valid(row) {
                 self.see(g, Some(conv.value(row)));
@@ -635,15 +644,15 @@ impl GroupsAccumulator for WeightsGroups {
             if ts.is_null(row) {
                 continue;
             }
-            let (t, c, m) = (ts.value(row), ch.value(row), ms.value(row));
-            let (t, c, m) = (
-                t.as_primitive::<Int64Type>(),
-                c.as_string::<i32>(),
-                m.as_primitive::<UInt8Type>(),
+            let (t0, c0, m0) = (
+                ts.value_offsets()[row] as usize,
+                ch.value_offsets()[row] as usize,
+                ms.value_offsets()[row] as usize,
             );
-            for i in 0..t.len() {
-                let id = self.names.id(c.value(i));
-                self.touches[g].push((t.value(i), id, m.value(i) != 0));
+            for i in 0..ts.value_length(row) as usize {
+                let id = self.names.id(c.value(c0 + i));
+                self.touches
+                    .push(g, (t.value(t0 + i), id, m.value(m0 + i) != 0));
             }
         }
         Ok(())
@@ -657,30 +666,22 @@ impl GroupsAccumulator for WeightsGroups {
         // Interning needs &mut self: work on a scratch copy of the dictionary.
         let mut scratch = WeightsGroups::new(self.options.clone());
         let rows = scratch.rows(values)?;
-        let mut groups = Vec::with_capacity(rows.len());
+        let mut groups = GroupLog::default();
+        groups.resize(rows.len());
         let mut conv = Vec::with_capacity(rows.len());
         for (row, (c, touch)) in rows.into_iter().enumerate() {
             let filtered = skipped(opt_filter, row);
-            groups.push(if filtered {
-                vec![]
-            } else {
-                touch.into_iter().collect()
-            });
+            if let Some(t) = touch.filter(|_| !filtered) {
+                groups.push(row, t);
+            }
             conv.push(if filtered { None } else { c });
         }
-        Ok(scratch.state_arrays(&groups, &conv))
+        Ok(scratch.state_arrays(&groups.take(EmitTo::All), &conv))
     }
 
     fn size(&self) -> usize {
-        self.size_cache.get(|| {
-            self.touches
-                .iter()
-                .map(|t| t.capacity() * 16)
-                .sum::<usize>()
-                + self.touches.capacity() * 24
-                + self.conversion.capacity() * 16
-                + self.names.size()
-        })
+        self.size_cache
+            .get(|| self.touches.size() + self.conversion.capacity() * 16 + self.names.size())
     }
 }
 

@@ -125,7 +125,7 @@ impl WindowFunnel {
         Ok(EventGroups::new(
             NAME,
             c.keep(),
-            move |events: &mut Vec<Event>| Ok(ScalarValue::UInt8(Some(c.level(events)))),
+            move |events: &mut [Event]| Ok(ScalarValue::UInt8(Some(c.level(events)))),
         ))
     }
 }

@@ -8,8 +8,8 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, Int64Array, ListArray, ListBuilder, StringArray,
-    StringBuilder, UInt32Array, UInt64Array,
+    Array, ArrayRef, AsArray, BooleanArray, Int64Array, ListArray, StringArray, StringBuilder,
+    UInt32Array, UInt64Array,
 };
 use datafusion::arrow::buffer::OffsetBuffer;
 use datafusion::arrow::compute::{cast, concat};
@@ -20,6 +20,7 @@ use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
 use datafusion::scalar::ScalarValue;
 
 use crate::events;
+use crate::group_log::{GroupLog, Grouped};
 
 /// One event: (time, conditions met as a bitmask, arrival id within its group).
 pub type Event = (i64, u32, u64);
@@ -96,30 +97,14 @@ pub fn skipped(opt_filter: Option<&BooleanArray>, row: usize) -> bool {
     opt_filter.is_some_and(|f| !f.is_valid(row) || !f.value(row))
 }
 
-/// One group's event tags: `k` values per event (event-major), in the order of its buffer.
-pub type Tags = Vec<Option<Box<str>>>;
+/// An event's tag: the text of one tag column (NULL as None).
+pub type Tag = Option<Box<str>>;
 
-/// The state lists of some event buffers: time, mask and arrival id, then one list of text
-/// per tag column (`k` of them) when `tags` is given.
-pub fn state_lists<'a>(
-    buffers: impl Iterator<Item = &'a Vec<Event>> + Clone,
-    tags: Option<(&[Tags], usize)>,
-) -> Vec<ArrayRef> {
-    // Three flat buffers and one set of offsets.
-    let total: usize = buffers.clone().map(Vec::len).sum();
-    let (mut ts, mut mask, mut uid) = (
-        Vec::with_capacity(total),
-        Vec::with_capacity(total),
-        Vec::with_capacity(total),
-    );
-    for b in buffers.clone() {
-        for e in b {
-            ts.push(e.0);
-            mask.push(e.1);
-            uid.push(e.2);
-        }
-    }
-    let offsets = OffsetBuffer::from_lengths(buffers.map(Vec::len));
+/// The state lists of some groups' events: time, mask and arrival id, then one list of
+/// text per tag column (`k` of them) when `tags` is given (`k` per event, event-major).
+fn state_lists(events: &Grouped<Event>, tags: Option<(&Grouped<Tag>, usize)>) -> Vec<ArrayRef> {
+    let rows = &events.rows;
+    let offsets = OffsetBuffer::from_lengths(events.lengths());
     let list = |values: ArrayRef| -> ArrayRef {
         Arc::new(ListArray::new(
             Arc::new(Field::new_list_field(values.data_type().clone(), true)),
@@ -129,28 +114,31 @@ pub fn state_lists<'a>(
         ))
     };
     let mut out: Vec<ArrayRef> = vec![
-        list(Arc::new(Int64Array::from(ts))),
-        list(Arc::new(UInt32Array::from(mask))),
-        list(Arc::new(UInt64Array::from(uid))),
+        list(Arc::new(Int64Array::from_iter_values(
+            rows.iter().map(|e| e.0),
+        ))),
+        list(Arc::new(UInt32Array::from_iter_values(
+            rows.iter().map(|e| e.1),
+        ))),
+        list(Arc::new(UInt64Array::from_iter_values(
+            rows.iter().map(|e| e.2),
+        ))),
     ];
     if let Some((tags, k)) = tags {
         for j in 0..k {
-            let mut b = ListBuilder::new(StringBuilder::new());
-            for group in tags {
-                for v in group.iter().skip(j).step_by(k) {
-                    b.values().append_option(v.as_deref());
-                }
-                b.append(true);
+            let mut b = StringBuilder::new();
+            for v in tags.rows.iter().skip(j).step_by(k) {
+                b.append_option(v.as_deref());
             }
-            out.push(Arc::new(b.finish()));
+            out.push(list(Arc::new(b.finish())));
         }
     }
     out
 }
 
 /// Append row `row` of the tag state lists (`k` of them, after the three event lists) to
-/// `tags`, event-major.
-fn merge_tag_row(states: &[ArrayRef], row: usize, k: usize, tags: &mut Tags) {
+/// group `g`'s tags, event-major.
+fn merge_tag_row(states: &[ArrayRef], row: usize, k: usize, g: usize, tags: &mut GroupLog<Tag>) {
     let lists: Vec<ArrayRef> = (0..k)
         .map(|j| states[3 + j].as_list::<i32>().value(row))
         .collect();
@@ -158,7 +146,7 @@ fn merge_tag_row(states: &[ArrayRef], row: usize, k: usize, tags: &mut Tags) {
     let n = strings.first().map_or(0, |a| a.len());
     for i in 0..n {
         for s in &strings {
-            tags.push(s.is_valid(i).then(|| s.value(i).into()));
+            tags.push(g, s.is_valid(i).then(|| s.value(i).into()));
         }
     }
 }
@@ -175,15 +163,22 @@ fn tag_arrays(values: &[ArrayRef], columns: &[usize]) -> Result<Vec<StringArray>
         .collect()
 }
 
-/// Push row `row`'s tags.
-fn push_tags(arrays: &[StringArray], row: usize, tags: &mut Tags) {
+/// Push row `row`'s tags to group `g`.
+fn push_tags(arrays: &[StringArray], row: usize, g: usize, tags: &mut GroupLog<Tag>) {
     for a in arrays {
-        tags.push(a.is_valid(row).then(|| a.value(row).into()));
+        tags.push(g, a.is_valid(row).then(|| a.value(row).into()));
     }
 }
 
-/// Append row `row` of the state lists to `buffer`, with arrival ids after `next`'s.
-pub fn merge_state_row(states: &[ArrayRef], row: usize, buffer: &mut Vec<Event>, next: &mut u64) {
+/// Append row `row` of the state lists to group `g`'s events, with arrival ids after
+/// `next`'s.
+fn merge_state_row(
+    states: &[ArrayRef],
+    row: usize,
+    g: usize,
+    events: &mut GroupLog<Event>,
+    next: &mut u64,
+) {
     let (ts, mask, uid) = (
         states[0].as_list::<i32>(),
         states[1].as_list::<i32>(),
@@ -203,17 +198,15 @@ pub fn merge_state_row(states: &[ArrayRef], row: usize, buffer: &mut Vec<Event>,
     let m = &mask.values().as_primitive::<UInt32Type>().values()[m0..m0 + t.len()];
     let u = &uid.values().as_primitive::<UInt64Type>().values()[u0..u0 + t.len()];
     let offset = *next;
-    buffer.reserve(t.len());
     for i in 0..t.len() {
         let id = u[i] + offset;
         *next = (*next).max(id + 1);
-        buffer.push((t[i], m[i], id));
+        events.push(g, (t[i], m[i], id));
     }
 }
 
 /// The result of one group's events (and their tags, in buffer order).
-pub type Finish =
-    Box<dyn Fn(&mut Vec<Event>, &[Option<Box<str>>]) -> Result<ScalarValue> + Send + Sync>;
+pub type Finish = Box<dyn Fn(&mut [Event], &[Tag]) -> Result<ScalarValue> + Send + Sync>;
 
 /// Groups whose values are built at once in `evaluate`.
 const EVALUATE_CHUNK: usize = 8192;
@@ -225,19 +218,21 @@ pub struct EventGroups {
     name: &'static str,
     keep: Keep,
     finish: Finish,
-    buffers: Vec<Vec<Event>>,
+    /// Every group's events, in one log.
+    events: GroupLog<Event>,
+    /// Per group, the next arrival id.
     next: Vec<u64>,
     /// The argument positions of the tag columns (none for most functions).
     tag_columns: Vec<usize>,
-    /// Per group, its events' tags.
-    tags: Vec<Tags>,
+    /// The events' tags, `tag_columns.len()` per event.
+    tags: GroupLog<Tag>,
 }
 
 impl std::fmt::Debug for EventGroups {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EventGroups")
             .field("name", &self.name)
-            .field("groups", &self.buffers.len())
+            .field("groups", &self.next.len())
             .finish()
     }
 }
@@ -247,7 +242,7 @@ impl EventGroups {
     pub fn new(
         name: &'static str,
         keep: Keep,
-        finish: impl Fn(&mut Vec<Event>) -> Result<ScalarValue> + Send + Sync + 'static,
+        finish: impl Fn(&mut [Event]) -> Result<ScalarValue> + Send + Sync + 'static,
     ) -> Self {
         Self::tagged(name, keep, vec![], Box::new(move |e, _| finish(e)))
     }
@@ -259,21 +254,25 @@ impl EventGroups {
             name,
             keep,
             finish,
-            buffers: vec![],
+            events: GroupLog::default(),
             next: vec![],
             tag_columns,
-            tags: vec![],
+            tags: GroupLog::default(),
         }
     }
 
     fn grow(&mut self, groups: usize) {
-        if self.buffers.len() < groups {
-            self.buffers.resize_with(groups, Vec::new);
+        if self.next.len() < groups {
             self.next.resize(groups, 1);
-            if !self.tag_columns.is_empty() {
-                self.tags.resize_with(groups, Vec::new);
-            }
         }
+        self.events.resize(groups);
+        self.tags.resize(groups);
+    }
+
+    /// Take the groups `emit_to` names: their events and tags, grouped.
+    fn take(&mut self, emit_to: EmitTo) -> (Grouped<Event>, Grouped<Tag>) {
+        let _ = emit_to.take_needed(&mut self.next);
+        (self.events.take(emit_to), self.tags.take(emit_to))
     }
 }
 
@@ -295,9 +294,9 @@ impl GroupsAccumulator for EventGroups {
             let uid = self.next[g];
             self.next[g] += 1;
             if let Some((t, mask)) = e {
-                self.buffers[g].push((t, mask, uid));
+                self.events.push(g, (t, mask, uid));
                 if !tags.is_empty() {
-                    push_tags(&tags, row, &mut self.tags[g]);
+                    push_tags(&tags, row, g, &mut self.tags);
                 }
             }
         }
@@ -306,27 +305,21 @@ impl GroupsAccumulator for EventGroups {
 
     fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
         self.size_cache.invalidate();
-        let mut buffers = emit_to.take_needed(&mut self.buffers);
-        let _ = emit_to.take_needed(&mut self.next);
-        let tags = if self.tag_columns.is_empty() {
-            vec![]
-        } else {
-            emit_to.take_needed(&mut self.tags)
-        };
-        if buffers.is_empty() {
+        let (mut events, tags) = self.take(emit_to);
+        let k = self.tag_columns.len();
+        if events.is_empty() {
             return ScalarValue::iter_to_array(Vec::new());
         }
         // The values a chunk of groups at a time: one vector of every group's value (64
         // bytes each) was reallocated as it grew, and its page faults and copies were 11% of
         // a 433,000-person sequence_match.
-        let mut arrays = Vec::with_capacity(buffers.len().div_ceil(EVALUATE_CHUNK));
-        for (c, chunk) in buffers.chunks_mut(EVALUATE_CHUNK).enumerate() {
-            let values: Vec<ScalarValue> = chunk
-                .iter_mut()
-                .enumerate()
-                .map(|(i, b)| {
-                    let g = c * EVALUATE_CHUNK + i;
-                    (self.finish)(b, tags.get(g).map_or(&[], |t| t.as_slice()))
+        let n = events.len();
+        let mut arrays = Vec::with_capacity(n.div_ceil(EVALUATE_CHUNK));
+        for from in (0..n).step_by(EVALUATE_CHUNK) {
+            let values: Vec<ScalarValue> = (from..n.min(from + EVALUATE_CHUNK))
+                .map(|g| {
+                    let t = if k == 0 { &[][..] } else { tags.group(g) };
+                    (self.finish)(events.group_mut(g), t)
                 })
                 .collect::<Result<_>>()?;
             arrays.push(ScalarValue::iter_to_array(values)?);
@@ -340,18 +333,9 @@ impl GroupsAccumulator for EventGroups {
 
     fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
         self.size_cache.invalidate();
-        let buffers = emit_to.take_needed(&mut self.buffers);
-        let _ = emit_to.take_needed(&mut self.next);
+        let (events, tags) = self.take(emit_to);
         let k = self.tag_columns.len();
-        let tags = if k == 0 {
-            vec![]
-        } else {
-            emit_to.take_needed(&mut self.tags)
-        };
-        Ok(state_lists(
-            buffers.iter(),
-            (k > 0).then_some((&tags[..], k)),
-        ))
+        Ok(state_lists(&events, (k > 0).then_some((&tags, k))))
     }
 
     fn merge_batch(
@@ -363,9 +347,9 @@ impl GroupsAccumulator for EventGroups {
         self.grow(total_num_groups);
         let k = self.tag_columns.len();
         for (row, &g) in group_indices.iter().enumerate() {
-            merge_state_row(values, row, &mut self.buffers[g], &mut self.next[g]);
+            merge_state_row(values, row, g, &mut self.events, &mut self.next[g]);
             if k > 0 && !values[0].is_null(row) {
-                merge_tag_row(values, row, k, &mut self.tags[g]);
+                merge_tag_row(values, row, k, g, &mut self.tags);
             }
         }
         Ok(())
@@ -379,41 +363,33 @@ impl GroupsAccumulator for EventGroups {
         // One state per input row: a list of its event, or an empty list.
         let arrays = tag_arrays(values, &self.tag_columns)?;
         let k = self.tag_columns.len();
-        let mut tags: Vec<Tags> = vec![];
-        let rows: Vec<Vec<Event>> = batch_events(self.name, values, self.keep)?
-            .into_iter()
-            .enumerate()
-            .map(|(row, e)| {
-                let filtered = skipped(opt_filter, row);
-                let mut t_row = Tags::new();
-                let out = match e {
-                    Some((t, mask)) if !filtered => {
-                        push_tags(&arrays, row, &mut t_row);
-                        vec![(t, mask, 1)]
-                    }
-                    _ => vec![],
-                };
-                if k > 0 {
-                    tags.push(t_row);
-                }
-                out
-            })
-            .collect();
-        Ok(state_lists(rows.iter(), (k > 0).then_some((&tags[..], k))))
+        let (mut events, mut tags) = (GroupLog::default(), GroupLog::default());
+        let batch = batch_events(self.name, values, self.keep)?;
+        events.resize(batch.len());
+        tags.resize(batch.len());
+        for (row, e) in batch.into_iter().enumerate() {
+            if let Some((t, mask)) = e
+                && !skipped(opt_filter, row)
+            {
+                events.push(row, (t, mask, 1));
+                push_tags(&arrays, row, row, &mut tags);
+            }
+        }
+        let (events, tags) = (events.take(EmitTo::All), tags.take(EmitTo::All));
+        Ok(state_lists(&events, (k > 0).then_some((&tags, k))))
     }
 
     fn size(&self) -> usize {
         self.size_cache.get(|| {
-            self.buffers
-                .iter()
-                .map(|b| b.capacity() * 24)
-                .sum::<usize>()
+            self.events.size()
+                + self.tags.size()
                 + self
                     .tags
+                    .rows()
                     .iter()
-                    .map(|t| t.capacity() * 16 + t.iter().flatten().map(|v| v.len()).sum::<usize>())
+                    .flatten()
+                    .map(|v| v.len())
                     .sum::<usize>()
-                + self.buffers.capacity() * 32
                 + self.next.capacity() * 8
         })
     }

@@ -41,6 +41,7 @@ pub mod events;
 pub mod first_last;
 pub mod funnel;
 pub mod funnel_detail;
+pub mod group_log;
 pub mod groups;
 pub mod historical;
 pub mod intern;

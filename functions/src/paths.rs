@@ -27,6 +27,7 @@ use datafusion::scalar::ScalarValue;
 
 use crate::error::invalid;
 use crate::events;
+use crate::group_log::{GroupLog, Grouped};
 use crate::groups::{OneGroup, skipped};
 use crate::intern::Interner;
 
@@ -596,16 +597,14 @@ const NO_ITEM: u32 = u32::MAX;
 /// No tiebreak array (the empty text).
 const NO_TIE: u32 = u32::MAX;
 
-/// One row of some group, kept in arrival order in one log for all groups (a vector per
-/// group was an allocation per group and faulted in a page per few groups).
-#[derive(Debug, Clone, Copy)]
+/// One row of some group, kept in a [`GroupLog`].
+#[derive(Debug, Clone, Copy, Default)]
 struct AroundRow {
     t: i64,
     /// The tiebreak: (an array in [`AroundGroups::ties`], a row of it).
     tie: (u32, u32),
     /// The item interned, or [`NO_ITEM`].
     item: u32,
-    group: u32,
     target: bool,
 }
 
@@ -723,9 +722,7 @@ struct AroundGroups {
     before: bool,
     n: usize,
     /// Every group's rows, in arrival order; grouped and sorted when emitted.
-    rows: Vec<AroundRow>,
-    /// The groups so far.
-    groups: usize,
+    rows: GroupLog<AroundRow>,
     /// The tiebreak arrays the rows point into.
     ties: Vec<TieArray>,
     tie_bytes: usize,
@@ -740,8 +737,7 @@ impl AroundGroups {
             name,
             before,
             n,
-            rows: vec![],
-            groups: 0,
+            rows: GroupLog::default(),
             ties: vec![],
             tie_bytes: 0,
             names: Interner::default(),
@@ -774,13 +770,15 @@ impl AroundGroups {
             } else {
                 NO_ITEM
             };
-            self.rows.push(AroundRow {
-                t,
-                tie: (tie, row as u32),
-                item,
-                group: g as u32,
-                target: target[row] == Some(true),
-            });
+            self.rows.push(
+                g,
+                AroundRow {
+                    t,
+                    tie: (tie, row as u32),
+                    item,
+                    target: target[row] == Some(true),
+                },
+            );
         }
         Ok(())
     }
@@ -794,43 +792,6 @@ impl AroundGroups {
             Some(a) => a.value(r.tie.1 as usize),
             None => "",
         }
-    }
-
-    /// The rows of the groups `emit_to` names, ordered by group (counting sort), with
-    /// the offsets of each group's rows; the rest stay, renumbered from 0.
-    fn take(&mut self, emit_to: EmitTo) -> (Vec<AroundRow>, Vec<usize>) {
-        let n = match emit_to {
-            EmitTo::All => self.groups,
-            EmitTo::First(k) => k.min(self.groups),
-        };
-        let rows = match emit_to {
-            EmitTo::All => std::mem::take(&mut self.rows),
-            EmitTo::First(_) => {
-                let (out, keep): (Vec<AroundRow>, Vec<AroundRow>) =
-                    self.rows.iter().partition(|r| (r.group as usize) < n);
-                self.rows = keep;
-                for r in &mut self.rows {
-                    r.group -= n as u32;
-                }
-                out
-            }
-        };
-        self.groups -= n;
-        let mut offsets = vec![0usize; n + 1];
-        for r in &rows {
-            offsets[r.group as usize + 1] += 1;
-        }
-        for g in 0..n {
-            offsets[g + 1] += offsets[g];
-        }
-        let mut next = offsets.clone();
-        let mut sorted = rows.clone();
-        for r in rows {
-            let at = &mut next[r.group as usize];
-            sorted[*at] = r;
-            *at += 1;
-        }
-        (sorted, offsets)
     }
 
     /// One group's answer (its rows are sorted here by time, tiebreak, item).
@@ -848,10 +809,10 @@ impl AroundGroups {
         })
     }
 
-    fn finish(&self, rows: &mut [AroundRow], offsets: &[usize]) -> ArrayRef {
+    fn finish(&self, mut rows: Grouped<AroundRow>) -> ArrayRef {
         let mut b = ListBuilder::new(StringBuilder::new());
-        for w in offsets.windows(2) {
-            let group = &mut rows[w[0]..w[1]];
+        for g in 0..rows.len() {
+            let group = rows.group_mut(g);
             match self.around(group) {
                 Some((from, to)) => {
                     let items = group[from..to].iter().filter_map(|r| self.item(r.item));
@@ -873,12 +834,12 @@ impl AroundGroups {
         Arc::new(b.finish())
     }
 
-    fn state_of(&self, rows: &[AroundRow], offsets: &[usize]) -> Vec<ArrayRef> {
-        let lengths = || offsets.windows(2).map(|w| w[1] - w[0]);
+    fn state_of(&self, grouped: &Grouped<AroundRow>) -> Vec<ArrayRef> {
+        let rows = &grouped.rows;
         let list = |t: DataType, values: ArrayRef| -> ArrayRef {
             Arc::new(ListArray::new(
                 Arc::new(Field::new_list_field(t, true)),
-                OffsetBuffer::from_lengths(lengths()),
+                OffsetBuffer::from_lengths(grouped.lengths()),
                 values,
                 None,
             ))
@@ -924,13 +885,15 @@ impl AroundGroups {
                 } else {
                     NO_ITEM
                 };
-                self.rows.push(AroundRow {
-                    t: t.value(t0 + k),
-                    tie: (ties, (tie0 + k) as u32),
-                    item: it,
-                    group: group(row) as u32,
-                    target: target.value(target0 + k),
-                });
+                self.rows.push(
+                    group(row),
+                    AroundRow {
+                        t: t.value(t0 + k),
+                        tie: (ties, (tie0 + k) as u32),
+                        item: it,
+                        target: target.value(target0 + k),
+                    },
+                );
             }
         }
         Ok(())
@@ -953,7 +916,7 @@ impl GroupsAccumulator for AroundGroups {
         opt_filter: Option<&BooleanArray>,
         total_num_groups: usize,
     ) -> Result<()> {
-        self.groups = self.groups.max(total_num_groups);
+        self.rows.resize(total_num_groups);
         self.add(values, |row| {
             let filtered = skipped(opt_filter, row);
             (!filtered).then(|| group_indices[row])
@@ -961,15 +924,15 @@ impl GroupsAccumulator for AroundGroups {
     }
     fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
         self.size_cache.invalidate();
-        let (mut rows, offsets) = self.take(emit_to);
-        let out = self.finish(&mut rows, &offsets);
+        let rows = self.rows.take(emit_to);
+        let out = self.finish(rows);
         self.release();
         Ok(out)
     }
     fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
         self.size_cache.invalidate();
-        let (rows, offsets) = self.take(emit_to);
-        let out = self.state_of(&rows, &offsets);
+        let rows = self.rows.take(emit_to);
+        let out = self.state_of(&rows);
         self.release();
         Ok(out)
     }
@@ -979,7 +942,7 @@ impl GroupsAccumulator for AroundGroups {
         group_indices: &[usize],
         total_num_groups: usize,
     ) -> Result<()> {
-        self.groups = self.groups.max(total_num_groups);
+        self.rows.resize(total_num_groups);
         self.merge(values, |row| group_indices[row])
     }
     fn convert_to_state(
@@ -988,20 +951,17 @@ impl GroupsAccumulator for AroundGroups {
         opt_filter: Option<&BooleanArray>,
     ) -> Result<Vec<ArrayRef>> {
         let mut one = AroundGroups::new(self.name, self.before, self.n);
-        one.groups = values[0].len();
+        one.rows.resize(values[0].len());
         one.add(values, |row| {
             let filtered = skipped(opt_filter, row);
             (!filtered).then_some(row)
         })?;
-        let (rows, offsets) = one.take(EmitTo::All);
-        Ok(one.state_of(&rows, &offsets))
+        let rows = one.rows.take(EmitTo::All);
+        Ok(one.state_of(&rows))
     }
     fn size(&self) -> usize {
-        self.size_cache.get(|| {
-            self.rows.capacity() * std::mem::size_of::<AroundRow>()
-                + self.tie_bytes
-                + self.names.size()
-        })
+        self.size_cache
+            .get(|| self.rows.size() + self.tie_bytes + self.names.size())
     }
 }
 

@@ -250,7 +250,7 @@ impl Sequence {
         Ok(EventGroups::new(
             c.name,
             c.keep(),
-            move |events: &mut Vec<Event>| c.evaluate(events),
+            move |events: &mut [Event]| c.evaluate(events),
         ))
     }
 }

@@ -23,6 +23,7 @@ use datafusion::logical_expr::{
 
 use crate::error::invalid;
 use crate::events;
+use crate::group_log::{GroupLog, Grouped};
 use crate::groups::{OneGroup, skipped};
 
 const NAME: &str = "sessions";
@@ -136,28 +137,31 @@ impl Rule {
     }
 }
 
-/// Per group, its times.
+/// Every group's times, in one log.
 #[derive(Debug)]
 struct SessionGroups {
     /// `size()` counted every few batches (see [`crate::state_size`]).
     size_cache: crate::state_size::SizeCache,
     rule: Rule,
-    times: Vec<Vec<i64>>,
+    times: GroupLog<i64>,
 }
 
 impl SessionGroups {
-    fn grow(&mut self, n: usize) {
-        if self.times.len() < n {
-            self.times.resize_with(n, Vec::new);
+    fn new(rule: Rule) -> Self {
+        SessionGroups {
+            size_cache: Default::default(),
+            rule,
+            times: GroupLog::default(),
         }
     }
 
     /// One list of sessions per group.
-    fn lists(&self, groups: &mut [Vec<i64>]) -> Result<ArrayRef> {
+    fn lists(&self, mut groups: Grouped<i64>) -> Result<ArrayRef> {
         let mut sessions: Vec<(i64, i64, i64)> = vec![];
         let mut numbers: Vec<i64> = vec![];
         let mut lengths = Vec::with_capacity(groups.len());
-        for g in groups.iter_mut() {
+        for g in 0..groups.len() {
+            let g = groups.group_mut(g);
             g.sort_unstable();
             let before = sessions.len();
             self.rule.split(g, &mut sessions);
@@ -210,16 +214,12 @@ impl SessionGroups {
     }
 }
 
-/// The state: one list of times per group, built from one flat buffer.
-fn state_list(groups: &[Vec<i64>]) -> ArrayRef {
-    let mut values = Vec::with_capacity(groups.iter().map(Vec::len).sum());
-    for g in groups {
-        values.extend_from_slice(g);
-    }
+/// The state: one list of times per group.
+fn state_list(groups: Grouped<i64>) -> ArrayRef {
     Arc::new(ListArray::new(
         Arc::new(Field::new_list_field(DataType::Int64, true)),
-        OffsetBuffer::from_lengths(groups.iter().map(Vec::len)),
-        Arc::new(Int64Array::from(values)),
+        OffsetBuffer::from_lengths(groups.lengths()),
+        Arc::new(Int64Array::from(groups.rows)),
         None,
     ))
 }
@@ -232,13 +232,14 @@ impl GroupsAccumulator for SessionGroups {
         opt_filter: Option<&BooleanArray>,
         total_num_groups: usize,
     ) -> Result<()> {
-        self.grow(total_num_groups);
+        self.times.resize(total_num_groups);
         let ts = events::times(NAME, &values[0])?;
+        self.times.reserve(ts.len());
         for (row, (&g, t)) in group_indices.iter().zip(ts).enumerate() {
             if let Some(t) = t
                 && !skipped(opt_filter, row)
             {
-                self.times[g].push(t);
+                self.times.push(g, t);
             }
         }
         Ok(())
@@ -246,14 +247,14 @@ impl GroupsAccumulator for SessionGroups {
 
     fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
         self.size_cache.invalidate();
-        let mut groups = emit_to.take_needed(&mut self.times);
-        self.lists(&mut groups)
+        let groups = self.times.take(emit_to);
+        self.lists(groups)
     }
 
     fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
         self.size_cache.invalidate();
-        let groups = emit_to.take_needed(&mut self.times);
-        Ok(vec![state_list(&groups)])
+        let groups = self.times.take(emit_to);
+        Ok(vec![state_list(groups)])
     }
 
     fn merge_batch(
@@ -262,20 +263,19 @@ impl GroupsAccumulator for SessionGroups {
         group_indices: &[usize],
         total_num_groups: usize,
     ) -> Result<()> {
-        self.grow(total_num_groups);
-        // Straight from the flat buffer (the state holds no NULL times).
+        self.times.resize(total_num_groups);
+        // Straight from the flat buffer.
         let lists = values[0].as_list::<i32>();
         let offsets = lists.value_offsets();
         let times = lists.values().as_primitive::<Int64Type>();
         let flat = times.values();
+        self.times.reserve(flat.len());
         for (row, &g) in group_indices.iter().enumerate() {
             if lists.is_valid(row) {
-                let (from, to) = (offsets[row] as usize, offsets[row + 1] as usize);
-                if times.null_count() == 0 {
-                    self.times[g].extend_from_slice(&flat[from..to]);
-                } else {
-                    self.times[g]
-                        .extend((from..to).filter(|&i| times.is_valid(i)).map(|i| flat[i]));
+                for i in offsets[row] as usize..offsets[row + 1] as usize {
+                    if times.is_valid(i) {
+                        self.times.push(g, flat[i]);
+                    }
                 }
             }
         }
@@ -288,21 +288,20 @@ impl GroupsAccumulator for SessionGroups {
         opt_filter: Option<&BooleanArray>,
     ) -> Result<Vec<ArrayRef>> {
         let ts = events::times(NAME, &values[0])?;
-        let rows: Vec<Vec<i64>> = ts
-            .into_iter()
-            .enumerate()
-            .map(|(row, t)| match t {
-                Some(t) if !skipped(opt_filter, row) => vec![t],
-                _ => vec![],
-            })
-            .collect();
-        Ok(vec![state_list(&rows)])
+        let mut one = GroupLog::default();
+        one.resize(ts.len());
+        for (row, t) in ts.into_iter().enumerate() {
+            if let Some(t) = t
+                && !skipped(opt_filter, row)
+            {
+                one.push(row, t);
+            }
+        }
+        Ok(vec![state_list(one.take(EmitTo::All))])
     }
 
     fn size(&self) -> usize {
-        self.size_cache.get(|| {
-            self.times.iter().map(|g| g.capacity() * 8).sum::<usize>() + self.times.capacity() * 24
-        })
+        self.size_cache.get(|| self.times.size())
     }
 }
 
@@ -328,11 +327,9 @@ impl AggregateUDFImpl for Sessions {
         Ok(vec![events::list_state(args.name, "ts", DataType::Int64)])
     }
     fn accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
-        Ok(Box::new(OneGroup(SessionGroups {
-            size_cache: Default::default(),
-            rule: Rule::from_args(&args)?,
-            times: vec![],
-        })))
+        Ok(Box::new(OneGroup(SessionGroups::new(Rule::from_args(
+            &args,
+        )?))))
     }
     fn groups_accumulator_supported(&self, _: AccumulatorArgs) -> bool {
         true
@@ -341,11 +338,7 @@ impl AggregateUDFImpl for Sessions {
         &self,
         args: AccumulatorArgs,
     ) -> Result<Box<dyn GroupsAccumulator>> {
-        Ok(Box::new(SessionGroups {
-            size_cache: Default::default(),
-            rule: Rule::from_args(&args)?,
-            times: vec![],
-        }))
+        Ok(Box::new(SessionGroups::new(Rule::from_args(&args)?)))
     }
 }
 
