@@ -725,7 +725,6 @@ struct AroundGroups {
     rows: GroupLog<AroundRow>,
     /// The tiebreak arrays the rows point into.
     ties: Vec<TieArray>,
-    tie_bytes: usize,
     /// Items interned: most journeys repeat a few channels.
     names: Interner,
 }
@@ -739,14 +738,12 @@ impl AroundGroups {
             n,
             rows: GroupLog::default(),
             ties: vec![],
-            tie_bytes: 0,
             names: Interner::default(),
         }
     }
 
     /// Keep a tiebreak array; returns its number.
     fn keep_ties(&mut self, t: TieArray) -> u32 {
-        self.tie_bytes += t.size();
         self.ties.push(t);
         (self.ties.len() - 1) as u32
     }
@@ -816,15 +813,13 @@ impl AroundGroups {
             match self.around(group) {
                 Some((from, to)) => {
                     let items = group[from..to].iter().filter_map(|r| self.item(r.item));
-                    if self.before {
-                        let all: Vec<&str> = items.collect();
-                        for i in &all[all.len().saturating_sub(self.n)..] {
-                            b.values().append_value(i);
-                        }
-                    } else {
-                        for i in items.take(self.n) {
-                            b.values().append_value(i);
-                        }
+                    // Before: the last n items; after: the first n.
+                    let skip = match self.before {
+                        true => items.clone().count().saturating_sub(self.n),
+                        false => 0,
+                    };
+                    for i in items.skip(skip).take(self.n) {
+                        b.values().append_value(i);
                     }
                     b.append(true);
                 }
@@ -903,7 +898,6 @@ impl AroundGroups {
     fn release(&mut self) {
         if self.rows.is_empty() {
             self.ties.clear();
-            self.tie_bytes = 0;
         }
     }
 }
@@ -960,8 +954,11 @@ impl GroupsAccumulator for AroundGroups {
         Ok(one.state_of(&rows))
     }
     fn size(&self) -> usize {
-        self.size_cache
-            .get(|| self.rows.size() + self.tie_bytes + self.names.size())
+        self.size_cache.get(|| {
+            self.rows.size()
+                + self.ties.iter().map(TieArray::size).sum::<usize>()
+                + self.names.size()
+        })
     }
 }
 
