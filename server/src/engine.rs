@@ -229,6 +229,7 @@ fn build_context(
         .with_optimizer_rule(Arc::new(crate::join_exprs::JoinSideExpressions))
         .with_optimizer_rule(Arc::new(crate::distinct_counts::CountsBesideDistinct))
         .with_physical_optimizer_rule(Arc::new(crate::single_phase::ListStatesInOnePhase))
+        .with_physical_optimizer_rule(Arc::new(crate::string_equals::StringEqualsLiteral))
         .with_analyzer_rule(Arc::new(crate::timestamp_text::TimestampText))
         .with_analyzer_rule(Arc::new(touchlake_functions::event_filter::EventFilter))
         .build();

@@ -22,6 +22,7 @@ mod scheduler;
 mod session;
 mod settings;
 mod single_phase;
+mod string_equals;
 mod timestamp_text;
 mod wire;
 
