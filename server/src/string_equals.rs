@@ -15,7 +15,7 @@
 //! their own predicate, so pruning by statistics is unchanged.
 
 use std::fmt;
-use std::hash::Hash;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use datafusion::arrow::array::builder::make_view;
@@ -25,7 +25,7 @@ use datafusion::arrow::datatypes::{DataType, Schema};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNode};
-use datafusion::common::{ScalarValue, internal_err};
+use datafusion::common::{ScalarValue, internal_datafusion_err, internal_err};
 use datafusion::error::Result;
 use datafusion::logical_expr::{ColumnarValue, Operator};
 use datafusion::physical_expr::PhysicalExpr;
@@ -91,6 +91,9 @@ fn rewrite_node(node: &Arc<dyn ExecutionPlan>) -> Result<Option<Arc<dyn Executio
             return Ok(None);
         }
         let exec = ProjectionExec::try_new(exprs, projection.input().clone())?;
+        if exec.schema() != projection.schema() {
+            return Ok(None);
+        }
         return Ok(Some(Arc::new(exec)));
     }
     if let Some(agg) = node.downcast_ref::<AggregateExec>() {
@@ -173,7 +176,7 @@ fn rewrite_expr(
 
 /// A string-view column compared with a text literal by `=` or `<>`: the rows' views are
 /// compared with the literal's (see the module documentation).
-#[derive(Debug, Hash, Eq)]
+#[derive(Debug, Eq)]
 pub struct ViewEquals {
     column: Arc<dyn PhysicalExpr>,
     literal: Arc<dyn PhysicalExpr>,
@@ -262,6 +265,15 @@ pub fn equal_views(array: &StringViewArray, value: &[u8]) -> BooleanBuffer {
     })
 }
 
+impl Hash for ViewEquals {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.column.hash(state);
+        self.literal.hash(state);
+        self.value.hash(state);
+        self.negated.hash(state);
+    }
+}
+
 impl PartialEq for ViewEquals {
     fn eq(&self, other: &Self) -> bool {
         self.column.eq(&other.column)
@@ -317,7 +329,7 @@ impl PhysicalExpr for ViewEquals {
         children: Vec<Arc<dyn PhysicalExpr>>,
     ) -> Result<Arc<dyn PhysicalExpr>> {
         let [column] = <[_; 1]>::try_from(children)
-            .map_err(|_| datafusion::error::DataFusionError::Internal("one child".into()))?;
+            .map_err(|_| internal_datafusion_err!("{self} takes one child"))?;
         Ok(Arc::new(ViewEquals {
             column,
             literal: self.literal.clone(),
