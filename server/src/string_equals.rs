@@ -25,12 +25,13 @@ use datafusion::arrow::datatypes::{DataType, Schema};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNode};
-use datafusion::common::{ScalarValue, internal_datafusion_err, internal_err};
+use datafusion::common::{ScalarValue, internal_datafusion_err};
 use datafusion::error::Result;
 use datafusion::logical_expr::{ColumnarValue, Operator};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::{BinaryExpr, Column, Literal};
 use datafusion::physical_expr::projection::ProjectionExpr;
+use datafusion::physical_expr_common::datum::apply_cmp;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
@@ -181,7 +182,8 @@ pub struct ViewEquals {
     column: Arc<dyn PhysicalExpr>,
     literal: Arc<dyn PhysicalExpr>,
     value: Vec<u8>,
-    negated: bool,
+    /// `Eq` or `NotEq`.
+    op: Operator,
 }
 
 impl ViewEquals {
@@ -191,11 +193,10 @@ impl ViewEquals {
         let Some(b) = e.downcast_ref::<BinaryExpr>() else {
             return Ok(None);
         };
-        let negated = match b.op() {
-            Operator::Eq => false,
-            Operator::NotEq => true,
-            _ => return Ok(None),
-        };
+        let op = *b.op();
+        if !matches!(op, Operator::Eq | Operator::NotEq) {
+            return Ok(None);
+        }
         let (column, literal) = if b.left().downcast_ref::<Column>().is_some() {
             (b.left(), b.right())
         } else {
@@ -219,19 +220,19 @@ impl ViewEquals {
             column: column.clone(),
             literal: literal.clone(),
             value,
-            negated,
+            op,
         }))
     }
 
     /// Which rows of `array` equal the literal (NULL where the row is NULL).
     fn compare(&self, array: &StringViewArray) -> BooleanArray {
         let bits = equal_views(array, &self.value);
-        let bits = if self.negated { !&bits } else { bits };
+        let bits = if self.op == Operator::NotEq {
+            !&bits
+        } else {
+            bits
+        };
         BooleanArray::new(bits, array.nulls().cloned())
-    }
-
-    fn op(&self) -> &'static str {
-        if self.negated { "!=" } else { "=" }
     }
 }
 
@@ -270,7 +271,7 @@ impl Hash for ViewEquals {
         self.column.hash(state);
         self.literal.hash(state);
         self.value.hash(state);
-        self.negated.hash(state);
+        self.op.hash(state);
     }
 }
 
@@ -279,13 +280,13 @@ impl PartialEq for ViewEquals {
         self.column.eq(&other.column)
             && self.literal.eq(&other.literal)
             && self.value == other.value
-            && self.negated == other.negated
+            && self.op == other.op
     }
 }
 
 impl fmt::Display for ViewEquals {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {} {}", self.column, self.op(), self.literal)
+        write!(f, "{} {} {}", self.column, self.op, self.literal)
     }
 }
 
@@ -299,25 +300,14 @@ impl PhysicalExpr for ViewEquals {
     }
 
     fn evaluate(&self, batch: &RecordBatch) -> Result<ColumnarValue> {
-        match self.column.evaluate(batch)? {
-            ColumnarValue::Array(a) => match a.as_string_view_opt() {
-                Some(views) => Ok(ColumnarValue::Array(Arc::new(self.compare(views)))),
-                None => internal_err!(
-                    "{self}: expected a string view column, got {}",
-                    a.data_type()
-                ),
-            },
-            ColumnarValue::Scalar(s) => {
-                let equal = match s {
-                    ScalarValue::Utf8View(Some(v)) => Some(v.as_bytes() == self.value.as_slice()),
-                    ScalarValue::Utf8View(None) => None,
-                    other => return internal_err!("{self}: expected a string view, got {other:?}"),
-                };
-                Ok(ColumnarValue::Scalar(ScalarValue::Boolean(
-                    equal.map(|e| e != self.negated),
-                )))
-            }
+        let column = self.column.evaluate(batch)?;
+        if let ColumnarValue::Array(a) = &column
+            && let Some(views) = a.as_string_view_opt()
+        {
+            return Ok(ColumnarValue::Array(Arc::new(self.compare(views))));
         }
+        // Anything else (a child another rule replaced): Arrow's comparison, as before.
+        apply_cmp(self.op, &column, &self.literal.evaluate(batch)?)
     }
 
     fn children(&self) -> Vec<&Arc<dyn PhysicalExpr>> {
@@ -334,13 +324,13 @@ impl PhysicalExpr for ViewEquals {
             column,
             literal: self.literal.clone(),
             value: self.value.clone(),
-            negated: self.negated,
+            op: self.op,
         }))
     }
 
     fn fmt_sql(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.column.fmt_sql(f)?;
-        write!(f, " {} ", if self.negated { "<>" } else { "=" })?;
+        write!(f, " {} ", self.op)?;
         self.literal.fmt_sql(f)
     }
 }
