@@ -7,8 +7,14 @@
 //! every row (the chosen rows its deletion vector removes are dropped); then the other
 //! columns only at the chosen positions. The positions
 //! are returned too, so that a writer can mark exactly those rows deleted.
+//!
+//! A long-running process can instead choose by per-row hashes of the choosing columns
+//! ([`DataFiles::row_hashes`]), which it computes once per data file and keeps, and then
+//! read the chosen rows ([`DataFiles::read_at`]).
 
-use std::collections::HashMap;
+mod hashes;
+
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{RecordBatch, RecordBatchOptions, RecordBatchReader};
@@ -30,6 +36,7 @@ use object_store::ObjectStoreExt;
 use object_store::path::Path;
 
 use crate::error::{IngestError, Result};
+pub use hashes::{MAX_BYTES as HASHES_MAX_BYTES, kept_bytes as hashes_kept_bytes, row_hash};
 
 /// The data files of one version of a table, with the rows their deletion vectors remove.
 pub struct DataFiles {
@@ -50,6 +57,26 @@ pub struct Chosen {
     pub positions: Vec<u64>,
     /// The asked columns at those positions, by name.
     pub batch: RecordBatch,
+}
+
+/// A row group's hashes of some columns ([`DataFiles::row_hashes`]).
+pub struct GroupHashes {
+    /// The file's index in [`DataFiles`].
+    pub file: usize,
+    /// The position of the group's first row in the file.
+    pub start: u64,
+    /// [`row_hash`] of each row of the group, deleted rows included.
+    pub hashes: Arc<Vec<u64>>,
+    keep: Option<Arc<Vec<bool>>>,
+}
+
+impl GroupHashes {
+    /// Whether the group's row `row` is live (not removed by the file's deletion vector).
+    pub fn live(&self, row: usize) -> bool {
+        self.keep
+            .as_ref()
+            .is_none_or(|m| m.get(self.start as usize + row).copied().unwrap_or(true))
+    }
 }
 
 impl DataFiles {
@@ -150,21 +177,10 @@ impl DataFiles {
             .await
     }
 
-    /// Live rows chosen by `choose` (given `by`, the columns it reads, of a batch of
-    /// rows, deleted ones included; it returns the indexes of the rows it takes,
-    /// ascending) with the columns `read` (none: only the positions), by file. The row
-    /// groups of all files are read two at a time. Files with no chosen row are left out.
-    pub async fn choose<F>(&self, by: &[&str], choose: F, read: &[&str]) -> Result<Vec<Chosen>>
-    where
-        F: Fn(&RecordBatch) -> Result<Vec<u32>> + Send + Sync + 'static,
-    {
-        let choose: Chooser = Arc::new(choose);
-        let by: Arc<Vec<String>> = Arc::new(by.iter().map(|s| s.to_string()).collect());
-        let read: Arc<Vec<String>> = Arc::new(read.iter().map(|s| s.to_string()).collect());
-        // Each file's footer, then one job per row group. Only the column chunks a
-        // step reads are fetched.
+    /// Every row group of every file, in order, with its file's index.
+    async fn groups(&self) -> Result<Vec<(usize, Group)>> {
         let opened = self.footers.get_or_try_init(|| self.read_footers()).await?;
-        let mut jobs = vec![];
+        let mut groups = vec![];
         for (i, meta) in opened.iter().enumerate() {
             let mut start = 0usize;
             for (g, rg) in meta.metadata().row_groups().iter().enumerate() {
@@ -179,9 +195,103 @@ impl DataFiles {
                     keep: self.files[i].1.clone(),
                 };
                 start += group.rows;
-                jobs.push((i, group));
+                groups.push((i, group));
             }
         }
+        Ok(groups)
+    }
+
+    /// For every row group of every file, in order, [`row_hash`] of each row's values of
+    /// `columns` (in that order), deleted rows included. A group's hashes are computed
+    /// once per process and kept (see the `hashes` module): a second call reads nothing
+    /// but the files added since.
+    pub async fn row_hashes(&self, columns: &[&str]) -> Result<Vec<GroupHashes>> {
+        let table = self.table.table_url().to_string();
+        let live: HashSet<String> = self.files.iter().map(|(p, _)| p.to_string()).collect();
+        hashes::retain(&table, &live);
+        let names: Arc<Vec<String>> = Arc::new(columns.iter().map(|s| s.to_string()).collect());
+        let jobs = self.groups().await?;
+        futures::stream::iter(jobs)
+            .map(move |(file, g)| {
+                let (table, names) = (table.clone(), names.clone());
+                async move {
+                    let key = hashes::Key {
+                        table,
+                        file: g.path.to_string(),
+                        group: g.index,
+                        columns: names.join(","),
+                    };
+                    let hashes = match hashes::get(&key) {
+                        Some(h) => h,
+                        None => {
+                            let h = Arc::new(g.hashes(names).await?);
+                            hashes::put(key, h.clone());
+                            h
+                        }
+                    };
+                    Ok::<_, IngestError>(GroupHashes {
+                        file,
+                        start: g.start as u64,
+                        hashes,
+                        keep: g.keep,
+                    })
+                }
+            })
+            .buffered(2)
+            .try_collect()
+            .await
+    }
+
+    /// The columns `read` at `at` (file index, ascending row positions in the file, as
+    /// [`Chosen::positions`]), by file; files without positions are left out. The row
+    /// groups are read two at a time, each only where it holds chosen rows.
+    pub async fn read_at(&self, at: Vec<(usize, Vec<u64>)>, read: &[&str]) -> Result<Vec<Chosen>> {
+        let read: Arc<Vec<String>> = Arc::new(read.iter().map(|s| s.to_string()).collect());
+        let groups = self.groups().await?;
+        let mut jobs = vec![];
+        for (file, positions) in at {
+            for (_, g) in groups.iter().filter(|(i, _)| *i == file) {
+                let (lo, hi) = (g.start as u64, (g.start + g.rows) as u64);
+                let inside: Vec<u64> = positions
+                    .iter()
+                    .filter(|&&p| p >= lo && p < hi)
+                    .map(|p| p - lo)
+                    .collect();
+                if !inside.is_empty() {
+                    jobs.push((file, g.clone(), inside));
+                }
+            }
+        }
+        let parts: Vec<(usize, Option<Part>)> = futures::stream::iter(jobs)
+            .map(move |(file, g, inside)| {
+                let read = read.clone();
+                async move {
+                    let batch = g.read_rows(&inside, read).await?;
+                    let start = g.start as u64;
+                    let positions = inside.into_iter().map(|p| p + start).collect();
+                    Ok::<_, IngestError>((file, Some((positions, batch))))
+                }
+            })
+            .buffered(2)
+            .try_collect()
+            .await?;
+        by_file(parts)
+    }
+
+    /// Live rows chosen by `choose` (given `by`, the columns it reads, of a batch of
+    /// rows, deleted ones included; it returns the indexes of the rows it takes,
+    /// ascending) with the columns `read` (none: only the positions), by file. The row
+    /// groups of all files are read two at a time. Files with no chosen row are left out.
+    pub async fn choose<F>(&self, by: &[&str], choose: F, read: &[&str]) -> Result<Vec<Chosen>>
+    where
+        F: Fn(&RecordBatch) -> Result<Vec<u32>> + Send + Sync + 'static,
+    {
+        let choose: Chooser = Arc::new(choose);
+        let by: Arc<Vec<String>> = Arc::new(by.iter().map(|s| s.to_string()).collect());
+        let read: Arc<Vec<String>> = Arc::new(read.iter().map(|s| s.to_string()).collect());
+        // Each file's footer, then one job per row group. Only the column chunks a
+        // step reads are fetched.
+        let jobs = self.groups().await?;
         let parts: Vec<(usize, Option<Part>)> = futures::stream::iter(jobs)
             .map(move |(i, group)| {
                 let (choose, by, read) = (choose.clone(), by.clone(), read.clone());
@@ -193,26 +303,30 @@ impl DataFiles {
             .buffered(2)
             .try_collect()
             .await?;
-        // The parts of a file, in row group order, as one.
-        let mut out: Vec<Chosen> = vec![];
-        for (i, part) in parts {
-            let Some((positions, batch)) = part else {
-                continue;
-            };
-            match out.last_mut() {
-                Some(c) if c.file == i => {
-                    c.positions.extend(positions);
-                    c.batch = concat_batches(&batch.schema(), [&c.batch, &batch])?;
-                }
-                _ => out.push(Chosen {
-                    file: i,
-                    positions,
-                    batch,
-                }),
-            }
-        }
-        Ok(out)
+        by_file(parts)
     }
+}
+
+/// The parts of each file (in row group order) as one.
+fn by_file(parts: Vec<(usize, Option<Part>)>) -> Result<Vec<Chosen>> {
+    let mut out: Vec<Chosen> = vec![];
+    for (i, part) in parts {
+        let Some((positions, batch)) = part else {
+            continue;
+        };
+        match out.last_mut() {
+            Some(c) if c.file == i => {
+                c.positions.extend(positions);
+                c.batch = concat_batches(&batch.schema(), [&c.batch, &batch])?;
+            }
+            _ => out.push(Chosen {
+                file: i,
+                positions,
+                batch,
+            }),
+        }
+    }
+    Ok(out)
 }
 
 /// What picks the rows of a batch (indexes into it, ascending).
@@ -222,6 +336,7 @@ type Chooser = Arc<dyn Fn(&RecordBatch) -> Result<Vec<u32>> + Send + Sync>;
 type Part = (Vec<u64>, RecordBatch);
 
 /// One row group of a data file.
+#[derive(Clone)]
 struct Group {
     store: Arc<dyn object_store::ObjectStore>,
     path: Path,
@@ -265,6 +380,47 @@ impl Group {
             .map_err(|e| bad(&e))?
             .ok_or_else(|| bad(&"row group missing"))
     }
+
+    /// The columns `read` at `positions` (ascending, in the group); with no columns, as
+    /// many rows without any.
+    async fn read_rows(&self, positions: &[u64], read: Arc<Vec<String>>) -> Result<RecordBatch> {
+        if read.is_empty() {
+            let options = RecordBatchOptions::new().with_row_count(Some(positions.len()));
+            return Ok(RecordBatch::try_new_with_options(
+                Arc::new(Schema::empty()),
+                vec![],
+                &options,
+            )?);
+        }
+        let reader = self.reader(&read, selection(positions, self.rows)).await?;
+        blocking(move || {
+            let schema = reader.schema();
+            let batches = reader.collect::<std::result::Result<Vec<_>, _>>()?;
+            Ok(concat_batches(&schema, &batches)?)
+        })
+        .await
+    }
+
+    /// [`row_hash`] of each row's values of `columns`, in that order.
+    async fn hashes(&self, columns: Arc<Vec<String>>) -> Result<Vec<u64>> {
+        let all = RowSelection::from_consecutive_ranges(std::iter::once(0..self.rows), self.rows);
+        let reader = self.reader(&columns, all).await?;
+        let rows = self.rows;
+        blocking(move || {
+            let mut out = Vec::with_capacity(rows);
+            for batch in reader {
+                let batch = batch?;
+                // The reader gives the columns in the file's order.
+                let order = columns
+                    .iter()
+                    .map(|c| batch.schema().index_of(c))
+                    .collect::<std::result::Result<Vec<_>, _>>()?;
+                out.extend(hashes::batch_hashes(&batch.project(&order)?)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
 }
 
 /// [`DataFiles::choose`] in one row group: positions are in the file.
@@ -302,18 +458,7 @@ async fn choose_in_group(
     if positions.is_empty() {
         return Ok(None);
     }
-    let batch = if read.is_empty() {
-        let options = RecordBatchOptions::new().with_row_count(Some(positions.len()));
-        RecordBatch::try_new_with_options(Arc::new(Schema::empty()), vec![], &options)?
-    } else {
-        let reader = g.reader(&read, selection(&positions, g.rows)).await?;
-        blocking(move || {
-            let schema = reader.schema();
-            let batches = reader.collect::<std::result::Result<Vec<_>, _>>()?;
-            Ok(concat_batches(&schema, &batches)?)
-        })
-        .await?
-    };
+    let batch = g.read_rows(&positions, read).await?;
     let start = g.start as u64;
     Ok(Some((
         positions.into_iter().map(|p| p + start).collect(),

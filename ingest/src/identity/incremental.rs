@@ -31,7 +31,7 @@ use super::read::{
 };
 use super::run::{Scope, Work};
 use crate::error::Result;
-use crate::files::DataFiles;
+use crate::files::{DataFiles, row_hash};
 use rustc_hash::FxHashSet;
 
 /// Why this run must resolve everything, or `None` when it can continue from the last
@@ -186,11 +186,6 @@ pub(super) async fn load(lake: &Lake, ctx: &SessionContext) -> Result<Work> {
         .iter()
         .flat_map(|(_, ids)| ids.iter().cloned())
         .collect();
-    // New identifiers by type, to look up in the stored ones.
-    let mut by_type: Vec<FxHashSet<String>> = vec![FxHashSet::default(); TYPES.len()];
-    for (t, v) in keys {
-        by_type[t as usize].insert(v);
-    }
     let Some((table, _)) = lake.table("unified", "identities").await? else {
         return Err(crate::error::IngestError::Read(
             "unified.identities disappeared during the identity run".into(),
@@ -202,56 +197,50 @@ pub(super) async fn load(lake: &Lake, ctx: &SessionContext) -> Result<Work> {
     let files = DataFiles::of(ctx, &table).await?;
     phases.mark("identities files");
 
-    // The touched clusters: those of the stored identifiers that new rows carry. The scan
-    // tests only the values (of any type); the few rows it picks are checked for their
-    // type after.
-    let mut clusters = BTreeSet::new();
-    let any_type: Arc<FxHashSet<String>> =
-        Arc::new(by_type.iter().flat_map(|s| s.iter().cloned()).collect());
-    for c in files
-        .choose(
-            &["identifier_value"],
-            move |b| {
-                let v = text_col(b, at(b, "identifier_value")?)?;
-                Ok((0..b.num_rows())
-                    .filter(|&i| v.is_valid(i) && any_type.contains(v.value(i)))
-                    .map(|i| i as u32)
-                    .collect())
-            },
-            &["identifier_type", "identifier_value", "cluster_id"],
-        )
-        .await?
-    {
-        let b = &c.batch;
-        let (t, v, c) = (
-            text_col(b, at(b, "identifier_type")?)?,
-            text_col(b, at(b, "identifier_value")?)?,
-            text_col(b, at(b, "cluster_id")?)?,
-        );
-        for i in 0..b.num_rows() {
-            let carried = graph::type_index(t.value(i))
-                .is_some_and(|ty| by_type[ty as usize].contains(v.value(i)));
-            if carried && c.is_valid(i) {
-                clusters.insert(c.value(i).to_string());
+    // The touched clusters: those of the stored identifiers that new rows carry. Rows are
+    // found by hashes of (type, value) and of cluster_id, which this process computes
+    // once per data file and keeps (a long-running server reads only the files written
+    // since its last run). A hash shared by two values (about 2^-64 per pair) adds a
+    // cluster no new row touches: it is resolved again to the persons it has.
+    let lookup: FxHashSet<u64> = keys
+        .iter()
+        .map(|(t, v)| row_hash([Some(TYPES[*t as usize]), Some(v.as_str())]))
+        .collect();
+    let ids = files
+        .row_hashes(&["identifier_type", "identifier_value"])
+        .await?;
+    let by_cluster = files.row_hashes(&["cluster_id"]).await?;
+    let no_cluster = row_hash([None]);
+    let mut touched: FxHashSet<u64> = FxHashSet::default();
+    for (i, c) in ids.iter().zip(&by_cluster) {
+        for (r, h) in i.hashes.iter().enumerate() {
+            if lookup.contains(h) && c.hashes[r] != no_cluster && i.live(r) {
+                touched.insert(c.hashes[r]);
             }
         }
     }
     phases.mark("clusters");
 
     // Their identifiers as the previous run wrote them.
-    let touched: Arc<FxHashSet<String>> = Arc::new(clusters.iter().cloned().collect());
+    let mut rows_at: Vec<(usize, Vec<u64>)> = vec![];
+    for c in &by_cluster {
+        let rows = c
+            .hashes
+            .iter()
+            .enumerate()
+            .filter(|&(r, h)| touched.contains(h) && c.live(r))
+            .map(|(r, _)| c.start + r as u64);
+        match rows_at.last_mut() {
+            Some((f, p)) if *f == c.file => p.extend(rows),
+            _ => rows_at.push((c.file, rows.collect())),
+        }
+    }
+    rows_at.retain(|(_, p)| !p.is_empty());
     let mut stored = vec![];
     let mut stored_at = vec![];
     for c in files
-        .choose(
-            &["cluster_id"],
-            move |b| {
-                let c = text_col(b, at(b, "cluster_id")?)?;
-                Ok((0..b.num_rows())
-                    .filter(|&i| c.is_valid(i) && touched.contains(c.value(i)))
-                    .map(|i| i as u32)
-                    .collect())
-            },
+        .read_at(
+            rows_at,
             &[
                 "identifier_type",
                 "identifier_value",
@@ -408,7 +397,7 @@ pub(super) async fn load(lake: &Lake, ctx: &SessionContext) -> Result<Work> {
         prev: Some(prev),
         scope: Some(Scope {
             persons: persons.into_iter().collect(),
-            clusters: clusters.into_iter().collect(),
+            clusters: touched.len(),
             new_rows: new_rows.len() as u64,
             stored_at: (files, stored_at),
         }),

@@ -162,8 +162,8 @@ pub(super) struct Work {
 pub(super) struct Scope {
     /// Persons of the previous run in the touched clusters.
     pub persons: Vec<String>,
-    /// The touched clusters.
-    pub clusters: Vec<String>,
+    /// How many clusters the new rows touched.
+    pub clusters: usize,
     /// New touchpoints with an identifier.
     pub new_rows: u64,
     /// Where the touched clusters' rows are in `unified.identities`: the rows this run
@@ -463,7 +463,7 @@ pub async fn run(lake: &Lake, config: &Config) -> Result<IdentitySummary> {
             Replace::At(
                 &s.stored_at.0,
                 s.stored_at.1.clone(),
-                format!("cluster_id IN ({} touched clusters)", s.clusters.len()),
+                format!("cluster_id IN ({} touched clusters)", s.clusters),
             )
         });
 
