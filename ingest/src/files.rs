@@ -16,6 +16,7 @@ mod hashes;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use datafusion::arrow::array::{RecordBatch, RecordBatchOptions, RecordBatchReader};
 use datafusion::arrow::compute::concat_batches;
@@ -206,6 +207,17 @@ impl DataFiles {
     /// once per process and kept (see the `hashes` module): a second call reads nothing
     /// but the files added since.
     pub async fn row_hashes(&self, columns: &[&str]) -> Result<Vec<GroupHashes>> {
+        self.row_hashes_or_stop(columns, Arc::new(AtomicBool::new(false)))
+            .await
+    }
+
+    /// [`DataFiles::row_hashes`], given up with an error within a batch of rows once
+    /// `stop` is set (the groups hashed by then are kept).
+    pub async fn row_hashes_or_stop(
+        &self,
+        columns: &[&str],
+        stop: Arc<AtomicBool>,
+    ) -> Result<Vec<GroupHashes>> {
         let table = self.table.table_url().to_string();
         let live: HashSet<String> = self.files.iter().map(|(p, _)| p.to_string()).collect();
         hashes::retain(&table, &live);
@@ -213,7 +225,7 @@ impl DataFiles {
         let jobs = self.groups().await?;
         futures::stream::iter(jobs)
             .map(move |(file, g)| {
-                let (table, names) = (table.clone(), names.clone());
+                let (table, names, stop) = (table.clone(), names.clone(), stop.clone());
                 async move {
                     let key = hashes::Key {
                         table,
@@ -224,7 +236,7 @@ impl DataFiles {
                     let hashes = match hashes::get(&key) {
                         Some(h) => h,
                         None => {
-                            let h = Arc::new(g.hashes(names).await?);
+                            let h = Arc::new(g.hashes(names, stop).await?);
                             hashes::put(key, h.clone());
                             h
                         }
@@ -402,13 +414,16 @@ impl Group {
     }
 
     /// [`row_hash`] of each row's values of `columns`, in that order.
-    async fn hashes(&self, columns: Arc<Vec<String>>) -> Result<Vec<u64>> {
+    async fn hashes(&self, columns: Arc<Vec<String>>, stop: Arc<AtomicBool>) -> Result<Vec<u64>> {
         let all = RowSelection::from_consecutive_ranges(std::iter::once(0..self.rows), self.rows);
         let reader = self.reader(&columns, all).await?;
         let rows = self.rows;
         blocking(move || {
             let mut out = Vec::with_capacity(rows);
             for batch in reader {
+                if stop.load(Ordering::Relaxed) {
+                    return Err(IngestError::Read("hashing rows stopped".into()));
+                }
                 let batch = batch?;
                 // The reader gives the columns in the file's order.
                 let order = columns

@@ -144,13 +144,17 @@ async fn run_identity(engine: &Engine) {
         }
     };
     match touchlake_ingest::identity::run(&engine.lake, &config).await {
-        Ok(s) => tracing::info!(
-            persons = s.persons,
-            merges = s.merges,
-            guarded = s.guarded,
-            seconds = s.seconds,
-            "identity run"
-        ),
+        Ok(s) => {
+            // The next increment's lookups, prepared while the server is idle.
+            touchlake_ingest::identity::warm_up(engine.lake.clone());
+            tracing::info!(
+                persons = s.persons,
+                merges = s.merges,
+                guarded = s.guarded,
+                seconds = s.seconds,
+                "identity run"
+            )
+        }
         Err(e) => tracing::warn!("identity run failed: {e}"),
     }
 }

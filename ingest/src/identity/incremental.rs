@@ -154,6 +154,12 @@ fn one_column(name: &str, values: impl IntoIterator<Item = String>) -> Result<Re
     )?)
 }
 
+/// The columns of `unified.identities` whose per-row hashes find the stored identifiers
+/// new rows carry ...
+pub(super) const ID_HASHED: [&str; 2] = ["identifier_type", "identifier_value"];
+/// ... and the rows of the clusters they are in.
+pub(super) const CLUSTER_HASHED: [&str; 1] = ["cluster_id"];
+
 /// One identifier of a touched cluster as the previous run wrote it.
 struct Stored {
     ty: u8,
@@ -206,10 +212,8 @@ pub(super) async fn load(lake: &Lake, ctx: &SessionContext) -> Result<Work> {
         .iter()
         .map(|(t, v)| row_hash([Some(TYPES[*t as usize]), Some(v.as_str())]))
         .collect();
-    let ids = files
-        .row_hashes(&["identifier_type", "identifier_value"])
-        .await?;
-    let by_cluster = files.row_hashes(&["cluster_id"]).await?;
+    let ids = files.row_hashes(&ID_HASHED).await?;
+    let by_cluster = files.row_hashes(&CLUSTER_HASHED).await?;
     let no_cluster = row_hash([None]);
     let mut touched: FxHashSet<u64> = FxHashSet::default();
     for (i, c) in ids.iter().zip(&by_cluster) {

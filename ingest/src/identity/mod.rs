@@ -6,9 +6,11 @@ pub mod graph;
 mod incremental;
 mod read;
 pub mod run;
+mod warm;
 
 pub use graph::Config;
 pub use run::{IdentitySummary, run};
+pub use warm::warm_up;
 
 use std::collections::BTreeMap;
 

@@ -229,6 +229,7 @@ pub async fn run(lake: &Lake, config: &Config) -> Result<IdentitySummary> {
     let clock = std::time::Instant::now();
     let mut phases = Phases::start();
     let run_id = crate::run::new_run_id();
+    super::warm::stop();
     crate::tables::ensure(lake).await?;
     // No ingest commit of this process lands while touchpoints are rewritten.
     let _appends = crate::dedup::hold(lake).await;

@@ -352,6 +352,8 @@ impl Session {
                 .map_err(|e| SessionError::Data("22023", e))?;
         }
         let summary = touchlake_ingest::identity::run(&self.engine.lake, &config).await?;
+        // The next increment's lookups, prepared while the server is idle.
+        touchlake_ingest::identity::warm_up(self.engine.lake.clone());
         Ok(rows(identity_rows(&summary)?))
     }
 
