@@ -37,7 +37,7 @@ use object_store::ObjectStoreExt;
 use object_store::path::Path;
 
 use crate::error::{IngestError, Result};
-pub use hashes::{MAX_BYTES as HASHES_MAX_BYTES, kept_bytes as hashes_kept_bytes, row_hash};
+pub use hashes::{kept_bytes as hashes_kept_bytes, row_hash};
 
 /// The data files of one version of a table, with the rows their deletion vectors remove.
 pub struct DataFiles {
