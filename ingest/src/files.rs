@@ -74,10 +74,14 @@ pub struct GroupHashes {
 impl GroupHashes {
     /// Whether the group's row `row` is live (not removed by the file's deletion vector).
     pub fn live(&self, row: usize) -> bool {
-        self.keep
-            .as_ref()
-            .is_none_or(|m| m.get(self.start as usize + row).copied().unwrap_or(true))
+        live(&self.keep, self.start as usize + row)
     }
+}
+
+/// Whether row `at` of a file is live, given the rows its deletion vector keeps (if any).
+fn live(keep: &Option<Arc<Vec<bool>>>, at: usize) -> bool {
+    keep.as_ref()
+        .is_none_or(|m| m.get(at).copied().unwrap_or(true))
 }
 
 impl DataFiles {
@@ -263,12 +267,13 @@ impl DataFiles {
         let mut jobs = vec![];
         for (file, positions) in at {
             for (_, g) in groups.iter().filter(|(i, _)| *i == file) {
+                // Positions are ascending: the group's are one run of them.
                 let (lo, hi) = (g.start as u64, (g.start + g.rows) as u64);
-                let inside: Vec<u64> = positions
-                    .iter()
-                    .filter(|&&p| p >= lo && p < hi)
-                    .map(|p| p - lo)
-                    .collect();
+                let (from, to) = (
+                    positions.partition_point(|&p| p < lo),
+                    positions.partition_point(|&p| p < hi),
+                );
+                let inside: Vec<u64> = positions[from..to].iter().map(|p| p - lo).collect();
                 if !inside.is_empty() {
                     jobs.push((file, g.clone(), inside));
                 }
@@ -458,10 +463,7 @@ async fn choose_in_group(
             let batch = batch?;
             for k in choose(&batch)? {
                 let at = seen + k as usize;
-                let live = keep
-                    .as_ref()
-                    .is_none_or(|m| m.get(start + at).copied().unwrap_or(true));
-                if live {
+                if live(&keep, start + at) {
                     positions.push(at as u64);
                 }
             }
