@@ -158,11 +158,34 @@ pub async fn run_chunks(
     let result = async {
         let mapping = Mapping::compile(def)?;
         let ctx = mapping_context()?;
-        for chunk in chunks {
-            let batch_id = format!("{}:{batch}:{}", def.name, chunk.index);
-            let counts =
-                ingest_chunk(lake, def, &mapping, &ctx, chunk, &batch_id, &summary.run_id).await?;
-            summary.add(&counts);
+        let run_id = summary.run_id.clone();
+        // Each chunk is mapped while the one before it commits.
+        let mut chunks = chunks.into_iter();
+        let mut pending: Option<Prepared> = None;
+        loop {
+            let commit = async {
+                match pending.take() {
+                    Some(p) => commit_chunk(lake, def, p, &run_id).await.map(Some),
+                    None => Ok(None),
+                }
+            };
+            let next = async {
+                let Some(chunk) = chunks.next() else {
+                    return Ok(None);
+                };
+                let batch_id = format!("{}:{batch}:{}", def.name, chunk.index);
+                prepare_chunk(def, &mapping, &ctx, chunk, &batch_id, &run_id)
+                    .await
+                    .map(Some)
+            };
+            let (committed, next): (Result<_>, Result<_>) = tokio::join!(commit, next);
+            if let Some(counts) = committed? {
+                summary.add(&counts);
+            }
+            match next? {
+                Some(p) => pending = Some(p),
+                None => break,
+            }
         }
         Ok::<(), IngestError>(())
     }
@@ -476,62 +499,85 @@ async fn ingest_files(
             }
         })
     };
-    let mut done = 0u64;
-    while let Some(parsed) = rx.recv().await {
-        let Parsed {
-            file: f,
-            hash,
-            chunks,
-        } = parsed?;
-        let Some(chunks) = chunks else {
-            done += 1;
-            continue; // touched, not changed
+    // Each chunk is mapped while the one before it commits (the mapping runs on the
+    // cores that the commits' Parquet encoding leaves idle). Commits stay in order: a
+    // file's chunks, then its ledger entry.
+    let run_id = summary.run_id.clone();
+    let mut work: std::collections::VecDeque<Work> = Default::default();
+    let mut pending: Option<Work> = None;
+    let mut files_done = 0u64;
+    let mut file_rows = 0u64;
+    loop {
+        let commit = async {
+            match pending.take() {
+                Some(Work::Chunk(file, prepared)) => {
+                    let counts = commit_chunk(lake, def, *prepared, &run_id).await?;
+                    Ok(Committed::Chunk(file, counts))
+                }
+                Some(Work::FileEnd(f, hash)) => {
+                    commit_ledger(lake, def, &f, &hash, file_rows, &run_id).await?;
+                    Ok(Committed::File(f))
+                }
+                Some(Work::Parsed(..)) | None => Ok(Committed::Nothing),
+            }
         };
-        summary.files_ingested += 1;
-        let rows = ingest_file(
-            lake,
-            def,
-            &mapping,
-            &ctx,
-            &f,
-            chunks,
-            &hash,
-            summary,
-            &|read| {
+        let next = async {
+            loop {
+                match work.pop_front() {
+                    Some(Work::Parsed(file, chunk, batch_id)) => {
+                        let prepared =
+                            prepare_chunk(def, &mapping, &ctx, chunk, &batch_id, &run_id).await?;
+                        return Ok(Some(Work::Chunk(file, Box::new(prepared))));
+                    }
+                    Some(w) => return Ok(Some(w)),
+                    None => {}
+                }
+                let Some(parsed) = rx.recv().await else {
+                    return Ok(None);
+                };
+                let Parsed { file, hash, chunks } = parsed?;
+                let Some(chunks) = chunks else {
+                    files_done += 1; // touched, not changed
+                    continue;
+                };
+                summary.files_ingested += 1;
+                let file = Arc::new(file);
+                for chunk in chunks {
+                    let batch_id = format!("{}:{}:{hash}:{}", def.name, file.display, chunk.index);
+                    work.push_back(Work::Parsed(file.clone(), chunk, batch_id));
+                }
+                work.push_back(Work::FileEnd(file, hash));
+            }
+        };
+        let (committed, next): (Result<Committed>, Result<Option<Work>>) =
+            tokio::join!(commit, next);
+        match committed? {
+            Committed::Chunk(file, counts) => {
+                file_rows += counts.read;
+                summary.add(&counts);
                 progress(&Progress {
-                    file: f.display.clone(),
-                    rows_read: read,
-                    files_done: done,
+                    file: file.display.clone(),
+                    rows_read: summary.rows_read,
+                    files_done,
                     files_total: total,
-                })
-            },
-        )
-        .await?;
-        let entry = RecordBatch::try_new(
-            tables::ingest_files(),
-            vec![
-                text(&def.name),
-                text(&f.display),
-                Arc::new(Int64Array::from(vec![f.size as i64])),
-                Arc::new(
-                    TimestampMicrosecondArray::from(vec![f.modified.timestamp_micros()])
-                        .with_timezone("UTC"),
-                ),
-                text(&hash),
-                Arc::new(Int64Array::from(vec![rows as i64])),
-                text(&summary.run_id),
-                now_ts(1),
-            ],
-        )?;
-        let app_id = format!("touchlake-ingest:{}:{}:{hash}:file", def.name, f.display);
-        append(lake, "quality", "ingest_files", vec![entry], &app_id, false).await?;
-        done += 1;
-        progress(&Progress {
-            file: f.display.clone(),
-            rows_read: summary.rows_read,
-            files_done: done,
-            files_total: total,
-        });
+                });
+            }
+            Committed::File(file) => {
+                file_rows = 0;
+                files_done += 1;
+                progress(&Progress {
+                    file: file.display.clone(),
+                    rows_read: summary.rows_read,
+                    files_done,
+                    files_total: total,
+                });
+            }
+            Committed::Nothing => {}
+        }
+        match next? {
+            Some(w) => pending = Some(w),
+            None => break,
+        }
     }
     reader
         .await
@@ -600,29 +646,51 @@ fn utc() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
 }
 
-/// Ingest one file's parsed chunks; returns the records read.
-#[allow(clippy::too_many_arguments)]
-async fn ingest_file(
+/// One step of a file run, in commit order.
+enum Work {
+    /// A chunk as parsed, with its batch id.
+    Parsed(Arc<FileRef>, read::Chunk, String),
+    /// A chunk mapped, to commit.
+    Chunk(Arc<FileRef>, Box<Prepared>),
+    /// All of a file's chunks are committed: its ledger entry (content hash) is next.
+    FileEnd(Arc<FileRef>, String),
+}
+
+/// What one commit step did.
+enum Committed {
+    Chunk(Arc<FileRef>, ChunkCounts),
+    File(Arc<FileRef>),
+    Nothing,
+}
+
+/// Enter a file, all of whose chunks are committed, in `quality.ingest_files`.
+async fn commit_ledger(
     lake: &Lake,
     def: &SourceDef,
-    mapping: &Mapping,
-    ctx: &SessionContext,
     f: &FileRef,
-    chunks: Vec<read::Chunk>,
     hash: &str,
-    summary: &mut RunSummary,
-    progress: &(dyn Fn(u64) + Send + Sync),
-) -> Result<u64> {
-    let mut rows = 0u64;
-    for chunk in chunks {
-        let batch_id = format!("{}:{}:{hash}:{}", def.name, f.display, chunk.index);
-        let counts =
-            ingest_chunk(lake, def, mapping, ctx, chunk, &batch_id, &summary.run_id).await?;
-        rows += counts.read;
-        summary.add(&counts);
-        progress(summary.rows_read);
-    }
-    Ok(rows)
+    rows: u64,
+    run_id: &str,
+) -> Result<()> {
+    let entry = RecordBatch::try_new(
+        tables::ingest_files(),
+        vec![
+            text(&def.name),
+            text(&f.display),
+            Arc::new(Int64Array::from(vec![f.size as i64])),
+            Arc::new(
+                TimestampMicrosecondArray::from(vec![f.modified.timestamp_micros()])
+                    .with_timezone("UTC"),
+            ),
+            text(hash),
+            Arc::new(Int64Array::from(vec![rows as i64])),
+            text(run_id),
+            now_ts(1),
+        ],
+    )?;
+    let app_id = format!("touchlake-ingest:{}:{}:{hash}:file", def.name, f.display);
+    append(lake, "quality", "ingest_files", vec![entry], &app_id, false).await?;
+    Ok(())
 }
 
 impl RunSummary {
@@ -679,18 +747,32 @@ pub struct ChunkCounts {
     pub duplicate: u64,
 }
 
-/// Land, map, validate, dedup and commit one chunk. `batch_id` must be the same every
-/// time the same records are ingested (it makes the commits idempotent).
-pub async fn ingest_chunk(
-    lake: &Lake,
+/// A chunk mapped, validated and split into valid and rejected records: what
+/// [`commit_chunk`] writes. Nothing of it is in the lake yet.
+struct Prepared {
+    batch_id: String,
+    map_ms: u128,
+    read_count: u64,
+    /// The records as landed, for `raw.<source>` (None: the chunk had no parsed records).
+    raw_batch: Option<RecordBatch>,
+    /// The mapped rows (None: no parsed records).
+    mapped: Option<RecordBatch>,
+    /// Valid rows as (record position, row of `mapped`).
+    valid: Vec<(i64, usize)>,
+    /// Rejected records as (location, raw record, reason).
+    rejected: Vec<(String, String, String)>,
+}
+
+/// Map and validate one chunk; writes nothing. `batch_id` must be the same every time
+/// the same records are ingested (it makes the commits idempotent).
+async fn prepare_chunk(
     def: &SourceDef,
     mapping: &Mapping,
     ctx: &SessionContext,
     chunk: read::Chunk,
     batch_id: &str,
     run_id: &str,
-) -> Result<ChunkCounts> {
-    let app_id = format!("touchlake-ingest:{batch_id}");
+) -> Result<Prepared> {
     let clock = std::time::Instant::now();
     let read_count = chunk.records() as u64;
     let mut landed = chunk.batch;
@@ -778,14 +860,46 @@ pub async fn ingest_chunk(
         }
     }
 
-    // 3. Commit raw (concurrently with the touchpoints' commit below: delta-rs encodes
-    //    each write on tasks of its own, so the two use both cores) and rejected, each
-    //    once per batch id.
     let raw_batch = if rows > 0 {
         Some(raw_landing(&landed, &def.name, run_id)?)
     } else {
         None
     };
+    Ok(Prepared {
+        batch_id: batch_id.to_string(),
+        map_ms,
+        read_count,
+        raw_batch,
+        mapped,
+        valid,
+        rejected,
+    })
+}
+
+/// Commit a prepared chunk: its records to `raw.<source>`, its rejects to
+/// `quality.rejected`, and its valid rows not yet in `unified.touchpoints` to that table,
+/// each in one commit carrying the chunk's batch id; drops the rows already there (or
+/// earlier in this chunk).
+async fn commit_chunk(
+    lake: &Lake,
+    def: &SourceDef,
+    p: Prepared,
+    run_id: &str,
+) -> Result<ChunkCounts> {
+    let clock = std::time::Instant::now();
+    let Prepared {
+        batch_id,
+        map_ms,
+        read_count,
+        raw_batch,
+        mapped,
+        mut valid,
+        rejected,
+    } = p;
+    let app_id = format!("touchlake-ingest:{batch_id}");
+    // 3. Commit raw (concurrently with the touchpoints' commit below: delta-rs encodes
+    //    each write on tasks of its own, so the two use both cores) and rejected, each
+    //    once per batch id.
     let raw_commit = async {
         let r = match raw_batch {
             Some(b) => append(lake, "raw", def.raw_table(), vec![b], &app_id, true)
@@ -848,12 +962,12 @@ pub async fn ingest_chunk(
     raw?;
     let (accepted_count, stats, touchpoints_ms) = touchpoints?;
     tracing::debug!(
-        batch_id,
-        rows,
+        batch_id = %batch_id,
+        records = read_count,
         map_ms,
         raw_ms,
         touchpoints_ms,
-        "chunk ingested (milliseconds since the chunk started)"
+        "chunk ingested (map: milliseconds to map; raw, touchpoints: milliseconds since its commit started)"
     );
     let (identifiers_present, latest_occurred_us) = stats;
     Ok(ChunkCounts {
