@@ -173,12 +173,23 @@ fn atext(c: char) -> bool {
 /// local part; `provider` additionally removes dots and `+tags` for gmail.com and maps
 /// googlemail.com to gmail.com; `strip_plus` removes `+tags` for every domain.
 pub fn email_canonical(raw: Option<&str>, mode: Option<&str>) -> Result<Option<String>> {
-    let mode = match mode.map(|m| m.trim().to_ascii_lowercase()) {
-        Some(m) if m == "standard" || m == "provider" || m == "strip_plus" => m,
+    // Checked without allocating: this runs once per row of an ingest mapping.
+    enum Mode {
+        Standard,
+        Provider,
+        StripPlus,
+    }
+    let mode = match mode.map(str::trim) {
+        Some(m) if m.eq_ignore_ascii_case("standard") => Mode::Standard,
+        Some(m) if m.eq_ignore_ascii_case("provider") => Mode::Provider,
+        Some(m) if m.eq_ignore_ascii_case("strip_plus") => Mode::StripPlus,
         Some(m) => {
             return Err(invalid(
                 "email_canonical",
-                format!("unknown mode '{m}' (standard, provider, strip_plus)"),
+                format!(
+                    "unknown mode '{}' (standard, provider, strip_plus)",
+                    m.to_ascii_lowercase()
+                ),
             ));
         }
         None => return Err(invalid("email_canonical", "mode must not be NULL")),
@@ -219,21 +230,22 @@ pub fn email_canonical(raw: Option<&str>, mode: Option<&str>) -> Result<Option<S
     if !ascii.ends_with(|c: char| c.is_ascii_alphabetic()) {
         return Ok(None);
     }
-    if SPECIAL_USE
-        .iter()
-        .any(|s| ascii == *s || ascii.ends_with(&format!(".{s}")))
-    {
+    if SPECIAL_USE.iter().any(|s| {
+        ascii
+            .strip_suffix(*s)
+            .is_some_and(|rest| rest.is_empty() || rest.ends_with('.'))
+    }) {
         return Ok(None);
     }
     let mut local = local.to_lowercase();
     let mut domain = ascii;
     let strip_tag = |l: &str| l.split('+').next().unwrap_or(l).to_string();
-    match mode.as_str() {
-        "provider" if domain == "gmail.com" || domain == "googlemail.com" => {
+    match mode {
+        Mode::Provider if domain == "gmail.com" || domain == "googlemail.com" => {
             local = strip_tag(&local).replace('.', "");
             domain = "gmail.com".into();
         }
-        "strip_plus" => local = strip_tag(&local),
+        Mode::StripPlus => local = strip_tag(&local),
         _ => {}
     }
     if local.is_empty() {
