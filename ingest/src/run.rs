@@ -503,33 +503,35 @@ async fn ingest_files(
     // cores that the commits' Parquet encoding leaves idle). Commits stay in order: a
     // file's chunks, then its ledger entry.
     let run_id = summary.run_id.clone();
-    let mut work: std::collections::VecDeque<Work> = Default::default();
-    let mut pending: Option<Work> = None;
+    let mut queued: std::collections::VecDeque<Queued> = Default::default();
+    let mut pending: Option<Ready> = None;
     let mut files_done = 0u64;
     let mut file_rows = 0u64;
     loop {
         let commit = async {
-            match pending.take() {
-                Some(Work::Chunk(file, prepared)) => {
+            Ok(match pending.take() {
+                Some(Ready::Chunk(file, prepared)) => {
                     let counts = commit_chunk(lake, def, *prepared, &run_id).await?;
-                    Ok(Committed::Chunk(file, counts))
+                    Some(Committed::Chunk(file, counts))
                 }
-                Some(Work::FileEnd(f, hash)) => {
+                Some(Ready::FileEnd(f, hash)) => {
                     commit_ledger(lake, def, &f, &hash, file_rows, &run_id).await?;
-                    Ok(Committed::File(f))
+                    Some(Committed::File(f))
                 }
-                Some(Work::Parsed(..)) | None => Ok(Committed::Nothing),
-            }
+                None => None,
+            })
         };
         let next = async {
             loop {
-                match work.pop_front() {
-                    Some(Work::Parsed(file, chunk, batch_id)) => {
+                match queued.pop_front() {
+                    Some(Queued::Chunk(file, chunk, batch_id)) => {
                         let prepared =
                             prepare_chunk(def, &mapping, &ctx, chunk, &batch_id, &run_id).await?;
-                        return Ok(Some(Work::Chunk(file, Box::new(prepared))));
+                        return Ok(Some(Ready::Chunk(file, Box::new(prepared))));
                     }
-                    Some(w) => return Ok(Some(w)),
+                    Some(Queued::FileEnd(file, hash)) => {
+                        return Ok(Some(Ready::FileEnd(file, hash)));
+                    }
                     None => {}
                 }
                 let Some(parsed) = rx.recv().await else {
@@ -544,15 +546,15 @@ async fn ingest_files(
                 let file = Arc::new(file);
                 for chunk in chunks {
                     let batch_id = format!("{}:{}:{hash}:{}", def.name, file.display, chunk.index);
-                    work.push_back(Work::Parsed(file.clone(), chunk, batch_id));
+                    queued.push_back(Queued::Chunk(file.clone(), chunk, batch_id));
                 }
-                work.push_back(Work::FileEnd(file, hash));
+                queued.push_back(Queued::FileEnd(file, hash));
             }
         };
-        let (committed, next): (Result<Committed>, Result<Option<Work>>) =
+        let (committed, next): (Result<Option<Committed>>, Result<Option<Ready>>) =
             tokio::join!(commit, next);
         match committed? {
-            Committed::Chunk(file, counts) => {
+            Some(Committed::Chunk(file, counts)) => {
                 file_rows += counts.read;
                 summary.add(&counts);
                 progress(&Progress {
@@ -562,7 +564,7 @@ async fn ingest_files(
                     files_total: total,
                 });
             }
-            Committed::File(file) => {
+            Some(Committed::File(file)) => {
                 file_rows = 0;
                 files_done += 1;
                 progress(&Progress {
@@ -572,7 +574,7 @@ async fn ingest_files(
                     files_total: total,
                 });
             }
-            Committed::Nothing => {}
+            None => {}
         }
         match next? {
             Some(w) => pending = Some(w),
@@ -646,13 +648,19 @@ fn utc() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
 }
 
-/// One step of a file run, in commit order.
-enum Work {
+/// A step of a file run waiting its turn, in commit order.
+enum Queued {
     /// A chunk as parsed, with its batch id.
-    Parsed(Arc<FileRef>, read::Chunk, String),
-    /// A chunk mapped, to commit.
+    Chunk(Arc<FileRef>, read::Chunk, String),
+    /// The file's ledger entry (content hash), after all of its chunks.
+    FileEnd(Arc<FileRef>, String),
+}
+
+/// A step of a file run ready to commit.
+enum Ready {
+    /// A chunk mapped and validated.
     Chunk(Arc<FileRef>, Box<Prepared>),
-    /// All of a file's chunks are committed: its ledger entry (content hash) is next.
+    /// The file's ledger entry (content hash): all of its chunks are committed.
     FileEnd(Arc<FileRef>, String),
 }
 
@@ -660,7 +668,6 @@ enum Work {
 enum Committed {
     Chunk(Arc<FileRef>, ChunkCounts),
     File(Arc<FileRef>),
-    Nothing,
 }
 
 /// Enter a file, all of whose chunks are committed, in `quality.ingest_files`.
